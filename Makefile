@@ -1,0 +1,29 @@
+# Quickstart: `make run` (the default job on the embedded digits dataset) and `make test`.
+# Both create .venv if missing and install torch==2.13.0 (unless a torch is already importable
+# there, e.g. your own CUDA build) and featdiff itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.featdiff-installed
+
+.PHONY: run test setup benchmark-ldmlr-frozen clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --disable-pip-version-check -q torch==2.13.0
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m featdiff run configs/digits_ldmlr.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+benchmark-ldmlr-frozen: $(STAMP)
+	$(PY) benchmarks/ldmlr_frozen.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

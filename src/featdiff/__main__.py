@@ -1,0 +1,5 @@
+import sys
+
+from featdiff.cli import main
+
+sys.exit(main())

@@ -1,0 +1,284 @@
+"""Typed run configuration: YAML in, validated dataclasses out, saved with every run.
+
+Every key is checked when the file is loaded, so a typo or an out-of-range value fails before any
+compute is spent, with the dotted key name in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from featdiff.errors import UserError
+
+Method = Literal["ce", "fc_retrain", "ldmlr"]
+Dataset = Literal["digits", "cifar10", "cifar100"]
+
+
+@dataclass
+class DataConfig:
+    dataset: Dataset = "digits"
+    imbalance_factor: float = 10.0
+    source: Literal["ldmlr-packed", "ldmlr-official", "ldam-official"] = "ldmlr-packed"
+    root: str = "../shared/data/cifar-lt"
+    validation_fraction: float = 0.0
+    """Share of each class's training images held out for validation (never the test set)."""
+
+    def validate(self) -> None:
+        _check(self.imbalance_factor >= 1, "data.imbalance_factor", "must be >= 1 (n_max / n_min)")
+        _check(0 <= self.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)")
+
+
+@dataclass
+class EncoderConfig:
+    checkpoint: str | None = None
+    """A safetensors encoder to start from (e.g. LDMLR's shipped ResNet-32); None trains one."""
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 5
+    milestones: list[int] = field(default_factory=lambda: [20, 25])
+    augment_padding: int = 4
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "encoder.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "encoder.batch_size", "must be >= 1")
+        _check(self.lr > 0, "encoder.lr", "must be > 0")
+        _check(self.augment_padding >= 0, "encoder.augment_padding", "must be >= 0")
+
+
+@dataclass
+class FeatureConfig:
+    style: Literal["eval", "ldmlr"] = "eval"
+    """eval: BN in eval mode on clean images; ldmlr: LDMLR's train-mode BN, no stem ReLU."""
+    augmented_views: int = 0
+    """Extra augmented passes over the training images, added to the clean view (eval style)."""
+
+    def validate(self) -> None:
+        _check(self.augmented_views >= 0, "features.augmented_views", "must be >= 0")
+
+
+@dataclass
+class DiffusionConfig:
+    faithful: bool = False
+    """Preset LDMLR's choices: x0-prediction, SNR weight, [0,1] mapping with clipping, 1000-step DDPM.
+
+    Fields left unset (null) take the preset's value; fields you set win over it.
+    """
+    schedule: Literal["linear", "cosine"] = "cosine"
+    num_steps: int = 1000
+    prediction: Literal["eps", "x0"] | None = None
+    weighting: Literal["none", "snr", "min_snr"] | None = None
+    scaling: Literal["standardize", "unit_interval"] | None = None
+    sampler: Literal["ddim", "ddpm"] | None = None
+    sample_steps: int | None = None
+    eta: float = 0.0
+    width: int = 256
+    depth: int = 3
+    time_dim: int = 128
+    dropout: float = 0.0
+    steps: int = 4000
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+
+    def validate(self) -> None:
+        _check(self.num_steps >= 2, "diffusion.num_steps", "must be >= 2")
+        _check(self.steps >= 1, "diffusion.steps", "must be >= 1")
+        _check(self.width >= 1 and self.depth >= 1, "diffusion.width", "width and depth must be >= 1")
+        _check(self.lr > 0, "diffusion.lr", "must be > 0")
+        _check(0 <= self.ema_decay < 1, "diffusion.ema_decay", "must be in [0, 1)")
+        _check(self.eta >= 0, "diffusion.eta", "must be >= 0")
+        steps = self.resolved_sample_steps()
+        _check(1 <= steps <= self.num_steps, "diffusion.sample_steps", f"must be in [1, {self.num_steps}]")
+
+    def resolved_prediction(self) -> Literal["eps", "x0"]:
+        return self.prediction or ("x0" if self.faithful else "eps")
+
+    def resolved_weighting(self) -> Literal["none", "snr", "min_snr"]:
+        return self.weighting or ("snr" if self.faithful else "none")
+
+    def resolved_scaling(self) -> Literal["standardize", "unit_interval"]:
+        return self.scaling or ("unit_interval" if self.faithful else "standardize")
+
+    def resolved_sampler(self) -> Literal["ddim", "ddpm"]:
+        return self.sampler or ("ddpm" if self.faithful else "ddim")
+
+    def resolved_sample_steps(self) -> int:
+        if self.resolved_sampler() == "ddpm":
+            return self.num_steps
+        return self.sample_steps or 50
+
+
+@dataclass
+class GenerationConfig:
+    count_rule: Literal["ldmlr", "balanced"] = "ldmlr"
+    """ldmlr: max(round(ratio * n_c), floor) per class; balanced: fill every class up to the head."""
+    ratio: float = 0.2
+    floor: int = 5
+    pseudo_weight: float = 1.0
+    """Loss weight of a pseudo-feature relative to a real one in classifier retraining."""
+
+    def validate(self) -> None:
+        _check(self.ratio >= 0, "generation.ratio", "must be >= 0")
+        _check(self.floor >= 0, "generation.floor", "must be >= 0")
+        _check(self.pseudo_weight >= 0, "generation.pseudo_weight", "must be >= 0")
+
+
+@dataclass
+class ClassifierConfig:
+    """LDMLR's stage-3 recipe: Adam 1e-3, wd 1e-5, batch 1024, fc initialised from the encoder's."""
+
+    epochs: int = 400
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    init: Literal["encoder", "random"] = "encoder"
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "classifier.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "classifier.batch_size", "must be >= 1")
+        _check(self.lr > 0, "classifier.lr", "must be > 0")
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    method: Method = "ldmlr"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def validate(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        for section in (self.data, self.encoder, self.features, self.diffusion, self.generation, self.classifier):
+            section.validate()
+        if self.data.dataset == "digits":
+            _check(self.encoder.checkpoint is None, "encoder.checkpoint", "digits has no shipped encoder; leave it null")
+
+
+def _check(ok: bool, key: str, requirement: str) -> None:
+    if not ok:
+        raise UserError(f"config key '{key}' {requirement}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, or fail naming the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _build(annotation, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(value, option, key)
+            except UserError as error:
+                errors.append(str(error))
+        raise UserError(errors[0] if len(errors) == 1 else f"config key '{key}' has invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise UserError(f"config key '{key}' must be one of {choices}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(item, args[0], f"{key}[{i}]") for i, item in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise UserError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}' (valid keys: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {dotted}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """`key=value` strings from the command line; values are parsed as YAML (so 1e-3, true, null work)."""
+    parsed = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects key=value, got {pair!r} (e.g. --set seed=1)")
+        parsed.append((key.strip(), yaml.safe_load(raw)))
+    return parsed
+
+
+def config_from_dict(values: dict, overrides: list[tuple[str, Any]] = ()) -> RunConfig:
+    tree = dict(values)
+    for key, value in overrides:
+        _set_dotted(tree, key, value)
+    config = _build(RunConfig, tree)
+    config.validate()
+    return config
+
+
+def load_config(path: Path, overrides: list[tuple[str, Any]] = ()) -> RunConfig:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path} (see configs/ for examples)")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return config_from_dict(values, overrides)
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

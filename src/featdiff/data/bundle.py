@@ -1,0 +1,77 @@
+"""Everything a run needs to know about its dataset, from one config section.
+
+Bundles the train / validation / test image sets with the constants that belong to the dataset
+(normalisation, augmentation padding, which group rule to report), so methods stay dataset-agnostic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from featdiff.config import DataConfig
+from featdiff.data.augment import CIFAR_MEAN, CIFAR_STD, normalize
+from featdiff.data.cifar import load_cifar_lt
+from featdiff.data.digits import load_digits_lt
+from featdiff.data.imageset import ImageSet
+
+DIGITS_MEAN = (0.3053,)
+DIGITS_STD = (0.3760,)
+
+
+@dataclass(frozen=True)
+class DatasetBundle:
+    name: str
+    train: ImageSet
+    test: ImageSet
+    validation: ImageSet | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool
+    """Horizontal flips are label-preserving for CIFAR objects, not for handwritten digits."""
+    index_groups: bool
+    """CIFAR-10 also reports head/mid/tail index groups: at IF=100 it has no few-shot class."""
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize(images, self.mean, self.std)
+
+
+def split_validation(train: ImageSet, fraction: float, generator: torch.Generator) -> tuple[ImageSet, ImageSet]:
+    """Hold out round(fraction·n_c) images of every class (at least one stays in training)."""
+    keep, held = [], []
+    for c in range(train.num_classes):
+        index = torch.nonzero(train.labels == c).flatten()
+        index = index[torch.randperm(index.numel(), generator=generator)]
+        n_val = min(round(fraction * index.numel()), index.numel() - 1)
+        held.append(index[:n_val])
+        keep.append(index[n_val:])
+    return train.subset(torch.cat(keep).sort().values), train.subset(torch.cat(held).sort().values)
+
+
+def load_dataset(config: DataConfig, seed: int = 0) -> DatasetBundle:
+    if config.dataset == "digits":
+        train, test = load_digits_lt(imbalance_factor=config.imbalance_factor)
+        mean, std, flip = DIGITS_MEAN, DIGITS_STD, False
+    else:
+        train, test = load_cifar_lt(config.dataset, config.imbalance_factor, Path(config.root), source=config.source)
+        mean, std, flip = CIFAR_MEAN, CIFAR_STD, True
+    validation = None
+    if config.validation_fraction > 0:
+        generator = torch.Generator().manual_seed(seed)
+        train, validation = split_validation(train, config.validation_fraction, generator)
+    return DatasetBundle(
+        name=config.dataset,
+        train=train,
+        test=test,
+        validation=validation,
+        mean=mean,
+        std=std,
+        flip=flip,
+        index_groups=config.dataset == "cifar10",
+    )

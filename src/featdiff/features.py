@@ -1,0 +1,106 @@
+"""Feature vectors of a frozen encoder, extracted once and cached.
+
+The cache key is a hash of the encoder's weights, the images, and the extraction settings, so a
+cached file can never be served for a different encoder or split, and a benchmark that evaluates
+several methods on one encoder extracts its features only once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from featdiff.config import FeatureConfig
+from featdiff.data.augment import random_crop_flip
+from featdiff.data.bundle import DatasetBundle
+from featdiff.data.imageset import ImageSet
+from featdiff.evaluation.inference import encode
+from featdiff.paths import cache_dir
+from featdiff.runs import atomic_save_tensors
+
+
+@dataclass
+class FeatureSet:
+    features: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class EncodedDataset:
+    """Training features (possibly several views per image) and clean features of the other sets."""
+
+    train: FeatureSet
+    test: FeatureSet
+    validation: FeatureSet | None
+
+
+def _digest(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()[:32]
+
+
+def encoder_fingerprint(model: nn.Module) -> bytes:
+    state = model.state_dict()
+    return b"".join(name.encode() + state[name].detach().cpu().contiguous().numpy().tobytes() for name in sorted(state))
+
+
+def images_fingerprint(images: ImageSet) -> bytes:
+    return images.images.cpu().contiguous().numpy().tobytes() + images.labels.cpu().numpy().tobytes()
+
+
+def _encode_views(
+    model: nn.Module, bundle: DatasetBundle, images: ImageSet, config: FeatureConfig, seed: int, device: torch.device
+) -> FeatureSet:
+    clean = encode(model, images.images, bundle.mean, bundle.std, device=device, style=config.style, progress=True)
+    views, labels = [clean], [images.labels]
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(config.augmented_views):
+
+        def augment(batch: torch.Tensor) -> torch.Tensor:
+            return random_crop_flip(batch.cpu(), padding=4 if bundle.flip else 1, generator=generator).to(batch.device)
+
+        views.append(encode(model, images.images, bundle.mean, bundle.std, device=device, style=config.style, augment=augment, progress=True))
+        labels.append(images.labels)
+    return FeatureSet(torch.cat(views), torch.cat(labels))
+
+
+def encode_dataset(
+    model: nn.Module,
+    bundle: DatasetBundle,
+    config: FeatureConfig,
+    seed: int,
+    device: torch.device,
+    cache: Path | None = None,
+) -> EncodedDataset:
+    """Extract (or load from the cache) the training, validation and test features."""
+    key = _digest(
+        encoder_fingerprint(model),
+        images_fingerprint(bundle.train),
+        images_fingerprint(bundle.test),
+        f"{config.style}|{config.augmented_views}|{seed}|{bundle.validation is not None}".encode(),
+    )
+    path = (cache or cache_dir()) / "features" / f"{key}.safetensors"
+    if path.exists():
+        stored = load_file(path)
+    else:
+        train = _encode_views(model, bundle, bundle.train, config, seed, device)
+        eval_config = FeatureConfig(style="eval", augmented_views=0)
+        test = _encode_views(model, bundle, bundle.test, eval_config, seed, device)
+        stored = {"train_x": train.features, "train_y": train.labels, "test_x": test.features, "test_y": test.labels}
+        if bundle.validation is not None:
+            validation = _encode_views(model, bundle, bundle.validation, eval_config, seed, device)
+            stored |= {"val_x": validation.features, "val_y": validation.labels}
+        atomic_save_tensors(path, stored)
+    validation = FeatureSet(stored["val_x"], stored["val_y"]) if "val_x" in stored else None
+    return EncodedDataset(
+        train=FeatureSet(stored["train_x"], stored["train_y"]),
+        test=FeatureSet(stored["test_x"], stored["test_y"]),
+        validation=validation,
+    )

@@ -1,0 +1,229 @@
+"""One run, stage by stage: encoder → features → (denoiser → pseudo-features) → classifier → results.
+
+Each stage writes its output into the run folder and marks itself done, so `--resume` skips what is
+finished and continues a stage from its last checkpoint. Every run also evaluates the cheaper
+methods it builds on (the encoder as it is, and the classifier retrained on real features only),
+so a gain is always reported beside its control from the same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from featdiff.config import RunConfig, config_to_dict
+from featdiff.data.augment import random_crop_flip
+from featdiff.data.bundle import DatasetBundle, load_dataset
+from featdiff.errors import UserError
+from featdiff.evaluation.metrics import summarize
+from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
+from featdiff.methods import ldmlr
+from featdiff.models.encoders import load_encoder, save_encoder
+from featdiff.models.resnet_cifar import resnet32
+from featdiff.models.small_cnn import SmallCNN
+from featdiff.runs import Run
+from featdiff.training.classifier import WeightedFeatures, train_classifier
+from featdiff.training.encoder import train_encoder
+
+STAGE_SEEDS = {"encoder": 1, "features": 2, "fc_retrain": 3, "denoiser": 4, "generation": 5, "classifier": 6}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("config key 'device' is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def stage_generator(seed: int, stage: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """Independent, reproducible random streams per stage, so changing one stage's length does not
+    shift the randomness of the next."""
+    return torch.Generator(device=device).manual_seed(seed * 1000 + STAGE_SEEDS[stage])
+
+
+def new_encoder(bundle: DatasetBundle) -> nn.Module:
+    if bundle.name == "digits":
+        return SmallCNN(bundle.num_classes, in_channels=bundle.train.images.shape[1])
+    return resnet32(bundle.num_classes)
+
+
+def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.Module:
+    config = run.config
+    if config.encoder.checkpoint is not None:
+        return load_encoder(Path(config.encoder.checkpoint), bundle.num_classes).to(device).eval()
+    torch.manual_seed(config.seed * 1000 + STAGE_SEEDS["encoder"])
+    model = new_encoder(bundle).to(device)
+    if run.stage_done("encoder"):
+        model.load_state_dict(load_file(run.path("encoder.safetensors")))
+        return model.eval()
+    generator = stage_generator(config.seed, "encoder")
+    padding = config.encoder.augment_padding
+
+    def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return random_crop_flip(images, padding=padding, generator=gen, flip=bundle.flip)
+
+    train_encoder(
+        model,
+        bundle.train.images,
+        bundle.train.labels,
+        config.encoder,
+        augment=augment,
+        normalize=bundle.normalize,
+        generator=generator,
+        resume=run.load_checkpoint("encoder"),
+        checkpoint=lambda state: run.save_checkpoint("encoder", state),
+        log=lambda epoch, loss: run.log("encoder", epoch=epoch, loss=loss),
+    )
+    save_encoder(model, run.path("encoder.safetensors"))
+    run.mark_done("encoder")
+    return model.eval()
+
+
+def evaluate(classifier: nn.Module, features: FeatureSet, train_counts: torch.Tensor, prior: torch.Tensor, index_groups: bool) -> dict:
+    device = next(classifier.parameters()).device
+    with torch.inference_mode():
+        logits = classifier(features.features.to(device)).cpu()
+    return summarize(logits, features.labels, train_counts, prior=prior, index_groups=index_groups)
+
+
+def evaluate_all(classifier: nn.Module, encoded: EncodedDataset, train_counts: torch.Tensor, prior: torch.Tensor, bundle: DatasetBundle) -> dict:
+    result = evaluate(classifier, encoded.test, train_counts, prior, bundle.index_groups)
+    if encoded.validation is not None:
+        result["validation"] = evaluate(classifier, encoded.validation, train_counts, prior, bundle.index_groups)
+    return result
+
+
+def retrain_classifier(
+    run: Run, stage: str, encoder: nn.Module, data: WeightedFeatures, device: torch.device
+) -> nn.Linear:
+    config = run.config
+    classifier = copy.deepcopy(encoder.fc).to(device)
+    if config.classifier.init == "random":
+        torch.manual_seed(config.seed * 1000 + STAGE_SEEDS[stage])
+        classifier.reset_parameters()
+    if run.stage_done(stage):
+        classifier.load_state_dict(load_file(run.path(f"{stage}.safetensors")))
+        return classifier
+    history = train_classifier(
+        classifier,
+        data,
+        config.classifier,
+        stage_generator(config.seed, stage),
+        resume=run.load_checkpoint(stage),
+        checkpoint=lambda state: run.save_checkpoint(stage, state),
+        desc=stage,
+    )
+    run.log(stage, final_loss=history[-1], epochs=len(history))
+    run.save_tensors(f"{stage}.safetensors", classifier.state_dict())
+    run.mark_done(stage)
+    return classifier
+
+
+def stage_pseudo_features(
+    run: Run, encoded: EncodedDataset, counts: torch.Tensor, num_classes: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    config = run.config
+    timings: dict[str, float] = {}
+    if run.stage_done("generation"):
+        stored = run.load_tensors("pseudo_features.safetensors")
+        return stored["features"], stored["labels"], run.stage_info("generation")["timings"]
+    started = time.perf_counter()
+    torch.manual_seed(config.seed * 1000 + STAGE_SEEDS["denoiser"])
+    denoiser, scaler = ldmlr.fit_denoiser(
+        encoded.train.features,
+        encoded.train.labels,
+        num_classes,
+        config.diffusion,
+        stage_generator(config.seed, "denoiser", device),
+        device,
+        resume=run.load_checkpoint("denoiser"),
+        checkpoint=lambda state: run.save_checkpoint("denoiser", state),
+        log=lambda step, loss: run.log("denoiser", step=step, loss=loss),
+    )
+    run.save_tensors("denoiser.safetensors", denoiser.state_dict())
+    timings["denoiser_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    features, labels = ldmlr.generate(
+        denoiser, scaler, counts, config.diffusion, stage_generator(config.seed, "generation", device)
+    )
+    timings["generation_s"] = time.perf_counter() - started
+    run.save_tensors("pseudo_features.safetensors", {"features": features, "labels": labels})
+    run.mark_done("generation", timings=timings)
+    return features, labels, timings
+
+
+def execute(run: Run) -> dict:
+    """Run every stage the config's method needs and write results.json."""
+    config = run.config
+    device = resolve_device(config.device)
+    stage_s: dict[str, float] = {}
+
+    started = time.perf_counter()
+    bundle = load_dataset(config.data, seed=config.seed)
+    encoder = stage_encoder(run, bundle, device)
+    stage_s["data_and_encoder_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
+    stage_s["features_s"] = time.perf_counter() - started
+
+    train_counts = bundle.train.class_counts()
+    real_prior = train_counts.double() / train_counts.sum()
+    controls = {"ce": evaluate_all(encoder.fc, encoded, train_counts, real_prior, bundle)}
+    result = controls["ce"]
+    real = WeightedFeatures(encoded.train.features, encoded.train.labels, torch.ones(len(encoded.train.labels)))
+
+    if config.method in ("fc_retrain", "ldmlr"):
+        started = time.perf_counter()
+        fc_real = retrain_classifier(run, "fc_retrain", encoder, real, device)
+        stage_s["fc_retrain_s"] = time.perf_counter() - started
+        controls["fc_retrain"] = evaluate_all(fc_real, encoded, train_counts, real_prior, bundle)
+        result = controls["fc_retrain"]
+
+    extra: dict = {}
+    if config.method == "ldmlr":
+        counts = ldmlr.pseudo_counts(train_counts, config.generation)
+        pseudo_x, pseudo_y, timings = stage_pseudo_features(run, encoded, counts, bundle.num_classes, device)
+        stage_s |= timings
+        weight = config.generation.pseudo_weight
+        combined = WeightedFeatures(
+            torch.cat([real.features, pseudo_x]),
+            torch.cat([real.labels, pseudo_y]),
+            torch.cat([real.weights, torch.full((len(pseudo_y),), weight)]),
+        )
+        started = time.perf_counter()
+        fc_mixed = retrain_classifier(run, "classifier", encoder, combined, device)
+        stage_s["classifier_s"] = time.perf_counter() - started
+        trained_counts = train_counts.double() + weight * counts.double()
+        result = evaluate_all(fc_mixed, encoded, train_counts, trained_counts / trained_counts.sum(), bundle)
+        extra["pseudo_counts"] = counts.tolist()
+
+    results = {
+        "method": config.method,
+        "dataset": config.data.dataset,
+        "imbalance_factor": config.data.imbalance_factor,
+        "seed": config.seed,
+        **result,
+        "controls": {name: summary for name, summary in controls.items() if name != config.method},
+        **extra,
+        "train_counts": train_counts.tolist(),
+        "stage_s": stage_s,
+        "wall_s": run.elapsed_s,
+        "device": describe_device(device),
+        "config": config_to_dict(config),
+    }
+    run.write_results(results)
+    return results
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
