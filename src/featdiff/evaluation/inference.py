@@ -1,0 +1,125 @@
+"""Running an encoder over a whole uint8 image set, in batches, on any device.
+
+Images stay uint8 on the host and only each batch is moved and normalised on the device, so a
+50k-image set never exists as float32 in memory. Two extraction styles exist because LDMLR's
+training features were not taken the way its test features were (ldmlr.md §1.2): "eval" is the
+network as used at test time, "ldmlr" reproduces LDMLR's quirky path for the faithful baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from featdiff.models.encoders import Encoder
+
+Style = Literal["eval", "ldmlr"]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) → float32 `(x/255 − mean) / std` per channel, mean and std on the [0, 1] scale."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - mean_t) / std_t
+
+
+@contextmanager
+def preserved_state(model: Encoder) -> Iterator[None]:
+    """Restore every buffer (BN running statistics, batch counters) and every module's train flag on exit.
+
+    LDMLR extracted features in train mode and thereby overwrote its encoder's running statistics;
+    callers here get their model back bit for bit, whatever happened inside.
+    """
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    modes = {module: module.training for module in model.modules()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+        for module, training in modes.items():
+            module.training = training
+
+
+def encode(
+    model: Encoder,
+    images: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
+    style: Style = "eval",
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Features (N, feature_dim), float32 on the CPU, row i for image i.
+
+    style "eval": eval-mode BN, `model.features`.
+    style "ldmlr": train-mode BN (each batch normalised by its own statistics) and
+    `model.features_ldmlr` (no stem ReLU), as LDMLR's feature_encode.py did. A feature then
+    depends on the other images in its batch: batches are consecutive runs of `batch_size` images
+    in the order given, so to be faithful pass images in a shuffled order with batch_size 64.
+    `augment`, if given, receives each uint8 batch on the device before normalisation (LDMLR
+    extracted one augmented view of every training image) and returns a batch of the same shape.
+    The model is moved to `device`; its buffers and train/eval mode are left as they were.
+    """
+    with preserved_state(model):
+        if style == "eval":
+            model.eval()
+            extract = model.features
+        elif style == "ldmlr":
+            model.train()
+            extract = model.features_ldmlr
+        else:
+            raise ValueError(f"unknown feature style {style!r}: use 'eval' or 'ldmlr'")
+        return _batched(model, extract, model.feature_dim, images, mean, std, batch_size, device, augment, progress)
+
+
+def predict_logits(
+    model: Encoder,
+    images: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Eval-mode logits (N, num_classes), float32 on the CPU; the model's mode is left as it was."""
+    with preserved_state(model):
+        model.eval()
+        return _batched(model, model, model.fc.out_features, images, mean, std, batch_size, device, None, False)
+
+
+def _batched(
+    model: Encoder,
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    out_dim: int,
+    images: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    batch_size: int,
+    device: torch.device | str | None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None,
+    progress: bool,
+) -> torch.Tensor:
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    target = torch.device(device) if device is not None else default_device()
+    model.to(target)
+    out = torch.empty(images.shape[0], out_dim, dtype=torch.float32)
+    starts = range(0, images.shape[0], batch_size)
+    with torch.inference_mode():
+        for start in tqdm(starts, desc="inference", unit="batch", leave=False, disable=not progress):
+            batch = images[start : start + batch_size].to(target, non_blocking=True)
+            if augment is not None:
+                batch = augment(batch)
+            out[start : start + batch.shape[0]] = apply(normalize(batch, mean, std)).float().cpu()
+    return out

@@ -1,0 +1,103 @@
+"""What an encoder is to the rest of featdiff, and how one is stored on disk.
+
+Every stage after stage 1 needs only a feature map and the linear head on top of it, so ResNet-32
+and the digits CNN share one small interface (`Encoder`) instead of a class hierarchy. Weights are
+stored as safetensors (no pickle: a checkpoint cannot run code) under the parameter names of
+LDMLR's shipped encoders, so ours and theirs load through the same function.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from featdiff.errors import UserError
+from featdiff.models.resnet_cifar import ResNetCifar, resnet32
+
+
+class Encoder(Protocol):
+    """A classifier split into a feature map and a linear head: `forward(x) == fc(features(x))`.
+
+    `features_ldmlr` is LDMLR's training-feature path (for ResNet-32: no stem ReLU). The
+    nn.Module methods that inference relies on are listed too, so any encoder module fits.
+    """
+
+    feature_dim: int
+    fc: nn.Linear
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def features_ldmlr(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device: torch.device) -> nn.Module: ...
+
+    def train(self, mode: bool = True) -> nn.Module: ...
+
+    def eval(self) -> nn.Module: ...
+
+    def modules(self) -> Iterator[nn.Module]: ...
+
+    def named_buffers(self) -> Iterator[tuple[str, torch.Tensor]]: ...
+
+
+def load_encoder(path: Path, num_classes: int) -> ResNetCifar:
+    """A ResNet-32 with the weights in `path`, every key and shape checked (strict loading).
+
+    A silently partial load would evaluate a half-random network, so any missing, unexpected or
+    mis-shaped tensor is a UserError that names the file and the first offending key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"encoder file not found: {path}: set encoder.checkpoint to an existing .safetensors file")
+    try:
+        state = load_file(path)
+    except SafetensorError as error:
+        raise UserError(f"{path} is not a readable safetensors file ({error}): re-copy or re-train the encoder") from error
+    model = resnet32(num_classes)
+    problem = _state_mismatch(model.state_dict(), state)
+    if problem:
+        raise UserError(
+            f"{path} does not fit a ResNet-32 with {num_classes} classes ({problem}): "
+            "use the encoder trained on this dataset, or set the dataset that matches the encoder"
+        )
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """The first difference in keys or shapes, in words; empty when the state dict fits."""
+    missing = sorted(expected.keys() - found.keys())
+    if missing:
+        return f"{len(missing)} missing tensors, e.g. {missing[0]}"
+    unexpected = sorted(found.keys() - expected.keys())
+    if unexpected:
+        return f"{len(unexpected)} unexpected tensors, e.g. {unexpected[0]}"
+    for name, tensor in expected.items():
+        if found[name].shape != tensor.shape:
+            return f"{name} has shape {tuple(found[name].shape)}, expected {tuple(tensor.shape)}"
+    return ""
+
+
+def save_encoder(model: nn.Module, path: Path) -> None:
+    """Write the state dict as safetensors via a temp file and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(state, temp_name)
+        os.replace(temp_name, path)
+    finally:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
