@@ -1,0 +1,76 @@
+"""The forward process q and its closed-form inversions.
+
+Everything is a pure function of tensors and a `NoiseSchedule`; t is an int64 tensor (B,) of
+indices 0..T-1 and x has shape (B, ...). The samplers reuse the same algebra with per-step
+scalars, so the identities here are the single source of truth that the tests pin down.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from featdiff.diffusion.schedules import NoiseSchedule
+
+
+def q_sample(x0: Tensor, t: Tensor, noise: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε: the marginal q(x_t | x0), so training needs no simulation."""
+    return (
+        schedule.gather("sqrt_alphas_cumprod", t, x0) * x0
+        + schedule.gather("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+    )
+
+
+def x0_from_eps(
+    x_t: Tensor, eps: Tensor, sqrt_recip_ac: Tensor | float, sqrt_recipm1_ac: Tensor | float
+) -> Tensor:
+    """Inverts q_sample for x0, given 1/√ᾱ and √(1/ᾱ - 1) either gathered per sample or as one
+    scalar per sampling step; this form never divides by the tiny √(1-ᾱ) near t=0."""
+    return sqrt_recip_ac * x_t - sqrt_recipm1_ac * eps
+
+
+def eps_from_x0(
+    x_t: Tensor, x0: Tensor, sqrt_recip_ac: Tensor | float, sqrt_recipm1_ac: Tensor | float
+) -> Tensor:
+    """Inverts q_sample for ε, with the same coefficients as `x0_from_eps` so the two round-trip."""
+    return (sqrt_recip_ac * x_t - x0) / sqrt_recipm1_ac
+
+
+def predict_x0_from_eps(x_t: Tensor, t: Tensor, eps: Tensor, schedule: NoiseSchedule) -> Tensor:
+    return x0_from_eps(
+        x_t,
+        eps,
+        schedule.gather("sqrt_recip_alphas_cumprod", t, x_t),
+        schedule.gather("sqrt_recipm1_alphas_cumprod", t, x_t),
+    )
+
+
+def predict_eps_from_x0(x_t: Tensor, t: Tensor, x0: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """Needed to turn an x0-predicting (or clipped) model into the ε that DDIM's direction uses."""
+    return eps_from_x0(
+        x_t,
+        x0,
+        schedule.gather("sqrt_recip_alphas_cumprod", t, x_t),
+        schedule.gather("sqrt_recipm1_alphas_cumprod", t, x_t),
+    )
+
+
+def posterior_mean_variance(
+    x0: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule
+) -> tuple[Tensor, Tensor, Tensor]:
+    """q(x_{t-1} | x_t, x0): the Gaussian that ancestral sampling draws from once x0 is replaced by
+    the model's estimate. Variance and log-variance come back shaped (B, 1, ...) for broadcasting;
+    the log-variance is clipped at t=0, where the true variance is 0."""
+    mean = (
+        schedule.gather("posterior_mean_coef1", t, x_t) * x0
+        + schedule.gather("posterior_mean_coef2", t, x_t) * x_t
+    )
+    variance = schedule.gather("posterior_variance", t, x_t)
+    log_variance = schedule.gather("posterior_log_variance_clipped", t, x_t)
+    return mean, variance, log_variance
+
+
+def snr(t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """ᾱ_t / (1 - ᾱ_t) in float64, shape (B,): loss weights span ~13 orders of magnitude over a
+    cosine schedule, so the caller decides when to drop precision."""
+    alphas_cumprod = schedule.alphas_cumprod.to(t.device)[t]
+    return alphas_cumprod / (1.0 - alphas_cumprod)

@@ -1,0 +1,266 @@
+"""Ancestral DDPM and DDIM sampling, plus chunked generation of many features.
+
+All samples of a batch share the current timestep, so each step's coefficients are computed
+once, in float64, as Python scalars (`AncestralStep`, `DDIMStep`) and the per-step work is a
+handful of whole-batch tensor ops around one model call.
+
+Random draws happen in one fixed order in both samplers: x_T first (unless `noise` is given),
+then one (B, D) normal draw for every step whose noise scale σ is non-zero, which is every step
+but the last for DDPM and for DDIM with η > 0, and none for DDIM with η = 0. With η = 1 and all
+T steps DDIM's update is algebraically DDPM's, so the two then produce the same samples from the
+same generator state; the tests rely on this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor, nn
+
+from featdiff.diffusion.process import eps_from_x0, x0_from_eps
+from featdiff.diffusion.schedules import NoiseSchedule
+from featdiff.progress import progress as progress_bar
+
+if TYPE_CHECKING:
+    from featdiff.diffusion.losses import Prediction
+
+Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""(x_t (B, D), t (B,) int64, y (B,) int64) -> the model's ε or x0 prediction (B, D)."""
+
+Clip = tuple[float | Tensor, float | Tensor] | None
+Method = Literal["ddpm", "ddim"]
+
+
+@dataclass(frozen=True)
+class AncestralStep:
+    """Scalars for x_t -> x_{t-1} ~ q(x_{t-1} | x_t, x̂0) (Ho et al. 2020, eq. 6-7)."""
+
+    t: int
+    sqrt_recip_ac: float
+    sqrt_recipm1_ac: float
+    coef_x0: float
+    coef_xt: float
+    sigma: float
+
+
+@dataclass(frozen=True)
+class DDIMStep:
+    """Scalars for x_t -> x_prev along DDIM's generalised process (Song et al. 2021, eq. 12)."""
+
+    t: int
+    sqrt_recip_ac: float
+    sqrt_recipm1_ac: float
+    sqrt_ac_prev: float
+    coef_eps: float
+    sigma: float
+
+
+def ancestral_plan(schedule: NoiseSchedule) -> list[AncestralStep]:
+    """One step per t = T-1..0 with σ_t² = β̃_t; β̃_0 = 0, so the last step adds no noise."""
+    s = schedule
+    return [
+        AncestralStep(
+            t=t,
+            sqrt_recip_ac=float(s.sqrt_recip_alphas_cumprod[t]),
+            sqrt_recipm1_ac=float(s.sqrt_recipm1_alphas_cumprod[t]),
+            coef_x0=float(s.posterior_mean_coef1[t]),
+            coef_xt=float(s.posterior_mean_coef2[t]),
+            sigma=float(s.posterior_variance[t].sqrt()),
+        )
+        for t in range(s.num_steps - 1, -1, -1)
+    ]
+
+
+def ddim_timesteps(num_steps: int, steps: int) -> Tensor:
+    """`steps` distinct, evenly spaced indices from T-1 down to 0 (just T-1 when steps = 1), so
+    the first step starts from (nearly) pure noise and the last lands on the data (ᾱ_prev = 1)."""
+    if not 1 <= steps <= num_steps:
+        raise ValueError(f"steps must be in [1, {num_steps}], got {steps}")
+    return torch.linspace(num_steps - 1, 0, steps, dtype=torch.float64).round().long()
+
+
+def ddim_plan(schedule: NoiseSchedule, steps: int, eta: float) -> list[DDIMStep]:
+    """σ = η √((1-ᾱ_prev)/(1-ᾱ_t)) √(1-ᾱ_t/ᾱ_prev): η = 0 is the deterministic ODE-like sampler,
+    η = 1 makes σ² the posterior variance of the skipped-step process."""
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    timesteps = ddim_timesteps(schedule.num_steps, steps)
+    ac = schedule.alphas_cumprod[timesteps]
+    ac_prev = torch.cat([ac[1:], ac.new_ones(1)])
+    sigma = eta * ((1 - ac_prev) / (1 - ac) * (1 - ac / ac_prev)).sqrt()
+    coef_eps = (1 - ac_prev - sigma**2).clamp(min=0).sqrt()
+    return [
+        DDIMStep(
+            t=int(timesteps[i]),
+            sqrt_recip_ac=float(ac[i].rsqrt()),
+            sqrt_recipm1_ac=float((1 / ac[i] - 1).sqrt()),
+            sqrt_ac_prev=float(ac_prev[i].sqrt()),
+            coef_eps=float(coef_eps[i]),
+            sigma=float(sigma[i]),
+        )
+        for i in range(steps)
+    ]
+
+
+def x0_and_eps_at_step(
+    model_output: Tensor,
+    x_t: Tensor,
+    prediction: Prediction,
+    sqrt_recip_ac: float,
+    sqrt_recipm1_ac: float,
+    clip: Clip,
+) -> tuple[Tensor, Tensor]:
+    """Clipping acts on x̂0, and ε̂ is then re-derived from the clipped x̂0 so that DDIM's
+    direction stays consistent with the point it is heading to (as in Nichol & Dhariwal's code)."""
+    if prediction == "eps":
+        x0 = x0_from_eps(x_t, model_output, sqrt_recip_ac, sqrt_recipm1_ac)
+        if clip is None:
+            return x0, model_output
+    elif prediction == "x0":
+        x0 = model_output
+    else:
+        raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'x0'")
+    if clip is not None:
+        x0 = x0.clamp(*clip)
+    return x0, eps_from_x0(x_t, x0, sqrt_recip_ac, sqrt_recipm1_ac)
+
+
+def ancestral_update(x_t: Tensor, x0: Tensor, noise: Tensor | None, step: AncestralStep) -> Tensor:
+    mean = step.coef_x0 * x0 + step.coef_xt * x_t
+    return mean if noise is None else mean + step.sigma * noise
+
+
+def ddim_update(x0: Tensor, eps: Tensor, noise: Tensor | None, step: DDIMStep) -> Tensor:
+    direction = step.sqrt_ac_prev * x0 + step.coef_eps * eps
+    return direction if noise is None else direction + step.sigma * noise
+
+
+@contextlib.contextmanager
+def eval_mode(model: Denoiser) -> Iterator[None]:
+    """Sampling must never see dropout; the caller's train/eval state is restored afterwards."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _initial_noise(
+    y: Tensor, feature_dim: int, generator: torch.Generator | None, noise: Tensor | None
+) -> Tensor:
+    if noise is not None:
+        if noise.shape != (y.shape[0], feature_dim):
+            expected = (y.shape[0], feature_dim)
+            raise ValueError(f"noise must have shape {expected}, got {tuple(noise.shape)}")
+        return noise
+    return torch.randn((y.shape[0], feature_dim), generator=generator, device=y.device)
+
+
+def _step_noise(x: Tensor, sigma: float, generator: torch.Generator | None) -> Tensor | None:
+    if sigma == 0:
+        return None
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def _run(
+    model: Denoiser,
+    y: Tensor,
+    x: Tensor,
+    plan: Sequence[AncestralStep] | Sequence[DDIMStep],
+    prediction: Prediction,
+    clip: Clip,
+    generator: torch.Generator | None,
+    differentiable: bool,
+) -> Tensor:
+    grad_context = contextlib.nullcontext() if differentiable else torch.inference_mode()
+    with eval_mode(model), grad_context:
+        for step in plan:
+            t = torch.full_like(y, step.t)
+            x0, eps = x0_and_eps_at_step(
+                model(x, t, y), x, prediction, step.sqrt_recip_ac, step.sqrt_recipm1_ac, clip
+            )
+            noise = _step_noise(x, step.sigma, generator)
+            if isinstance(step, AncestralStep):
+                x = ancestral_update(x, x0, noise, step)
+            else:
+                x = ddim_update(x0, eps, noise, step)
+    # Inference tensors cannot be saved for backward, so a classifier later trained on these
+    # samples would fail; an ordinary copy (B x D, negligible next to sampling) avoids that.
+    return x if differentiable else x.clone()
+
+
+def ddpm_sample(
+    model: Denoiser,
+    y: Tensor,
+    feature_dim: int,
+    schedule: NoiseSchedule,
+    prediction: Prediction,
+    clip: Clip = None,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """Ancestral sampling over all T steps (LDMLR's sampler, with clip=(-1, 1))."""
+    x = _initial_noise(y, feature_dim, generator, noise)
+    return _run(model, y, x, ancestral_plan(schedule), prediction, clip, generator, False)
+
+
+def ddim_sample(
+    model: Denoiser,
+    y: Tensor,
+    feature_dim: int,
+    schedule: NoiseSchedule,
+    steps: int,
+    eta: float = 0.0,
+    prediction: Prediction = "eps",
+    clip: Clip = None,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    differentiable: bool = False,
+) -> Tensor:
+    """DDIM with any number of steps and any η; `differentiable=True` keeps the autograd graph
+    through every step (for training through the sampler), otherwise it runs in inference mode."""
+    x = _initial_noise(y, feature_dim, generator, noise)
+    plan = ddim_plan(schedule, steps, eta)
+    return _run(model, y, x, plan, prediction, clip, generator, differentiable)
+
+
+def sample_features(
+    model: Denoiser,
+    labels: Tensor,
+    feature_dim: int,
+    schedule: NoiseSchedule,
+    prediction: Prediction = "eps",
+    method: Method = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    clip: Clip = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int = 8192,
+    progress: bool = True,
+) -> Tensor:
+    """Generates one feature per label, in chunks so that activations stay bounded for any N.
+
+    Draws are consumed chunk after chunk from the one generator, so for a fixed seed the samples
+    depend on chunk_size (their distribution does not).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if method not in ("ddpm", "ddim"):
+        raise ValueError(f"unknown method {method!r}; expected 'ddpm' or 'ddim'")
+    plan = ancestral_plan(schedule) if method == "ddpm" else ddim_plan(schedule, steps, eta)
+    chunks = []
+    bar = progress_bar(total=labels.shape[0], unit="feat", desc=f"sampling ({method})", disable=not progress)
+    with bar:
+        for y in labels.split(chunk_size):
+            x = _initial_noise(y, feature_dim, generator, None)
+            chunks.append(_run(model, y, x, plan, prediction, clip, generator, False))
+            bar.update(y.shape[0])
+    return torch.cat(chunks) if chunks else torch.empty((0, feature_dim), device=labels.device)
