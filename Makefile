@@ -20,6 +20,7 @@ run: $(STAMP)
 	$(PY) -m featdiff run configs/digits_ldmlr.yaml
 
 test: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
 benchmark-ldmlr-frozen: $(STAMP)

@@ -61,7 +61,7 @@ def ldam_reference(labels: np.ndarray, counts: list[int]) -> list[int]:
     """LDAM-DRW's gen_imbalanced_data, as written there, on the global generator."""
     np.random.seed(0)
     selected = []
-    for the_class, the_img_num in zip(np.unique(labels), counts):
+    for the_class, the_img_num in zip(np.unique(labels), counts, strict=True):
         idx = np.where(labels == the_class)[0]
         np.random.shuffle(idx)
         selected.extend(idx[:the_img_num].tolist())

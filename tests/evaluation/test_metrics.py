@@ -46,7 +46,7 @@ def test_shot_thresholds_at_the_boundaries():
 def test_index_groups_are_ldmlr_generation_groups(num_classes, ranges):
     # ldmlr.md §1.3: CIFAR-10 0–3 / 4–6 / 7–9, CIFAR-100 0–33 / 34–66 / 67–99.
     masks = group_masks(torch.ones(num_classes), "index")
-    for name, (lo, hi) in zip(("head", "mid", "tail"), ranges):
+    for name, (lo, hi) in zip(("head", "mid", "tail"), ranges, strict=True):
         expected = torch.zeros(num_classes, dtype=torch.bool)
         expected[lo:hi] = True
         assert torch.equal(masks[name], expected)
@@ -85,7 +85,7 @@ def test_ece_matches_textbook_binning_loop():
     confidence, correct = probs.max(1), probs.argmax(1) == labels
     edges = np.linspace(0, 1, 16)
     reference = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         inside = (confidence > lo) & (confidence <= hi)
         if inside.any():
             reference += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
@@ -125,7 +125,16 @@ def test_summarize_against_sklearn_and_group_means():
 
     adjusted_pred = (logits.double() - torch.log(counts.double())).argmax(1).numpy()
     assert summary["acc_adjusted"]["overall"] == pytest.approx(100 * accuracy_score(labels, adjusted_pred))
-    assert set(summary) == {"acc", "acc_adjusted", "per_class", "per_class_adjusted", "ece", "ece_adjusted", "acc_index", "acc_index_adjusted"}
+    assert set(summary) == {
+        "acc",
+        "acc_adjusted",
+        "per_class",
+        "per_class_adjusted",
+        "ece",
+        "ece_adjusted",
+        "acc_index",
+        "acc_index_adjusted",
+    }
     json.dumps(summary, allow_nan=False)
 
 

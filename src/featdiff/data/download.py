@@ -17,10 +17,9 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
-from tqdm import tqdm
-
 from featdiff.data.official import OFFICIAL_LAYOUTS, Dataset
 from featdiff.errors import UserError
+from featdiff.progress import progress
 
 OFFICIAL_ARCHIVES: dict[str, tuple[str, str]] = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
@@ -67,7 +66,7 @@ def _stream(url: str, sink: BinaryIO, dest: Path) -> str:
     try:
         with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=None) as bar:
+            with progress(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=None) as bar:
                 while chunk := response.read(_CHUNK_BYTES):
                     digest.update(chunk)
                     sink.write(chunk)

@@ -67,7 +67,7 @@ def write_split_list(path: Path, split: ImageSet) -> None:
         raise ValueError("a split list needs image names")
     lines = (
         f"{name}\t{label}\t{fingerprint}\n"
-        for name, label, fingerprint in zip(split.names, split.labels.tolist(), image_fingerprints(split.images))
+        for name, label, fingerprint in zip(split.names, split.labels.tolist(), image_fingerprints(split.images), strict=True)
     )
     with path.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as stream:
         stream.write("".join(lines).encode("utf-8"))

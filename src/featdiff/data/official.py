@@ -112,9 +112,9 @@ def _layout(dataset: str) -> OfficialLayout:
 
 def _read_batches(paths: list[Path], label_key: bytes, classes: tuple[str, ...]) -> ImageSet:
     batches = [_unpickle(path) for path in paths]
-    data = np.concatenate([np.asarray(_field(b, b"data", p), dtype=np.uint8) for b, p in zip(batches, paths)])
-    labels = np.concatenate([np.asarray(_field(b, label_key, p), dtype=np.int64) for b, p in zip(batches, paths)])
-    names = np.concatenate([np.asarray(_field(b, b"filenames", p)) for b, p in zip(batches, paths)])
+    data = np.concatenate([np.asarray(_field(b, b"data", p), dtype=np.uint8) for b, p in zip(batches, paths, strict=True)])
+    labels = np.concatenate([np.asarray(_field(b, label_key, p), dtype=np.int64) for b, p in zip(batches, paths, strict=True)])
+    names = np.concatenate([np.asarray(_field(b, b"filenames", p)) for b, p in zip(batches, paths, strict=True)])
     return ImageSet(
         images=torch.from_numpy(np.ascontiguousarray(data.reshape(-1, 3, 32, 32))),
         labels=torch.from_numpy(labels),

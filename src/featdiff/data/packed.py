@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from featdiff.data.imageset import ImageSet
 from featdiff.errors import UserError
 from featdiff.paths import cache_dir
+from featdiff.progress import progress
 
 _CACHED_ARRAYS = ("images", "labels", "names", "classes")
 _HASH_CHUNK_BYTES = 1 << 20
@@ -50,7 +50,7 @@ def decode_webp(webp: np.ndarray, offsets: np.ndarray, desc: str = "decoding") -
     first = _decode_one(webp[offsets[0] : offsets[1]])
     out = np.empty((len(offsets) - 1, *first.shape), dtype=np.uint8)
     out[0] = first
-    for i in tqdm(range(1, len(out)), desc=desc, unit="img", initial=1, total=len(out), disable=None):
+    for i in progress(range(1, len(out)), desc=desc, unit="img", initial=1, total=len(out), disable=None):
         out[i] = _decode_one(webp[offsets[i] : offsets[i + 1]])
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from featdiff.models.encoders import Encoder
+from featdiff.progress import progress as progress_bar
 
 Style = Literal["eval", "ldmlr"]
 
@@ -117,7 +117,7 @@ def _batched(
     out = torch.empty(images.shape[0], out_dim, dtype=torch.float32)
     starts = range(0, images.shape[0], batch_size)
     with torch.inference_mode():
-        for start in tqdm(starts, desc="inference", unit="batch", leave=False, disable=not progress):
+        for start in progress_bar(starts, desc="inference", unit="batch", leave=False, disable=not progress):
             batch = images[start : start + batch_size].to(target, non_blocking=True)
             if augment is not None:
                 batch = augment(batch)

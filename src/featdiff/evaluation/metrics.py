@@ -37,7 +37,7 @@ def group_masks(train_counts: torch.Tensor, rule: GroupRule) -> dict[str, torch.
     if rule == "index":
         num_classes = train_counts.numel()
         masks = {}
-        for name, members in zip(("head", "mid", "tail"), torch.tensor_split(torch.arange(num_classes), 3)):
+        for name, members in zip(("head", "mid", "tail"), torch.tensor_split(torch.arange(num_classes), 3), strict=True):
             mask = torch.zeros(num_classes, dtype=torch.bool)
             mask[members] = True
             masks[name] = mask
