@@ -30,8 +30,13 @@ def _run(args: argparse.Namespace) -> None:
         config = load_config(Path(args.config), parse_overrides(args.set))
         out = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = Run.create(out, config)
-    print(f"featdiff: run folder {run.directory}", file=sys.stderr)
-    results = execute(run)
+    print(f"featdiff: run folder {run.directory}")
+    try:
+        results = execute(run)
+    except UserError:
+        if args.resume is None:
+            run.discard_if_unstarted()
+        raise
     rows = {**results["controls"], results["method"]: results}
     print(f"\n{results['dataset']}, imbalance factor {results['imbalance_factor']:g}, seed {results['seed']}, "
           f"final epoch, top-1 % on the test set (adj. = logit-adjusted by the training prior)\n")

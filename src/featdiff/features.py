@@ -55,20 +55,51 @@ def images_fingerprint(images: ImageSet) -> bytes:
     return images.images.cpu().contiguous().numpy().tobytes() + images.labels.cpu().numpy().tobytes()
 
 
+CPU_BATCH = 250
+"""Eval-mode inference batch on a CPU; batches of 100–250 ran 2–3× faster than 1000 here."""
+
+
+def _augmenter(bundle: DatasetBundle, generator: torch.Generator):
+    padding = 4 if bundle.flip else 1
+
+    def augment(batch: torch.Tensor) -> torch.Tensor:
+        return random_crop_flip(batch, padding=padding, generator=generator, flip=bundle.flip)
+
+    return augment
+
+
+def _encode_ldmlr_style(
+    model: nn.Module, bundle: DatasetBundle, images: ImageSet, generator: torch.Generator, device: torch.device
+) -> FeatureSet:
+    """LDMLR's extraction: one augmented pass in shuffled batches of 64 with BN in train mode.
+
+    BN statistics come from each batch, so the batches must be shuffled like LDMLR's DataLoader
+    (the stored splits are sorted by class); the permutation is undone afterwards.
+    """
+    order = torch.randperm(len(images.labels), generator=generator)
+    features = encode(
+        model, images.images[order], bundle.mean, bundle.std, batch_size=64, device=device, style="ldmlr",
+        augment=_augmenter(bundle, generator), progress=True,
+    )
+    restored = torch.empty_like(features)
+    restored[order] = features
+    return FeatureSet(restored, images.labels)
+
+
 def _encode_views(
     model: nn.Module, bundle: DatasetBundle, images: ImageSet, config: FeatureConfig, seed: int, device: torch.device
 ) -> FeatureSet:
-    clean = encode(model, images.images, bundle.mean, bundle.std, device=device, style=config.style, progress=True)
-    views, labels = [clean], [images.labels]
     generator = torch.Generator().manual_seed(seed)
+    if config.style == "ldmlr":
+        return _encode_ldmlr_style(model, bundle, images, generator, device)
+    batch = CPU_BATCH if device.type == "cpu" else 1000
+    views = [encode(model, images.images, bundle.mean, bundle.std, batch_size=batch, device=device, progress=True)]
     for _ in range(config.augmented_views):
-
-        def augment(batch: torch.Tensor) -> torch.Tensor:
-            return random_crop_flip(batch.cpu(), padding=4 if bundle.flip else 1, generator=generator).to(batch.device)
-
-        views.append(encode(model, images.images, bundle.mean, bundle.std, device=device, style=config.style, augment=augment, progress=True))
-        labels.append(images.labels)
-    return FeatureSet(torch.cat(views), torch.cat(labels))
+        views.append(
+            encode(model, images.images, bundle.mean, bundle.std, batch_size=batch, device=device,
+                   augment=_augmenter(bundle, generator), progress=True)
+        )
+    return FeatureSet(torch.cat(views), images.labels.repeat(len(views)))
 
 
 def encode_dataset(

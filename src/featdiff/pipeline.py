@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from featdiff.config import RunConfig, config_to_dict
+from featdiff.config import config_to_dict
 from featdiff.data.augment import random_crop_flip
 from featdiff.data.bundle import DatasetBundle, load_dataset
 from featdiff.errors import UserError
@@ -93,16 +93,16 @@ def evaluate(classifier: nn.Module, features: FeatureSet, train_counts: torch.Te
     return summarize(logits, features.labels, train_counts, prior=prior, index_groups=index_groups)
 
 
-def evaluate_all(classifier: nn.Module, encoded: EncodedDataset, train_counts: torch.Tensor, prior: torch.Tensor, bundle: DatasetBundle) -> dict:
+def evaluate_all(
+    classifier: nn.Module, encoded: EncodedDataset, train_counts: torch.Tensor, prior: torch.Tensor, bundle: DatasetBundle
+) -> dict:
     result = evaluate(classifier, encoded.test, train_counts, prior, bundle.index_groups)
     if encoded.validation is not None:
         result["validation"] = evaluate(classifier, encoded.validation, train_counts, prior, bundle.index_groups)
     return result
 
 
-def retrain_classifier(
-    run: Run, stage: str, encoder: nn.Module, data: WeightedFeatures, device: torch.device
-) -> nn.Linear:
+def retrain_classifier(run: Run, stage: str, encoder: nn.Module, data: WeightedFeatures, device: torch.device) -> nn.Linear:
     config = run.config
     classifier = copy.deepcopy(encoder.fc).to(device)
     if config.classifier.init == "random":
@@ -136,7 +136,7 @@ def stage_pseudo_features(
         return stored["features"], stored["labels"], run.stage_info("generation")["timings"]
     started = time.perf_counter()
     torch.manual_seed(config.seed * 1000 + STAGE_SEEDS["denoiser"])
-    denoiser, scaler = ldmlr.fit_denoiser(
+    feature_generator = ldmlr.fit_denoiser(
         encoded.train.features,
         encoded.train.labels,
         num_classes,
@@ -147,12 +147,10 @@ def stage_pseudo_features(
         checkpoint=lambda state: run.save_checkpoint("denoiser", state),
         log=lambda step, loss: run.log("denoiser", step=step, loss=loss),
     )
-    run.save_tensors("denoiser.safetensors", denoiser.state_dict())
+    run.save_tensors("denoiser.safetensors", feature_generator.tensors())
     timings["denoiser_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    features, labels = ldmlr.generate(
-        denoiser, scaler, counts, config.diffusion, stage_generator(config.seed, "generation", device)
-    )
+    features, labels = ldmlr.generate(feature_generator, counts, config.diffusion, stage_generator(config.seed, "generation", device))
     timings["generation_s"] = time.perf_counter() - started
     run.save_tensors("pseudo_features.safetensors", {"features": features, "labels": labels})
     run.mark_done("generation", timings=timings)

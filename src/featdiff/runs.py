@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -89,6 +90,12 @@ class Run:
         if (directory / RESULTS_FILE).is_file():
             raise UserError(f"run {directory} is already complete ({RESULTS_FILE} exists); start a new one with --out")
         return cls(directory, load_config(directory / CONFIG_FILE))
+
+    def discard_if_unstarted(self) -> None:
+        """Remove a folder this process just created when it failed before finishing any stage."""
+        stages = self.directory / "stages"
+        if not stages.exists() or not any(stages.iterdir()):
+            shutil.rmtree(self.directory)
 
     @property
     def elapsed_s(self) -> float:

@@ -8,6 +8,7 @@ samples there, as LDMLR's code does (which truncates the unbounded ReLU features
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -54,6 +55,30 @@ def build_denoiser(feature_dim: int, num_classes: int, config: DiffusionConfig) 
     )
 
 
+@dataclass
+class FeatureGenerator:
+    """A trained denoiser with the scaling and clipping it was trained for."""
+
+    denoiser: nn.Module
+    scaler: Scaler
+    clip: tuple[torch.Tensor | float, torch.Tensor | float] | None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        state = {f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()}
+        state |= {f"scaler.{k}": v for k, v in self.scaler.state_dict().items()}
+        if self.clip is not None:
+            state |= {f"clip.{name}": torch.as_tensor(bound) for name, bound in zip(("low", "high"), self.clip, strict=True)}
+        return state
+
+
+def clip_range(scaled: torch.Tensor, config: DiffusionConfig) -> tuple[torch.Tensor | float, torch.Tensor | float] | None:
+    if config.resolved_scaling() == "unit_interval":
+        return (-1.0, 1.0)
+    if not config.clip_x0:
+        return None
+    return scaled.min(dim=0).values, scaled.max(dim=0).values
+
+
 def fit_denoiser(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -64,37 +89,40 @@ def fit_denoiser(
     resume: dict | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     log: Callable[[int, float], None] | None = None,
-) -> tuple[nn.Module, Scaler]:
-    """Train the denoiser on scaled features; returns the EMA denoiser and the scaler."""
+) -> FeatureGenerator:
+    """Train the denoiser on scaled features; samples come from its EMA weights."""
     scaler = make_scaler(features, config)
+    scaled = scaler.encode(features)
     model = build_denoiser(features.shape[1], num_classes, config).to(device)
     ema = train_denoiser(
-        model, scaler.encode(features), labels, schedule_for(config), config, generator,
-        resume=resume, checkpoint=checkpoint, log=log,
+        model, scaled, labels, schedule_for(config), config, generator, resume=resume, checkpoint=checkpoint, log=log
     )
-    return ema.module.eval(), scaler
+    bounds = clip_range(scaled, config)
+    if bounds is not None:
+        bounds = tuple(b.to(device) if isinstance(b, torch.Tensor) else b for b in bounds)
+    return FeatureGenerator(ema.module.eval(), scaler, bounds)
 
 
 def generate(
-    denoiser: nn.Module,
-    scaler: Scaler,
+    generator_model: FeatureGenerator,
     counts: torch.Tensor,
     config: DiffusionConfig,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample counts[c] pseudo-features of every class c; returns (features, labels) on the CPU."""
+    denoiser = generator_model.denoiser
     device = next(denoiser.parameters()).device
     labels = torch.repeat_interleave(torch.arange(counts.numel()), counts).to(device)
-    faithful_clip = (-1.0, 1.0) if config.resolved_scaling() == "unit_interval" else None
     scaled = sample_features(
         denoiser,
         labels,
+        denoiser.feature_dim,
         schedule_for(config),
-        sampler=config.resolved_sampler(),
+        method=config.resolved_sampler(),
         steps=config.resolved_sample_steps(),
         eta=config.eta,
         prediction=config.resolved_prediction(),
-        clip=faithful_clip,
+        clip=generator_model.clip,
         generator=generator,
     )
-    return scaler.decode(scaled).cpu(), labels.cpu()
+    return generator_model.scaler.decode(scaled).cpu(), labels.cpu()

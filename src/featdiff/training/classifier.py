@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from featdiff.config import ClassifierConfig
+from featdiff.progress import progress
 
 
 @dataclass
@@ -77,7 +77,7 @@ def train_classifier(
         generator.set_state(resume["generator"])
         start_epoch, history = resume["epoch"], list(resume["history"])
     n = len(data)
-    for epoch in tqdm(range(start_epoch, config.epochs), desc=desc, initial=start_epoch, total=config.epochs, leave=False):
+    for epoch in progress(range(start_epoch, config.epochs), desc=desc, initial=start_epoch, total=config.epochs):
         order = torch.randperm(n, generator=generator, device=generator.device).to(device)
         total = torch.zeros((), device=device)
         for start in range(0, n, config.batch_size):

@@ -11,11 +11,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from featdiff.config import DiffusionConfig
 from featdiff.diffusion.losses import diffusion_loss_per_sample
 from featdiff.diffusion.schedules import NoiseSchedule
+from featdiff.progress import progress
 
 
 def make_ema(model: nn.Module, decay: float) -> AveragedModel:
@@ -83,7 +83,7 @@ def train_denoiser(
         generator.set_state(resume["generator"])
         step, cursor, running = resume["step"], resume["cursor"], resume["running"]
         order = resume["order"].to(device)
-    bar = tqdm(total=config.steps, initial=step, desc="denoiser", leave=False)
+    bar = progress(total=config.steps, initial=step, desc="denoiser")
     while step < config.steps:
         if cursor + batch > n:
             order, cursor = torch.randperm(n, generator=generator, device=generator.device).to(device), 0
@@ -96,7 +96,7 @@ def train_denoiser(
         running = loss if running is None else 0.98 * running + 0.02 * loss
         bar.update(1)
         if step % 100 == 0:
-            bar.set_postfix(loss=f"{running:.4f}")
+            bar.set_postfix(loss=f"{running:.4f}", refresh=False)
             if log is not None:
                 log(step, running)
         if checkpoint is not None and step % checkpoint_every == 0 and step < config.steps:

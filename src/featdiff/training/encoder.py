@@ -11,9 +11,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from featdiff.config import EncoderConfig
+from featdiff.progress import progress
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 Normalize = Callable[[torch.Tensor], torch.Tensor]
@@ -64,7 +64,7 @@ def train_encoder(
         start_epoch = resume["epoch"]
     n = labels.numel()
     model.train()
-    for epoch in tqdm(range(start_epoch, config.epochs), desc="encoder", initial=start_epoch, total=config.epochs, leave=False):
+    for epoch in progress(range(start_epoch, config.epochs), desc="encoder", initial=start_epoch, total=config.epochs):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(epoch, config)
         order = torch.randperm(n, generator=generator, device=generator.device).to(device)

@@ -1,0 +1,97 @@
+"""The command line as a user meets it: bad input gives one line, exit status 2, and no damage."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FAST_DIGITS = ["--set", "encoder.epochs=3", "--set", "diffusion.steps=200", "--set", "classifier.epochs=20"]
+
+
+def featdiff(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "featdiff", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("featdiff: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unknown_config_key(tmp_path):
+    result = featdiff("run", "configs/digits_ldmlr.yaml", "--set", "diffusion.stepz=3", "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, "diffusion.stepz")
+    assert not (tmp_path / "run").exists()
+
+
+def test_imbalance_factor_below_one(tmp_path):
+    result = featdiff("run", "configs/digits_ldmlr.yaml", "--set", "data.imbalance_factor=0.5", "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, "data.imbalance_factor")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_folder(tmp_path):
+    result = featdiff("run", "configs/cifar10_lt_if100.yaml", "--set", f"data.root={tmp_path / 'nowhere'}", "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, "nowhere")
+    assert not (tmp_path / "run").exists()
+
+
+def test_file_with_wrong_sha256(tmp_path, data_root):
+    corrupt = tmp_path / "data"
+    corrupt.mkdir()
+    for name in ("cifar10_lt_if100_train.npz", "cifar10_test.npz"):
+        shutil.copy(data_root / name, corrupt / name)
+    payload = bytearray((corrupt / "cifar10_test.npz").read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    (corrupt / "cifar10_test.npz").write_bytes(bytes(payload))
+    before = snapshot(corrupt)
+    result = featdiff("run", "configs/cifar10_lt_if100.yaml", "--set", f"data.root={corrupt}", "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, "sha256")
+    assert snapshot(corrupt) == before
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_out_folder_is_never_touched(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    before = snapshot(out)
+    result = featdiff("run", "configs/digits_ldmlr.yaml", "--out", str(out))
+    assert_one_line_error(result, "already exists", "--resume")
+    assert snapshot(out) == before
+
+
+def test_digits_run_end_to_end_then_resume_after_a_crash(tmp_path):
+    straight = tmp_path / "straight"
+    result = featdiff("run", "configs/digits_ldmlr.yaml", *FAST_DIGITS, "--out", str(straight))
+    assert result.returncode == 0, result.stderr
+    assert "| ldmlr |" in result.stdout and "| fc_retrain |" in result.stdout and "| ce |" in result.stdout
+    results = json.loads((straight / "results.json").read_text())
+    for key in ("method", "dataset", "imbalance_factor", "seed", "acc", "acc_adjusted", "per_class", "wall_s", "config"):
+        assert key in results
+    assert set(results["acc"]) == {"overall", "many", "medium", "few"}
+    assert results["acc"]["overall"] > 50
+    for name in ("config.yaml", "metrics.jsonl", "encoder.safetensors", "denoiser.safetensors", "classifier.safetensors"):
+        assert (straight / name).is_file(), name
+
+    # Simulate a run killed after the generation stage: drop everything later, then resume.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(straight, crashed)
+    for name in ("results.json", "classifier.safetensors", "stages/classifier.done"):
+        (crashed / name).unlink()
+    resumed = featdiff("run", "--resume", str(crashed))
+    assert resumed.returncode == 0, resumed.stderr
+    again = json.loads((crashed / "results.json").read_text())
+    assert again["acc"] == results["acc"] and again["per_class"] == results["per_class"]
+
+    complete = featdiff("run", "--resume", str(straight))
+    assert_one_line_error(complete, "already complete")

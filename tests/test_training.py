@@ -1,0 +1,86 @@
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from featdiff.config import ClassifierConfig, DiffusionConfig
+from featdiff.diffusion.schedules import make_schedule
+from featdiff.models.denoiser import FeatureDenoiser
+from featdiff.training.classifier import (
+    WeightedFeatures,
+    train_classifier,
+    weighted_cross_entropy,
+)
+from featdiff.training.denoiser import train_denoiser
+
+
+def test_weighted_cross_entropy_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 0])
+    weights = torch.tensor([1.0, 0.5, 0.25])
+    by_hand = [
+        -torch.log(torch.exp(torch.tensor(2.0)) / (torch.exp(torch.tensor(2.0)) + 1)),
+        -torch.log(torch.exp(torch.tensor(1.0)) / (1 + torch.exp(torch.tensor(1.0)))),
+        -torch.log(torch.tensor(0.5)),
+    ]
+    expected = (by_hand[0] * 1.0 + by_hand[1] * 0.5 + by_hand[2] * 0.25) / 1.75
+    assert torch.allclose(weighted_cross_entropy(logits, labels, weights), expected)
+    assert torch.allclose(weighted_cross_entropy(logits, labels, torch.ones(3)), F.cross_entropy(logits, labels))
+
+
+def _data(n=300, d=8, c=3):
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, c, (n,), generator=generator)
+    features = torch.randn(n, d, generator=generator) + 2 * F.one_hot(labels, d).float()
+    return WeightedFeatures(features, labels, torch.ones(n))
+
+
+def test_classifier_learns_and_resume_is_bit_identical():
+    data, config = _data(), ClassifierConfig(epochs=20, batch_size=64, lr=1e-2)
+    torch.manual_seed(0)
+    straight = torch.nn.Linear(8, 3)
+    start = {k: v.clone() for k, v in straight.state_dict().items()}
+    history = train_classifier(straight, data, config, torch.Generator().manual_seed(1))
+    assert history[-1] < 0.5 * history[0]
+
+    saved = []
+    interrupted = torch.nn.Linear(8, 3)
+    interrupted.load_state_dict(start)
+    train_classifier(interrupted, data, ClassifierConfig(epochs=10, batch_size=64, lr=1e-2), torch.Generator().manual_seed(1),
+                     checkpoint=lambda state: saved.append(copy.deepcopy(state)), checkpoint_every=5)
+    resumed = torch.nn.Linear(8, 3)
+    train_classifier(resumed, data, config, torch.Generator(), resume=saved[0])
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+class Killed(Exception):
+    pass
+
+
+def test_denoiser_resume_after_a_kill_is_bit_identical():
+    config = DiffusionConfig(steps=30, batch_size=32, width=32, depth=1, time_dim=16)
+    data = _data(n=100)
+    schedule = make_schedule(config.schedule, config.num_steps)
+
+    def fresh() -> FeatureDenoiser:
+        torch.manual_seed(0)
+        return FeatureDenoiser(8, 3, width=config.width, depth=config.depth, time_dim=config.time_dim)
+
+    straight = train_denoiser(fresh(), data.features, data.labels, schedule, config, torch.Generator().manual_seed(2))
+
+    saved = []
+
+    def save_then_die(state: dict) -> None:
+        saved.append(copy.deepcopy(state))
+        raise Killed
+
+    try:
+        train_denoiser(fresh(), data.features, data.labels, schedule, config, torch.Generator().manual_seed(2),
+                       checkpoint=save_then_die, checkpoint_every=11)
+    except Killed:
+        pass
+    assert saved and saved[0]["step"] == 11
+    resumed = train_denoiser(fresh(), data.features, data.labels, schedule, config, torch.Generator(), resume=saved[0])
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
