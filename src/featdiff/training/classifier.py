@@ -50,7 +50,7 @@ def classifier_step(
 
 
 def make_classifier_optimizer(classifier: nn.Module, config: ClassifierConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(classifier.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(classifier.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def train_classifier(

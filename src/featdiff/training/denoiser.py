@@ -47,7 +47,7 @@ def denoiser_step(
 
 
 def make_denoiser_optimizer(model: nn.Module, config: DiffusionConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def train_denoiser(
