@@ -17,7 +17,7 @@ import yaml
 
 from featdiff.errors import UserError
 
-Method = Literal["ce", "fc_retrain", "ldmlr"]
+Method = Literal["ce", "fc_retrain", "ldmlr", "ce_finetune", "ldmlr_stale", "ldmlr_refit", "e2e"]
 Dataset = Literal["digits", "cifar10", "cifar100"]
 
 
@@ -156,6 +156,112 @@ class ClassifierConfig:
 
 
 @dataclass
+class PseudoFilterConfig:
+    """DiffuLT-style AID/OOD filter: a pseudo-feature's distance to its class prototype in units
+    of the class's real radius r_y puts it in a band: ID (d ≤ id_edge·r), AID (≤ aid_edge·r) or
+    OOD; each band's samples get a loss weight (0 drops them)."""
+
+    enabled: bool = False
+    radius: Literal["max", "rms"] = "max"
+    """max: the largest real distance to the prototype (DiffuLT); rms: √tr(Σ_y)."""
+    id_edge: float = 1.0
+    aid_edge: float = 2.0
+    id_weight: float = 1.0
+    aid_weight: float = 1.0
+    ood_weight: float = 0.0
+
+    def validate(self) -> None:
+        _check(0 < self.id_edge <= self.aid_edge, "filter.id_edge", "must satisfy 0 < id_edge <= aid_edge")
+        for name in ("id_weight", "aid_weight", "ood_weight"):
+            _check(getattr(self, name) >= 0, f"filter.{name}", "must be >= 0")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning the encoder and classifier (ce_finetune, and the encoder side of e2e)."""
+
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    trainable: Literal["all", "last_stage"] = "last_stage"
+    """last_stage: only layer3 and the fc train; earlier layers (and their BN statistics) stay frozen."""
+    augment_padding: int = 4
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "finetune.epochs", "must be >= 1")
+        _check(self.batch_size >= 2, "finetune.batch_size", "must be >= 2")
+        _check(self.lr > 0, "finetune.lr", "must be > 0")
+
+
+@dataclass
+class EndToEndConfig:
+    """Joint training of encoder E, classifier G and denoiser ε_θ (see featdiff.e2e).
+
+    L_total = L_real + λ_sem·(L_LDM + η_p·L_proto + η_c·L_cov | η_r·L_rad) + γ_ge·L_ge.
+    """
+
+    strategy: Literal["A", "B", "C"] = "A"
+    lambda_sem: float = 1.0
+    gamma_ge: float = 1.0
+    eta_proto: float = 0.1
+    semantic: Literal["cov", "rad", "none"] = "cov"
+    eta_cov: float = 0.01
+    eta_rad: float = 0.1
+    radius_kappa: float = 1.0
+    semantic_weighting: Literal["none", "alpha_bar", "min_snr"] = "alpha_bar"
+    semantic_warmup_epochs: float = 1.0
+    """Strategy A: η_p, η_c, η_r ramp linearly from 0 over this many epochs."""
+    prototype_momentum: float = 0.05
+    pseudo_prototype_weight: float = 0.3
+    standardizer_momentum: float = 0.01
+    ldm_to_encoder: bool = False
+    """Let L_LDM's gradient reach E. Off by default: the encoder could shrink its features until
+    the noise is trivially predictable (collapse)."""
+    collapse_guard: float = 1.0
+    """Weight of the variance-floor penalty on E's features, active when ldm_to_encoder is on."""
+    collapse_floor: float = 0.5
+    """The floor, as a fraction of each dimension's std at the start of training."""
+    ge_every: int = 1
+    """Strategy A: run the generation branch every k-th step."""
+    ge_sample_steps: int = 5
+    ge_eta: float = 1.0
+    ge_to_denoiser: bool = False
+    """Backpropagate L_ge through the (differentiable) DDIM sampler into ε_θ."""
+    pseudo_share: float = 0.3
+    """Pseudo-features' share of the classifier's batch (strategies A and B; C ramps it)."""
+    pseudo_share_start: float = 0.1
+    ge_labels: Literal["fill", "uniform"] = "fill"
+    """fill: pseudo labels drawn ∝ (n_max − n_c), topping up the tail; uniform: every class alike."""
+    ratio_denoiser_steps: int = 1
+    """Strategy B: denoiser steps per encoder/classifier step (1 for 1:1, 2 for 2:1)."""
+    cached_pseudo: bool = False
+    """Strategy B: reuse one pseudo batch per epoch instead of sampling afresh each step."""
+    warmup_real_epochs: float = 1.0
+    """Strategy C: epochs with L_real only."""
+    ldm_only_epochs: float = 1.0
+    """Strategy C: epochs with L_real + L_LDM^sem before L_ge switches on."""
+    denoiser_lr: float = 1e-3
+    denoiser_pretrain_steps: int = 2000
+    """Steps fitting ε_θ on the starting encoder's features before joint training."""
+
+    def validate(self) -> None:
+        for name in ("lambda_sem", "gamma_ge", "eta_proto", "eta_cov", "eta_rad", "radius_kappa", "collapse_guard"):
+            _check(getattr(self, name) >= 0, f"e2e.{name}", "must be >= 0")
+        _check(0 < self.prototype_momentum <= 1, "e2e.prototype_momentum", "must be in (0, 1]")
+        _check(0 < self.standardizer_momentum <= 1, "e2e.standardizer_momentum", "must be in (0, 1]")
+        _check(0 <= self.pseudo_share < 1, "e2e.pseudo_share", "must be in [0, 1)")
+        _check(0 <= self.pseudo_share_start < 1, "e2e.pseudo_share_start", "must be in [0, 1)")
+        _check(self.ge_every >= 1, "e2e.ge_every", "must be >= 1")
+        _check(self.ge_sample_steps >= 1, "e2e.ge_sample_steps", "must be >= 1")
+        _check(self.ratio_denoiser_steps >= 1, "e2e.ratio_denoiser_steps", "must be >= 1")
+        _check(self.collapse_floor >= 0, "e2e.collapse_floor", "must be >= 0")
+        _check(self.denoiser_pretrain_steps >= 0, "e2e.denoiser_pretrain_steps", "must be >= 0")
+        _check(self.denoiser_lr > 0, "e2e.denoiser_lr", "must be > 0")
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     method: Method = "ldmlr"
@@ -167,10 +273,14 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    filter: PseudoFilterConfig = field(default_factory=PseudoFilterConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    e2e: EndToEndConfig = field(default_factory=EndToEndConfig)
 
     def validate(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
-        for section in (self.data, self.encoder, self.features, self.diffusion, self.generation, self.classifier):
+        sections = (self.data, self.encoder, self.features, self.diffusion, self.generation, self.classifier)
+        for section in (*sections, self.filter, self.finetune, self.e2e):
             section.validate()
         if self.data.dataset == "digits":
             _check(self.encoder.checkpoint is None, "encoder.checkpoint", "digits has no shipped encoder; leave it null")

@@ -1,0 +1,47 @@
+"""The jointly trained system: encoder E (with its classifier G = E.fc), denoiser ε_θ, and the
+running statistics they share, in one module so one state_dict checkpoints (or averages) it all."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from featdiff.config import EndToEndConfig
+from featdiff.e2e.statistics import ClassStatistics, RunningStandardizer
+
+
+class EndToEndModel(nn.Module):
+    def __init__(self, encoder: nn.Module, denoiser: nn.Module, num_classes: int, config: EndToEndConfig) -> None:
+        super().__init__()
+        feature_dim = int(encoder.feature_dim)
+        self.encoder = encoder
+        self.denoiser = denoiser
+        self.num_classes = num_classes
+        self.standardizer = RunningStandardizer(feature_dim, momentum=config.standardizer_momentum)
+        self.stats = ClassStatistics(num_classes, feature_dim, momentum=config.prototype_momentum)
+        self.register_buffer("feature_floor", torch.zeros(feature_dim))
+        self.register_buffer("pseudo_label_probs", torch.full((num_classes,), 1.0 / num_classes))
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.encoder.fc
+
+    @torch.no_grad()
+    def initialise_statistics(self, features: Tensor, labels: Tensor, train_counts: Tensor, config: EndToEndConfig) -> None:
+        """Statistics of the starting encoder's features: scaling, prototypes, the collapse floor,
+        and the label distribution of pseudo-features."""
+        self.standardizer.fit(features)
+        self.stats.fit(features, labels)
+        self.feature_floor.copy_(config.collapse_floor * self.standardizer.std)
+        self.pseudo_label_probs.copy_(pseudo_label_distribution(train_counts, config.ge_labels))
+
+
+def pseudo_label_distribution(train_counts: Tensor, rule: str) -> Tensor:
+    """fill: ∝ n_max − n_c, so real plus pseudo tends to balance; uniform otherwise (or if the
+    data is already balanced)."""
+    counts = train_counts.double()
+    if rule == "fill":
+        deficit = counts.max() - counts
+        if deficit.sum() > 0:
+            return (deficit / deficit.sum()).float()
+    return torch.full_like(counts, 1.0 / counts.numel()).float()

@@ -1,0 +1,68 @@
+"""EMA prototypes, covariances and scaling statistics against the update rule written out by hand."""
+
+import numpy as np
+import pytest
+import torch
+
+from featdiff.e2e.statistics import ClassStatistics, RunningStandardizer, class_means_and_covariances
+
+
+def test_class_means_and_covariances_match_numpy():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 3, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 4, (40,), generator=generator)
+    labels[:2] = 3
+    weights = torch.rand(40, generator=generator, dtype=torch.float64)
+    means, covariances, mass = class_means_and_covariances(features, labels, weights, 5)
+    for c in range(4):
+        mask = (labels == c).numpy()
+        x, w = features.numpy()[mask], weights.numpy()[mask]
+        assert means[c].numpy() == pytest.approx(np.average(x, axis=0, weights=w))
+        assert covariances[c].numpy() == pytest.approx(np.cov(x.T, aweights=w, bias=True))
+        assert mass[c].item() == pytest.approx(w.sum())
+    assert mass[4] == 0 and torch.all(means[4] == 0)
+
+
+def test_prototype_ema_follows_the_rule_with_pseudo_features_down_weighted():
+    stats = ClassStatistics(num_classes=2, feature_dim=2, momentum=0.1)
+    first = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 5.0]])
+    stats.update(first, torch.tensor([0, 0, 1]))
+    # First sight of a class sets its statistics outright; class 1 had one sample: no covariance yet.
+    assert stats.means.tolist() == [[2.0, 0.0], [0.0, 5.0]]
+    assert stats.seen_cov.tolist() == [True, False]
+    assert stats.covariances[0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+    real = torch.tensor([[4.0, 0.0]])
+    pseudo = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
+    stats.update(real, torch.tensor([0]), pseudo, torch.tensor([0, 1]), pseudo_weight=0.3)
+    batch_mean_0 = (1.0 * torch.tensor([4.0, 0.0]) + 0.3 * torch.tensor([0.0, 0.0])) / 1.3
+    expected_0 = 0.9 * torch.tensor([2.0, 0.0]) + 0.1 * batch_mean_0
+    expected_1 = 0.9 * torch.tensor([0.0, 5.0]) + 0.1 * torch.tensor([10.0, 10.0])
+    assert torch.allclose(stats.means[0], expected_0)
+    assert torch.allclose(stats.means[1], expected_1)
+    deviations = torch.stack([torch.tensor([4.0, 0.0]) - batch_mean_0, -batch_mean_0])
+    batch_cov_0 = (1.0 * torch.outer(deviations[0], deviations[0]) + 0.3 * torch.outer(deviations[1], deviations[1])) / 1.3
+    assert torch.allclose(stats.covariances[0], 0.9 * torch.tensor([[1.0, 0.0], [0.0, 0.0]]) + 0.1 * batch_cov_0)
+    assert torch.all(stats.covariances[1] == 0)  # still only one sample of class 1 per batch
+
+    stats.update(torch.tensor([[5.0, 5.0]]), torch.tensor([0]))
+    assert torch.allclose(stats.means[1], expected_1), "an absent class must keep its prototype"
+
+
+def test_radii_are_root_trace():
+    stats = ClassStatistics(num_classes=1, feature_dim=2)
+    stats.fit(torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [2.0, 4.0]]), torch.zeros(4, dtype=torch.long))
+    assert stats.radii(kappa=2.0).item() == pytest.approx(2.0 * np.sqrt(1.0 + 4.0))
+
+
+def test_running_standardizer_ema():
+    scaler = RunningStandardizer(2, momentum=0.25)
+    a = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    scaler.update(a)
+    assert scaler.mean.tolist() == [1.0, 2.0] and scaler.var.tolist() == [1.0, 1.0]
+    b = torch.tensor([[4.0, 0.0], [8.0, 0.0]])
+    scaler.update(b)
+    assert torch.allclose(scaler.mean, torch.tensor([0.75 * 1 + 0.25 * 6, 0.75 * 2 + 0.25 * 0]))
+    assert torch.allclose(scaler.var, torch.tensor([0.75 * 1 + 0.25 * 4, 0.75 * 1 + 0.25 * 0]))
+    x = torch.randn(5, 2)
+    assert torch.allclose(scaler.decode(scaler.encode(x)), x, atol=1e-6)
