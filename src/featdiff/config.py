@@ -187,7 +187,8 @@ class FinetuneConfig:
     weight_decay: float = 5e-4
     trainable: Literal["all", "last_stage"] = "last_stage"
     """last_stage: only layer3 and the fc train; earlier layers (and their BN statistics) stay frozen."""
-    augment_padding: int = 4
+    augment_padding: int | None = None
+    """Random-crop padding; null uses encoder.augment_padding (4 for CIFAR, 1 for 8×8 digits)."""
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "finetune.epochs", "must be >= 1")
@@ -211,6 +212,8 @@ class EndToEndConfig:
     eta_rad: float = 0.1
     radius_kappa: float = 1.0
     semantic_weighting: Literal["none", "alpha_bar", "min_snr"] = "alpha_bar"
+    semantic_max_t: int = 250
+    """Semantic terms only on timesteps t ≤ this (of diffusion.num_steps); cosine ᾱ_250 ≈ 0.85."""
     semantic_warmup_epochs: float = 1.0
     """Strategy A: η_p, η_c, η_r ramp linearly from 0 over this many epochs."""
     prototype_momentum: float = 0.05
@@ -259,6 +262,7 @@ class EndToEndConfig:
         _check(self.collapse_floor >= 0, "e2e.collapse_floor", "must be >= 0")
         _check(self.denoiser_pretrain_steps >= 0, "e2e.denoiser_pretrain_steps", "must be >= 0")
         _check(self.denoiser_lr > 0, "e2e.denoiser_lr", "must be > 0")
+        _check(self.semantic_max_t >= 0, "e2e.semantic_max_t", "must be >= 0")
 
 
 @dataclass

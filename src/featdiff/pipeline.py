@@ -1,4 +1,5 @@
-"""One run, stage by stage: encoder → features → (denoiser → pseudo-features) → classifier → results.
+"""One run, stage by stage: encoder → features → (denoiser → pseudo-features) → classifier → results
+(methods that move the encoder continue in featdiff.methods.end_to_end).
 
 Each stage writes its output into the run folder and marks itself done, so `--resume` skips what is
 finished and continues a stage from its last checkpoint. Every run also evaluates the cheaper
@@ -8,7 +9,6 @@ so a gain is always reported beside its control from the same run.
 
 from __future__ import annotations
 
-import copy
 import platform
 import time
 from pathlib import Path
@@ -21,17 +21,23 @@ from featdiff.config import config_to_dict
 from featdiff.data.augment import random_crop_flip
 from featdiff.data.bundle import DatasetBundle, load_dataset
 from featdiff.errors import UserError
-from featdiff.evaluation.metrics import summarize
-from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
+from featdiff.features import encode_dataset
 from featdiff.methods import ldmlr
+from featdiff.methods.end_to_end import FINETUNE_METHODS, run_finetune_method
 from featdiff.models.encoders import load_encoder, save_encoder
 from featdiff.models.resnet_cifar import resnet32
 from featdiff.models.small_cnn import SmallCNN
 from featdiff.runs import Run
-from featdiff.training.classifier import WeightedFeatures, train_classifier
+from featdiff.stages import (
+    STAGE_SEEDS,
+    evaluate_all,
+    retrain_classifier,
+    retrain_with_pseudo,
+    stage_generator,
+    stage_pseudo_features,
+)
+from featdiff.training.classifier import WeightedFeatures
 from featdiff.training.encoder import train_encoder
-
-STAGE_SEEDS = {"encoder": 1, "features": 2, "fc_retrain": 3, "denoiser": 4, "generation": 5, "classifier": 6}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,12 +46,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("config key 'device' is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
-
-
-def stage_generator(seed: int, stage: str, device: torch.device | str = "cpu") -> torch.Generator:
-    """Independent, reproducible random streams per stage, so changing one stage's length does not
-    shift the randomness of the next."""
-    return torch.Generator(device=device).manual_seed(seed * 1000 + STAGE_SEEDS[stage])
 
 
 def new_encoder(bundle: DatasetBundle) -> nn.Module:
@@ -86,77 +86,6 @@ def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.M
     return model.eval()
 
 
-def evaluate(classifier: nn.Module, features: FeatureSet, train_counts: torch.Tensor, prior: torch.Tensor, index_groups: bool) -> dict:
-    device = next(classifier.parameters()).device
-    with torch.inference_mode():
-        logits = classifier(features.features.to(device)).cpu()
-    return summarize(logits, features.labels, train_counts, prior=prior, index_groups=index_groups)
-
-
-def evaluate_all(
-    classifier: nn.Module, encoded: EncodedDataset, train_counts: torch.Tensor, prior: torch.Tensor, bundle: DatasetBundle
-) -> dict:
-    result = evaluate(classifier, encoded.test, train_counts, prior, bundle.index_groups)
-    if encoded.validation is not None:
-        result["validation"] = evaluate(classifier, encoded.validation, train_counts, prior, bundle.index_groups)
-    return result
-
-
-def retrain_classifier(run: Run, stage: str, encoder: nn.Module, data: WeightedFeatures, device: torch.device) -> nn.Linear:
-    config = run.config
-    classifier = copy.deepcopy(encoder.fc).to(device)
-    if config.classifier.init == "random":
-        torch.manual_seed(config.seed * 1000 + STAGE_SEEDS[stage])
-        classifier.reset_parameters()
-    if run.stage_done(stage):
-        classifier.load_state_dict(load_file(run.path(f"{stage}.safetensors")))
-        return classifier
-    history = train_classifier(
-        classifier,
-        data,
-        config.classifier,
-        stage_generator(config.seed, stage),
-        resume=run.load_checkpoint(stage),
-        checkpoint=lambda state: run.save_checkpoint(stage, state),
-        desc=stage,
-    )
-    run.log(stage, final_loss=history[-1], epochs=len(history))
-    run.save_tensors(f"{stage}.safetensors", classifier.state_dict())
-    run.mark_done(stage)
-    return classifier
-
-
-def stage_pseudo_features(
-    run: Run, encoded: EncodedDataset, counts: torch.Tensor, num_classes: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    config = run.config
-    timings: dict[str, float] = {}
-    if run.stage_done("generation"):
-        stored = run.load_tensors("pseudo_features.safetensors")
-        return stored["features"], stored["labels"], run.stage_info("generation")["timings"]
-    started = time.perf_counter()
-    torch.manual_seed(config.seed * 1000 + STAGE_SEEDS["denoiser"])
-    feature_generator = ldmlr.fit_denoiser(
-        encoded.train.features,
-        encoded.train.labels,
-        num_classes,
-        config.diffusion,
-        stage_generator(config.seed, "denoiser", device),
-        device,
-        resume=run.load_checkpoint("denoiser"),
-        checkpoint=lambda state: run.save_checkpoint("denoiser", state),
-        log=lambda step, loss: run.log("denoiser", step=step, loss=loss),
-    )
-    run.save_tensors("denoiser.safetensors", feature_generator.tensors())
-    timings["denoiser_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    features, labels = ldmlr.generate(feature_generator, counts, config.diffusion, stage_generator(config.seed, "generation", device))
-    timings["generation_s"] = time.perf_counter() - started
-    run.save_tensors("pseudo_features.safetensors", {"features": features, "labels": labels})
-    run.mark_done("generation", timings=timings)
-    return features, labels, timings
-
-
 def execute(run: Run) -> dict:
     """Run every stage the config's method needs and write results.json."""
     config = run.config
@@ -186,22 +115,17 @@ def execute(run: Run) -> dict:
         result = controls["fc_retrain"]
 
     extra: dict = {}
+    if config.method in FINETUNE_METHODS:
+        result, extra, finetune_controls = run_finetune_method(run, bundle, encoder, encoded, device, stage_s)
+        controls |= finetune_controls
+
     if config.method == "ldmlr":
         counts = ldmlr.pseudo_counts(train_counts, config.generation)
         pseudo_x, pseudo_y, timings = stage_pseudo_features(run, encoded, counts, bundle.num_classes, device)
         stage_s |= timings
-        weight = config.generation.pseudo_weight
-        combined = WeightedFeatures(
-            torch.cat([real.features, pseudo_x]),
-            torch.cat([real.labels, pseudo_y]),
-            torch.cat([real.weights, torch.full((len(pseudo_y),), weight)]),
-        )
         started = time.perf_counter()
-        fc_mixed = retrain_classifier(run, "classifier", encoder, combined, device)
+        result, extra = retrain_with_pseudo(run, "classifier", encoder, encoded, pseudo_x, pseudo_y, bundle, device)
         stage_s["classifier_s"] = time.perf_counter() - started
-        trained_counts = train_counts.double() + weight * counts.double()
-        result = evaluate_all(fc_mixed, encoded, train_counts, trained_counts / trained_counts.sum(), bundle)
-        extra["pseudo_counts"] = counts.tolist()
 
     results = {
         "method": config.method,

@@ -19,7 +19,7 @@ WEIGHTS = torch.tensor([1.0, 0.5, 1.0, 0.25, 0.0], dtype=torch.float64)
 
 def test_prototype_loss_by_hand():
     squared = [(1 - 1) ** 2 + (2 - 1) ** 2, (3 - 1) ** 2 + (0 - 1) ** 2, 0 + 1, 4 + 4, 1 + 0.25]
-    expected = sum(w * s for w, s in zip(WEIGHTS.tolist(), squared, strict=True)) / float(WEIGHTS.sum())
+    expected = sum(w * s for w, s in zip(WEIGHTS.tolist(), squared, strict=True)) / float(WEIGHTS.sum()) / 2
     assert prototype_loss(ESTIMATES, LABELS, PROTOTYPES, WEIGHTS).item() == pytest.approx(expected)
 
 
@@ -27,7 +27,7 @@ def test_radius_loss_by_hand():
     radii = torch.tensor([2.0, 1.0], dtype=torch.float64)
     distances = [1.0, math.sqrt(5), 1.0, math.sqrt(8), math.sqrt(1.25)]
     residuals = [(d - radii[y].item()) ** 2 for d, y in zip(distances, LABELS.tolist(), strict=True)]
-    expected = sum(w * r for w, r in zip(WEIGHTS.tolist(), residuals, strict=True)) / float(WEIGHTS.sum())
+    expected = sum(w * r for w, r in zip(WEIGHTS.tolist(), residuals, strict=True)) / float(WEIGHTS.sum()) / 2
     assert radius_loss(ESTIMATES, LABELS, PROTOTYPES, radii, WEIGHTS).item() == pytest.approx(expected)
 
 
@@ -45,7 +45,7 @@ def test_covariance_loss_by_hand():
     expected = 0.0
     for c in (0, 1):
         mask = labels.numpy() == c
-        expected += np.linalg.norm(_weighted_population_cov(points[mask], w[mask]) - targets[c].numpy(), "fro")
+        expected += np.linalg.norm(_weighted_population_cov(points[mask], w[mask]) - targets[c].numpy(), "fro") / 2
     got = covariance_loss(ESTIMATES, labels, targets, weights, num_classes=3)
     assert got.item() == pytest.approx(expected)
     assert _weighted_population_cov(points[:2], np.ones(2)) == pytest.approx(np.cov(points[:2].T, bias=True))
@@ -68,6 +68,7 @@ def test_timestep_weights():
     expected = torch.minimum(alpha_bar / (1 - alpha_bar), torch.ones(3))
     assert torch.allclose(semantic_timestep_weight(t, schedule, "min_snr").double(), expected, atol=1e-6)
     assert semantic_timestep_weight(t, schedule, "none").tolist() == [1.0, 1.0, 1.0]
+    assert semantic_timestep_weight(t, schedule, "none", max_t=500).tolist() == [1.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="timestep weighting"):
         semantic_timestep_weight(t, schedule, "bogus")
 
@@ -81,3 +82,7 @@ def test_frechet_distance_matches_scipy_sqrtm():
     expected = float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a.numpy() + cov_b.numpy() - 2 * cross))
     assert frechet_distance(mean_a, cov_a, mean_b, cov_b).item() == pytest.approx(expected, rel=1e-6)
     assert frechet_distance(mean_a, cov_a, mean_a, cov_a).item() == pytest.approx(0.0, abs=1e-6)
+    batched = frechet_distance(
+        torch.stack([mean_a, mean_b]), torch.stack([cov_a, cov_b]), torch.stack([mean_b, mean_b]), torch.stack([cov_b, cov_b])
+    )
+    assert batched[0].item() == pytest.approx(expected, rel=1e-6) and batched[1].item() == pytest.approx(0.0, abs=1e-6)

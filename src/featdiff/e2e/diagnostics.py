@@ -18,7 +18,7 @@ from featdiff.methods.pseudo_filter import ClassGeometry, band_fractions, bands,
 
 def _sqrtm_psd(matrix: Tensor) -> Tensor:
     values, vectors = torch.linalg.eigh(matrix)
-    return (vectors * values.clamp_min(0).sqrt()) @ vectors.transpose(-1, -2)
+    return (vectors * values.clamp_min(0).sqrt().unsqueeze(-2)) @ vectors.transpose(-1, -2)
 
 
 def frechet_distance(mean_a: Tensor, cov_a: Tensor, mean_b: Tensor, cov_b: Tensor) -> Tensor:

@@ -3,6 +3,8 @@ running statistics they share, in one module so one state_dict checkpoints (or a
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -21,6 +23,8 @@ class EndToEndModel(nn.Module):
         self.stats = ClassStatistics(num_classes, feature_dim, momentum=config.prototype_momentum)
         self.register_buffer("feature_floor", torch.zeros(feature_dim))
         self.register_buffer("pseudo_label_probs", torch.full((num_classes,), 1.0 / num_classes))
+        self.register_buffer("clip_low", torch.full((feature_dim,), -math.inf))
+        self.register_buffer("clip_high", torch.full((feature_dim,), math.inf))
 
     @property
     def classifier(self) -> nn.Module:
@@ -29,8 +33,13 @@ class EndToEndModel(nn.Module):
     @torch.no_grad()
     def initialise_statistics(self, features: Tensor, labels: Tensor, train_counts: Tensor, config: EndToEndConfig) -> None:
         """Statistics of the starting encoder's features: scaling, prototypes, the collapse floor,
-        and the label distribution of pseudo-features."""
+        the label distribution of pseudo-features, and the per-dimension range (in scaled space)
+        that few-step sampling clips x̂0 to, as `ldmlr` does: without it, the first DDIM steps'
+        x̂0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ, with ᾱ ≈ 1e-9, throw samples far off the data."""
         self.standardizer.fit(features)
+        scaled = self.standardizer.encode(features)
+        self.clip_low.copy_(scaled.min(0).values)
+        self.clip_high.copy_(scaled.max(0).values)
         self.stats.fit(features, labels)
         self.feature_floor.copy_(config.collapse_floor * self.standardizer.std)
         self.pseudo_label_probs.copy_(pseudo_label_distribution(train_counts, config.ge_labels))

@@ -79,7 +79,7 @@ def diffusion_terms(
     predicted = model.denoiser(noisy, t, labels)
     terms = {"ldm": (predicted - noise).square().mean()}
     estimate = predict_x0_from_eps(noisy, t, predicted, schedule)
-    time_weight = semantic_timestep_weight(t, schedule, config.semantic_weighting).to(scaled.dtype)
+    time_weight = semantic_timestep_weight(t, schedule, config.semantic_weighting, config.semantic_max_t).to(scaled.dtype)
     prototypes = model.standardizer.encode(model.stats.means)
     std = model.standardizer.std
     zero = scaled.new_zeros(())
@@ -121,6 +121,7 @@ def generate_pseudo(
         schedule,
         steps=config.ge_sample_steps,
         eta=config.ge_eta,
+        clip=(model.clip_low, model.clip_high),
         generator=generator,
         differentiable=differentiable,
     )

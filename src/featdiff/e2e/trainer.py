@@ -5,6 +5,7 @@ diagnostics)."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,6 +67,7 @@ def train_end_to_end(
     for epoch in range(start_epoch, finetune.epochs):
         order = torch.randperm(n, generator=generator, device=generator.device).to(device)
         sums: dict[str, float] = {}
+        started = time.perf_counter()
         cache = _pseudo_cache(model, config, schedule, epoch, finetune, steps_per_epoch, generator)
         bar = progress(range(steps_per_epoch), desc=f"e2e {config.strategy} epoch {epoch + 1}/{finetune.epochs}", unit="step")
         for step in bar:
@@ -93,7 +95,8 @@ def train_end_to_end(
                 )
             for name, value in logged.items():
                 sums[name] = sums.get(name, 0.0) + value
-        means = {name: total / steps_per_epoch for name, total in sums.items()} | {"epoch": epoch + 1}
+        means = {name: total / steps_per_epoch for name, total in sums.items()}
+        means |= {"epoch": epoch + 1, "epoch_s": time.perf_counter() - started}
         history.append(means)
         model.encoder.eval()
         if on_epoch_end is not None:

@@ -7,7 +7,9 @@ features close to the ones any frozen-encoder method saw.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featdiff.config import FinetuneConfig
+from featdiff.progress import progress
 
 FROZEN_IN_LAST_STAGE = ("conv1", "bn1", "layer1", "layer2")
 
@@ -44,9 +47,9 @@ def make_encoder_optimizer(encoder: nn.Module, config: FinetuneConfig) -> torch.
     return torch.optim.SGD(list(trainable_parameters(encoder)), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def finetune_lr(progress: float, config: FinetuneConfig) -> float:
-    """Cosine decay from lr to 0 over the fine-tuning budget (progress in [0, 1])."""
-    return 0.5 * config.lr * (1 + torch.cos(torch.tensor(torch.pi * min(max(progress, 0.0), 1.0))).item())
+def finetune_lr(fraction: float, config: FinetuneConfig) -> float:
+    """Cosine decay from lr to 0 over the fine-tuning budget (fraction done in [0, 1])."""
+    return 0.5 * config.lr * (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
 
 
 def ce_step(encoder: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -55,3 +58,57 @@ def ce_step(encoder: nn.Module, optimizer: torch.optim.Optimizer, images: torch.
     loss.backward()
     optimizer.step()
     return {"real": float(loss.detach())}
+
+
+def train_finetune(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: FinetuneConfig,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    generator: torch.Generator,
+    resume: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Cross-entropy fine-tuning for `config.epochs` epochs with the same batches, augmentation
+    and learning-rate schedule as the end-to-end trainer, so the two cost and see the same."""
+    device = next(encoder.parameters()).device
+    images, labels = images.to(device), labels.to(device)
+    configure_trainable(encoder, config.trainable)
+    optimizer = make_encoder_optimizer(encoder, config)
+    n = labels.numel()
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    start_epoch, history = 0, []
+    if resume is not None:
+        encoder.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        start_epoch, history = resume["epoch"], list(resume["history"])
+    for epoch in range(start_epoch, config.epochs):
+        order = torch.randperm(n, generator=generator, device=generator.device).to(device)
+        started, total = time.perf_counter(), 0.0
+        for step in progress(range(steps_per_epoch), desc=f"ce_finetune epoch {epoch + 1}/{config.epochs}", unit="step"):
+            for group in optimizer.param_groups:
+                group["lr"] = finetune_lr((epoch * steps_per_epoch + step) / total_steps, config)
+            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            set_train_mode(encoder, config.trainable)
+            total += ce_step(encoder, optimizer, normalize(augment(images[index], generator)), labels[index])["real"]
+        history.append({"real": total / steps_per_epoch, "epoch": epoch + 1, "epoch_s": time.perf_counter() - started})
+        encoder.eval()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, history[-1])
+        if checkpoint is not None and epoch + 1 < config.epochs:
+            checkpoint(
+                {
+                    "model": encoder.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                }
+            )
+    encoder.eval()
+    return history

@@ -1,0 +1,221 @@
+"""Methods that move the encoder, all with the same fine-tuning budget (`finetune`):
+
+- `ce_finetune`: fine-tune E and G with cross-entropy (the control).
+- `ldmlr_stale`: fit the denoiser on the starting encoder's features, fine-tune E with CE, then
+  retrain G on the new real features plus pseudo-features of the old denoiser (LDMLR after the
+  encoder moved: the 'two clouds' case).
+- `ldmlr_refit`: fine-tune E with CE, refit the denoiser on the new features, retrain G.
+- `e2e`: pre-fit the denoiser on the starting features, then train E, G and ε_θ jointly with the
+  configured strategy (featdiff.e2e).
+
+Each run reports diagnostics of its pseudo-features against the current real features, and
+plots them in the run folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from featdiff.config import FeatureConfig
+from featdiff.data.augment import random_crop_flip
+from featdiff.data.bundle import DatasetBundle
+from featdiff.diffusion.sampling import sample_features
+from featdiff.e2e.diagnostics import compare, plot_history, plot_two_clouds
+from featdiff.e2e.model import EndToEndModel
+from featdiff.e2e.trainer import EndToEndSettings, train_end_to_end
+from featdiff.evaluation.inference import encode
+from featdiff.features import EncodedDataset, encode_dataset
+from featdiff.methods import ldmlr
+from featdiff.runs import Run
+from featdiff.stages import STAGE_SEEDS, evaluate_all, retrain_with_pseudo, stage_generator, stage_pseudo_features
+from featdiff.training.denoiser import train_denoiser
+from featdiff.training.finetune import train_finetune
+
+FINETUNE_METHODS = ("ce_finetune", "ldmlr_stale", "ldmlr_refit", "e2e")
+DIAGNOSTIC_SAMPLES_PER_CLASS = 200
+
+
+def _augmenter(bundle: DatasetBundle, padding: int):
+    def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return random_crop_flip(images, padding=padding, generator=generator, flip=bundle.flip)
+
+    return augment
+
+
+def _padding(run: Run) -> int:
+    padding = run.config.finetune.augment_padding
+    return run.config.encoder.augment_padding if padding is None else padding
+
+
+def _train_features(encoder: nn.Module, bundle: DatasetBundle, device: torch.device) -> torch.Tensor:
+    """Clean eval-mode features of the training images, for diagnostics."""
+    return encode(encoder, bundle.train.images, bundle.mean, bundle.std, batch_size=500, device=device, progress=False)
+
+
+def stage_finetune(run: Run, bundle: DatasetBundle, encoder: nn.Module, device: torch.device) -> tuple[nn.Module, list[dict]]:
+    """A CE-fine-tuned copy of the encoder (shared by ce_finetune, ldmlr_stale and ldmlr_refit)."""
+    config = run.config
+    tuned = copy.deepcopy(encoder).to(device)
+    if run.stage_done("finetune"):
+        tuned.load_state_dict(load_file(run.path("finetune.safetensors")))
+        return tuned.eval(), run.stage_info("finetune")["history"]
+    history = train_finetune(
+        tuned,
+        bundle.train.images,
+        bundle.train.labels,
+        config.finetune,
+        _augmenter(bundle, _padding(run)),
+        bundle.normalize,
+        stage_generator(config.seed, "finetune"),
+        resume=run.load_checkpoint("finetune"),
+        checkpoint=lambda state: run.save_checkpoint("finetune", state),
+        on_epoch_end=lambda epoch, logged: run.log("finetune", **logged),
+    )
+    run.save_tensors("finetune.safetensors", tuned.state_dict())
+    run.mark_done("finetune", history=history)
+    return tuned.eval(), history
+
+
+def _pretrain_denoiser(model: EndToEndModel, encoded: EncodedDataset, run: Run, device: torch.device) -> None:
+    """Fit ε_θ to the starting encoder's features (LDMLR's stage 2), in the model's scaled space."""
+    config = run.config
+    steps = config.e2e.denoiser_pretrain_steps
+    if steps == 0:
+        return
+    diffusion = dataclasses.replace(config.diffusion, steps=steps)
+    scaled = model.standardizer.encode(encoded.train.features.to(device))
+    torch.manual_seed(config.seed * 1000 + STAGE_SEEDS["denoiser"])
+    ema = train_denoiser(
+        model.denoiser,
+        scaled,
+        encoded.train.labels,
+        ldmlr.schedule_for(diffusion),
+        diffusion,
+        stage_generator(config.seed, "denoiser", device),
+    )
+    model.denoiser.load_state_dict(ema.module.state_dict())
+
+
+def _e2e_pseudo(model: EndToEndModel, num_classes: int, run: Run, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo-features as the classifier sees them during training (few-step DDIM), for diagnostics."""
+    config = run.config.e2e
+    labels = torch.arange(num_classes).repeat_interleave(DIAGNOSTIC_SAMPLES_PER_CLASS).to(model.feature_floor.device)
+    scaled = sample_features(
+        model.denoiser,
+        labels,
+        model.standardizer.mean.numel(),
+        ldmlr.schedule_for(run.config.diffusion),
+        steps=config.ge_sample_steps,
+        eta=config.ge_eta,
+        clip=(model.clip_low, model.clip_high),
+        generator=generator,
+        progress=False,
+    )
+    return model.standardizer.decode(scaled).cpu(), labels.cpu()
+
+
+def stage_end_to_end(
+    run: Run, bundle: DatasetBundle, encoder: nn.Module, encoded: EncodedDataset, device: torch.device
+) -> tuple[EndToEndModel, list[dict]]:
+    config = run.config
+    denoiser = ldmlr.build_denoiser(encoded.train.features.shape[1], bundle.num_classes, config.diffusion)
+    model = EndToEndModel(copy.deepcopy(encoder), denoiser, bundle.num_classes, config.e2e).to(device)
+    if run.stage_done("end_to_end"):
+        model.load_state_dict(load_file(run.path("end_to_end.safetensors")))
+        return model.eval(), run.stage_info("end_to_end")["history"]
+    resume = run.load_checkpoint("end_to_end")
+    if resume is None:
+        model.initialise_statistics(
+            encoded.train.features.to(device), encoded.train.labels.to(device), bundle.train.class_counts(), config.e2e
+        )
+        _pretrain_denoiser(model, encoded, run, device)
+    diagnostics_generator = stage_generator(config.seed, "diagnostics", device)
+
+    def diagnose(epoch: int, logged: dict[str, float]) -> None:
+        real = _train_features(model.encoder, bundle, device)
+        pseudo, pseudo_labels = _e2e_pseudo(model, bundle.num_classes, run, diagnostics_generator)
+        report = compare(real, bundle.train.labels, pseudo, pseudo_labels, bundle.num_classes)
+        run.log("end_to_end", **logged, diagnostics=report)
+        diagnostics.append({"epoch": epoch, **report})
+
+    diagnostics: list[dict] = []
+    history = train_end_to_end(
+        model,
+        bundle.train.images,
+        bundle.train.labels,
+        EndToEndSettings(config.finetune, config.e2e, config.filter),
+        ldmlr.schedule_for(config.diffusion),
+        _augmenter(bundle, _padding(run)),
+        bundle.normalize,
+        stage_generator(config.seed, "end_to_end"),
+        resume=resume,
+        checkpoint=lambda state: run.save_checkpoint("end_to_end", state),
+        on_epoch_end=diagnose,
+    )
+    if diagnostics:
+        plot_history(diagnostics, run.path("diagnostics.png"))
+    real = _train_features(model.encoder, bundle, device)
+    pseudo, pseudo_labels = _e2e_pseudo(model, bundle.num_classes, run, diagnostics_generator)
+    plot_two_clouds(real, bundle.train.labels, pseudo, pseudo_labels, _shown_classes(bundle), run.path("two_clouds.png"))
+    run.save_tensors("end_to_end.safetensors", model.state_dict())
+    run.mark_done("end_to_end", history=history, diagnostics=diagnostics)
+    return model.eval(), history
+
+
+def _shown_classes(bundle: DatasetBundle) -> list[int]:
+    """The head class and the two rarest: where stale pseudo-features matter most."""
+    order = torch.argsort(bundle.train.class_counts(), descending=True).tolist()
+    return [order[0], order[-2], order[-1]]
+
+
+def run_finetune_method(
+    run: Run, bundle: DatasetBundle, encoder: nn.Module, encoded: EncodedDataset, device: torch.device, stage_s: dict[str, float]
+) -> tuple[dict, dict, dict]:
+    """Returns (the method's summary, extra results fields, controls computed on the way)."""
+    config = run.config
+    train_counts = bundle.train.class_counts()
+    real_prior = train_counts.double() / train_counts.sum()
+    eval_features = FeatureConfig(style="eval")
+    controls: dict = {}
+    extra: dict = {}
+
+    if config.method == "e2e":
+        started = time.perf_counter()
+        model, history = stage_end_to_end(run, bundle, encoder, encoded, device)
+        stage_s["end_to_end_s"] = time.perf_counter() - started
+        stage_s["seconds_per_epoch"] = sum(h["epoch_s"] for h in history) / len(history)
+        tuned_encoded = encode_dataset(model.encoder, bundle, eval_features, config.seed, device)
+        extra["history"] = history
+        extra["diagnostics"] = run.stage_info("end_to_end")["diagnostics"]
+        return evaluate_all(model.encoder.fc, tuned_encoded, train_counts, real_prior, bundle), extra, controls
+
+    started = time.perf_counter()
+    tuned, history = stage_finetune(run, bundle, encoder, device)
+    stage_s["finetune_s"] = time.perf_counter() - started
+    stage_s["seconds_per_epoch"] = sum(h["epoch_s"] for h in history) / len(history)
+    tuned_eval = encode_dataset(tuned, bundle, eval_features, config.seed, device)
+    finetuned = evaluate_all(tuned.fc, tuned_eval, train_counts, real_prior, bundle)
+    if config.method == "ce_finetune":
+        return finetuned, {"history": history}, controls
+    controls["ce_finetune"] = finetuned
+
+    tuned_encoded = encode_dataset(tuned, bundle, config.features, config.seed, device)
+    counts = ldmlr.pseudo_counts(train_counts, config.generation)
+    source = encoded if config.method == "ldmlr_stale" else tuned_encoded
+    pseudo_x, pseudo_y, timings = stage_pseudo_features(run, source, counts, bundle.num_classes, device)
+    stage_s |= timings
+    report = compare(tuned_eval.train.features, tuned_eval.train.labels, pseudo_x, pseudo_y, bundle.num_classes)
+    plot_two_clouds(
+        tuned_eval.train.features, tuned_eval.train.labels, pseudo_x, pseudo_y, _shown_classes(bundle), run.path("two_clouds.png")
+    )
+    started = time.perf_counter()
+    result, extra = retrain_with_pseudo(run, "classifier", tuned, tuned_encoded, pseudo_x, pseudo_y, bundle, device)
+    stage_s["classifier_s"] = time.perf_counter() - started
+    extra |= {"history": history, "diagnostics": [{"epoch": config.finetune.epochs, **report}]}
+    return result, extra, controls
