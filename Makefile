@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.featdiff-installed
 
-.PHONY: run test setup benchmark-ldmlr-frozen clean
+.PHONY: run test setup benchmark-ldmlr-frozen benchmark-e2e clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 benchmark-ldmlr-frozen: $(STAMP)
 	$(PY) benchmarks/ldmlr_frozen.py
+
+benchmark-e2e: $(STAMP)
+	$(PY) benchmarks/e2e.py --phase main
+	$(PY) benchmarks/e2e.py --phase ablations
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,160 @@
+"""Benchmark: end-to-end training against its controls, CPU protocol (issue 3).
+
+From the shipped IF=100 encoders, every method gets the same fine-tuning budget (`--epochs`
+epochs of the last stage + classifier): `ce_finetune` (the control), `ldmlr_stale`, `ldmlr_refit`,
+and end-to-end strategies A, B and C. Ablations on CIFAR-10-LT drop L_proto, L_cov (or use L_rad
+instead), L_ge, or add the AID/OOD filter. Final epoch only.
+
+    python benchmarks/e2e.py --phase main        # 6 methods x 2 datasets x 2 seeds
+    python benchmarks/e2e.py --phase ablations   # CIFAR-10-LT, 1 seed
+    python benchmarks/e2e.py --phase best        # the best three of the main table at 3 seeds
+
+Each run's folder is kept under --workdir, and a run whose results.json exists is not repeated,
+so the benchmark can be stopped and continued. Every invocation rewrites
+benchmarks/results/e2e_cpu.json and .md from all finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from featdiff.config import config_from_dict
+from featdiff.pipeline import execute
+from featdiff.report import GROUPS, fmt_mean_std
+from featdiff.runs import Run, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "cifar-lt"
+RESULTS = ROOT / "benchmarks" / "results"
+DATASETS = ("cifar10", "cifar100")
+# Post-hoc logit adjustment of the shipped encoders as they are (IF=100): the cheap baseline to beat.
+SHIPPED_ADJUSTED = {"cifar10": 80.86, "cifar100": 48.59}
+
+METHODS: dict[str, dict] = {
+    "ce_finetune": {"method": "ce_finetune"},
+    "ldmlr_stale": {"method": "ldmlr_stale"},
+    "ldmlr_refit": {"method": "ldmlr_refit"},
+    "e2e_A": {"method": "e2e", "e2e": {"strategy": "A"}},
+    "e2e_B": {"method": "e2e", "e2e": {"strategy": "B"}},
+    "e2e_C": {"method": "e2e", "e2e": {"strategy": "C"}},
+}
+ABLATIONS: dict[str, dict] = {
+    "e2e_A": {},
+    "e2e_A-no_proto": {"eta_proto": 0.0},
+    "e2e_A-no_cov": {"semantic": "none"},
+    "e2e_A-rad_instead_of_cov": {"semantic": "rad"},
+    "e2e_A-no_ge": {"gamma_ge": 0.0},
+    "e2e_A-aid_ood_filter": {"filter": True},
+}
+
+
+def run_config(dataset: str, seed: int, spec: dict, epochs: int) -> dict:
+    e2e = dict(spec.get("e2e", {}))
+    filter_on = e2e.pop("filter", False)
+    return {
+        "name": "run",
+        "method": spec["method"],
+        "seed": seed,
+        "data": {"dataset": dataset, "imbalance_factor": 100.0, "root": str(DATA)},
+        "encoder": {"checkpoint": str(DATA / f"ldmlr_resnet32_{dataset}_lt_if100.safetensors")},
+        "features": {"style": "ldmlr"},
+        "generation": {"count_rule": "balanced"},
+        "finetune": {"epochs": epochs, "trainable": "last_stage"},
+        "filter": {"enabled": filter_on, "radius": "rms"},
+        "e2e": e2e,
+    }
+
+
+def run_once(workdir: Path, key: str, values: dict) -> dict:
+    folder = workdir / key
+    results = folder / "results.json"
+    if results.exists():
+        return json.loads(results.read_text())
+    config = config_from_dict(values)
+    run = Run.resume(folder) if folder.exists() else Run.create(folder, config)
+    started = time.perf_counter()
+    outcome = execute(run)
+    print(
+        f"{key}: {outcome['acc']['overall']:.2f} (adj. {outcome['acc_adjusted']['overall']:.2f}) in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    return outcome
+
+
+def planned(phase: str, seeds: list[int], epochs: int, best: list[str]) -> list[tuple[str, str, str, int, dict]]:
+    """(table, dataset, label, seed, config values) for every run of the phase."""
+    plan = []
+    if phase == "main":
+        for dataset in DATASETS:
+            for label, spec in METHODS.items():
+                plan += [("main", dataset, label, seed, run_config(dataset, seed, spec, epochs)) for seed in seeds]
+    elif phase == "ablations":
+        for label, change in ABLATIONS.items():
+            spec = {"method": "e2e", "e2e": {"strategy": "A", **change}}
+            plan += [("ablations", "cifar10", label, seed, run_config("cifar10", seed, spec, epochs)) for seed in seeds]
+    else:
+        for dataset in DATASETS:
+            for label in best:
+                plan += [("main", dataset, label, seed, run_config(dataset, seed, METHODS[label], epochs)) for seed in seeds]
+    return plan
+
+
+def summarize_runs(workdir: Path) -> dict:
+    tables: dict = {}
+    for results in sorted(workdir.glob("*/results.json")):
+        outcome = json.loads(results.read_text())
+        table, dataset, label, _ = results.parent.name.split("__")
+        entry = tables.setdefault(table, {}).setdefault(dataset, {}).setdefault(label, [])
+        entry.append(outcome)
+    return tables
+
+
+def markdown(tables: dict, epochs: int, device: str) -> str:
+    lines = [
+        "# End-to-end training vs controls, CPU protocol (IF=100, from the shipped encoders)",
+        "",
+        f"Device: {device}. Fine-tuning budget: {epochs} epochs of the last stage + classifier for every method. "
+        "Final epoch, top-1 % on the full test set, mean ± std over seeds (n = seeds). `adj.` = logit-adjusted by the training prior.",
+        f"Post-hoc adjustment of the shipped encoders as they are: {SHIPPED_ADJUSTED['cifar10']} (CIFAR-10-LT), "
+        f"{SHIPPED_ADJUSTED['cifar100']} (CIFAR-100-LT).",
+    ]
+    for table, datasets in tables.items():
+        lines += ["", f"## {table}", ""]
+        lines += ["| dataset | method | n | " + " | ".join(GROUPS) + " | " + " | ".join(f"{g} adj." for g in GROUPS) + " | s/epoch |"]
+        lines += ["|---|---|---|" + "---|" * (2 * len(GROUPS) + 1)]
+        for dataset, methods in datasets.items():
+            for label, outcomes in methods.items():
+                plain = [fmt_mean_std([o["acc"][g] for o in outcomes]) for g in GROUPS]
+                adjusted = [fmt_mean_std([o["acc_adjusted"][g] for o in outcomes]) for g in GROUPS]
+                per_epoch = fmt_mean_std([o["stage_s"]["seconds_per_epoch"] for o in outcomes])
+                lines.append(f"| {dataset} | {label} | {len(outcomes)} | " + " | ".join(plain + adjusted) + f" | {per_epoch} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", choices=["main", "ablations", "best"], default="main")
+    parser.add_argument("--seeds", type=int, nargs="+")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--best", nargs=3, choices=list(METHODS), help="for --phase best: the three methods to rerun")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "featdiff" / "bench-e2e")
+    args = parser.parse_args()
+    seeds = args.seeds or {"main": [0, 1], "ablations": [0], "best": [0, 1, 2]}[args.phase]
+    if args.phase == "best" and not args.best:
+        parser.error("--phase best needs --best METHOD METHOD METHOD (the main table's best three)")
+    device = ""
+    for table, dataset, label, seed, values in planned(args.phase, seeds, args.epochs, args.best or []):
+        device = run_once(args.workdir, f"{table}__{dataset}__{label}__s{seed}", values)["device"]
+    report = {"epochs": args.epochs, "device": device, "command": "python " + " ".join(sys.argv), "tables": summarize_runs(args.workdir)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(RESULTS / "e2e_cpu.json", json.dumps(report, indent=1))
+    atomic_write_text(RESULTS / "e2e_cpu.md", markdown(report["tables"], args.epochs, device))
+    print(markdown(report["tables"], args.epochs, device))
+
+
+if __name__ == "__main__":
+    main()
