@@ -113,7 +113,8 @@ def generate_pseudo(
 ) -> tuple[Tensor, Tensor]:
     """Fresh pseudo-features (in E's feature space) by a few DDIM steps from N(0, I)."""
     device = model.pseudo_label_probs.device
-    labels = torch.multinomial(model.pseudo_label_probs, count, replacement=True, generator=generator).to(device)
+    probs = model.pseudo_label_probs if generator is None else model.pseudo_label_probs.to(generator.device)
+    labels = torch.multinomial(probs, count, replacement=True, generator=generator).to(device)
     scaled = ddim_sample(
         model.denoiser,
         labels,

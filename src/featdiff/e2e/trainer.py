@@ -64,11 +64,15 @@ def train_end_to_end(
         optimizers.denoiser.load_state_dict(resume["denoiser_optimizer"])
         generator.set_state(resume["generator"])
         start_epoch, history = resume["epoch"], list(resume["history"])
+    sampling_generator = torch.Generator(device=device)
     for epoch in range(start_epoch, finetune.epochs):
         order = torch.randperm(n, generator=generator, device=generator.device).to(device)
+        # Noise for the diffusion and generation branches is drawn on the compute device, from a
+        # generator re-seeded from the main one every epoch, so a resumed run draws the same.
+        sampling_generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device=generator.device)))
         sums: dict[str, float] = {}
         started = time.perf_counter()
-        cache = _pseudo_cache(model, config, schedule, epoch, finetune, steps_per_epoch, generator)
+        cache = _pseudo_cache(model, config, schedule, epoch, finetune, steps_per_epoch, sampling_generator)
         bar = progress(range(steps_per_epoch), desc=f"e2e {config.strategy} epoch {epoch + 1}/{finetune.epochs}", unit="step")
         for step in bar:
             global_step = epoch * steps_per_epoch + step
@@ -79,7 +83,9 @@ def train_end_to_end(
             weights = term_weights(config, epoch + step / steps_per_epoch, finetune.epochs)
             set_train_mode(model.encoder, finetune.trainable)
             if config.strategy == "B":
-                logged = _alternating_step(model, optimizers, batch, labels[index], schedule, settings, weights, cache, step, generator)
+                logged = _alternating_step(
+                    model, optimizers, batch, labels[index], schedule, settings, weights, cache, step, sampling_generator
+                )
             else:
                 logged = e2e_steps.joint_step(
                     model,
@@ -91,7 +97,7 @@ def train_end_to_end(
                     settings.filter,
                     weights,
                     generate=generates_at(config, global_step),
-                    generator=generator,
+                    generator=sampling_generator,
                 )
             for name, value in logged.items():
                 sums[name] = sums.get(name, 0.0) + value
