@@ -90,7 +90,7 @@ class DiffusionConfig:
     depth: int = 3
     time_dim: int = 128
     dropout: float = 0.0
-    steps: int = 4000
+    steps: int = 3000
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.0

@@ -243,7 +243,7 @@ def sample_features(
     eta: float = 0.0,
     clip: Clip = None,
     generator: torch.Generator | None = None,
-    chunk_size: int = 8192,
+    chunk_size: int = 1024,
     progress: bool = True,
 ) -> Tensor:
     """Generates one feature per label, in chunks so that activations stay bounded for any N.
