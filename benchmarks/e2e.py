@@ -85,19 +85,23 @@ def run_once(workdir: Path, key: str, values: dict) -> dict:
     return outcome
 
 
-def planned(phase: str, seeds: list[int], epochs: int, best: list[str]) -> list[tuple[str, str, str, int, dict]]:
+def planned(
+    phase: str, seeds: list[int], epochs: int, best: list[str], methods: list[str], datasets: list[str]
+) -> list[tuple[str, str, str, int, dict]]:
     """(table, dataset, label, seed, config values) for every run of the phase."""
     plan = []
     if phase == "main":
-        for dataset in DATASETS:
+        for dataset in datasets:
             for label, spec in METHODS.items():
+                if label not in methods:
+                    continue
                 plan += [("main", dataset, label, seed, run_config(dataset, seed, spec, epochs)) for seed in seeds]
     elif phase == "ablations":
         for label, change in ABLATIONS.items():
             spec = {"method": "e2e", "e2e": {"strategy": "A", **change}}
             plan += [("ablations", "cifar10", label, seed, run_config("cifar10", seed, spec, epochs)) for seed in seeds]
     else:
-        for dataset in DATASETS:
+        for dataset in datasets:
             for label in best:
                 plan += [("main", dataset, label, seed, run_config(dataset, seed, METHODS[label], epochs)) for seed in seeds]
     return plan
@@ -141,18 +145,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--best", nargs=3, choices=list(METHODS), help="for --phase best: the three methods to rerun")
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="for --phase main: a subset")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "featdiff" / "bench-e2e")
+    parser.add_argument("--out", type=Path, default=RESULTS / "e2e_cpu", help="results path without suffix (.json and .md)")
     args = parser.parse_args()
     seeds = args.seeds or {"main": [0, 1], "ablations": [0], "best": [0, 1, 2]}[args.phase]
     if args.phase == "best" and not args.best:
         parser.error("--phase best needs --best METHOD METHOD METHOD (the main table's best three)")
     device = ""
-    for table, dataset, label, seed, values in planned(args.phase, seeds, args.epochs, args.best or []):
+    for table, dataset, label, seed, values in planned(args.phase, seeds, args.epochs, args.best or [], args.methods, args.datasets):
         device = run_once(args.workdir, f"{table}__{dataset}__{label}__s{seed}", values)["device"]
     report = {"epochs": args.epochs, "device": device, "command": "python " + " ".join(sys.argv), "tables": summarize_runs(args.workdir)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "e2e_cpu.json", json.dumps(report, indent=1))
-    atomic_write_text(RESULTS / "e2e_cpu.md", markdown(report["tables"], args.epochs, device))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
+    atomic_write_text(args.out.with_suffix(".md"), markdown(report["tables"], args.epochs, device))
     print(markdown(report["tables"], args.epochs, device))
 
 
