@@ -210,10 +210,10 @@ def run_finetune_method(
     source = encoded if config.method == "ldmlr_stale" else tuned_encoded
     pseudo_x, pseudo_y, timings = stage_pseudo_features(run, source, counts, bundle.num_classes, device)
     stage_s |= timings
-    report = compare(tuned_eval.train.features, tuned_eval.train.labels, pseudo_x, pseudo_y, bundle.num_classes)
-    plot_two_clouds(
-        tuned_eval.train.features, tuned_eval.train.labels, pseudo_x, pseudo_y, _shown_classes(bundle), run.path("two_clouds.png")
-    )
+    # Compared with real features extracted as the denoiser's training features were (features.style).
+    real = tuned_encoded.train
+    report = compare(real.features, real.labels, pseudo_x, pseudo_y, bundle.num_classes)
+    plot_two_clouds(real.features, real.labels, pseudo_x, pseudo_y, _shown_classes(bundle), run.path("two_clouds.png"))
     started = time.perf_counter()
     result, extra = retrain_with_pseudo(run, "classifier", tuned, tuned_encoded, pseudo_x, pseudo_y, bundle, device)
     stage_s["classifier_s"] = time.perf_counter() - started
