@@ -228,7 +228,7 @@ class EndToEndConfig:
     """The floor, as a fraction of each dimension's std at the start of training."""
     ge_every: int = 1
     """Strategy A: run the generation branch every k-th step."""
-    ge_sample_steps: int = 5
+    ge_sample_steps: int = 20
     ge_eta: float = 1.0
     ge_to_denoiser: bool = False
     """Backpropagate L_ge through the (differentiable) DDIM sampler into ε_θ."""
