@@ -38,8 +38,10 @@ def _run(args: argparse.Namespace) -> None:
             run.discard_if_unstarted()
         raise
     rows = {**results["controls"], results["method"]: results}
-    print(f"\n{results['dataset']}, imbalance factor {results['imbalance_factor']:g}, seed {results['seed']}, "
-          f"final epoch, top-1 % on the test set (adj. = logit-adjusted by the training prior)\n")
+    print(
+        f"\n{results['dataset']}, imbalance factor {results['imbalance_factor']:g}, seed {results['seed']}, "
+        f"final epoch, top-1 % on the test set (adj. = logit-adjusted by the training prior)\n"
+    )
     print(results_table(rows))
     print(f"\nresults: {run.directory / 'results.json'}  ({results['wall_s']:.1f} s)")
 

@@ -205,7 +205,9 @@ class EndToEndConfig:
 
     strategy: Literal["A", "B", "C"] = "A"
     lambda_sem: float = 1.0
-    gamma_ge: float = 1.0
+    gamma_ge: float | None = None
+    """Weight of L_ge; null picks the weight that makes real plus pseudo class-balanced with
+    `ge_labels: fill` (Σ_c (n_max − n_c) / Σ_c n_c, as LDMLR's balanced filling), else 1."""
     eta_proto: float = 0.1
     semantic: Literal["cov", "rad", "none"] = "cov"
     eta_cov: float = 0.01
@@ -250,8 +252,9 @@ class EndToEndConfig:
     """Steps fitting ε_θ on the starting encoder's features before joint training."""
 
     def validate(self) -> None:
-        for name in ("lambda_sem", "gamma_ge", "eta_proto", "eta_cov", "eta_rad", "radius_kappa", "collapse_guard"):
+        for name in ("lambda_sem", "eta_proto", "eta_cov", "eta_rad", "radius_kappa", "collapse_guard"):
             _check(getattr(self, name) >= 0, f"e2e.{name}", "must be >= 0")
+        _check(self.gamma_ge is None or self.gamma_ge >= 0, "e2e.gamma_ge", "must be >= 0 or null")
         _check(0 < self.prototype_momentum <= 1, "e2e.prototype_momentum", "must be in (0, 1]")
         _check(0 < self.standardizer_momentum <= 1, "e2e.standardizer_momentum", "must be in (0, 1]")
         _check(0 <= self.pseudo_share < 1, "e2e.pseudo_share", "must be in [0, 1)")

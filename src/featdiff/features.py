@@ -78,8 +78,15 @@ def _encode_ldmlr_style(
     """
     order = torch.randperm(len(images.labels), generator=generator)
     features = encode(
-        model, images.images[order], bundle.mean, bundle.std, batch_size=64, device=device, style="ldmlr",
-        augment=_augmenter(bundle, generator), progress=True,
+        model,
+        images.images[order],
+        bundle.mean,
+        bundle.std,
+        batch_size=64,
+        device=device,
+        style="ldmlr",
+        augment=_augmenter(bundle, generator),
+        progress=True,
     )
     restored = torch.empty_like(features)
     restored[order] = features
@@ -96,8 +103,16 @@ def _encode_views(
     views = [encode(model, images.images, bundle.mean, bundle.std, batch_size=batch, device=device, progress=True)]
     for _ in range(config.augmented_views):
         views.append(
-            encode(model, images.images, bundle.mean, bundle.std, batch_size=batch, device=device,
-                   augment=_augmenter(bundle, generator), progress=True)
+            encode(
+                model,
+                images.images,
+                bundle.mean,
+                bundle.std,
+                batch_size=batch,
+                device=device,
+                augment=_augmenter(bundle, generator),
+                progress=True,
+            )
         )
     return FeatureSet(torch.cat(views), images.labels.repeat(len(views)))
 

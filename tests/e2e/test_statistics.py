@@ -66,3 +66,15 @@ def test_running_standardizer_ema():
     assert torch.allclose(scaler.var, torch.tensor([0.75 * 1 + 0.25 * 4, 0.75 * 1 + 0.25 * 0]))
     x = torch.randn(5, 2)
     assert torch.allclose(scaler.decode(scaler.encode(x)), x, atol=1e-6)
+
+
+def test_default_generation_weight_balances_real_and_pseudo():
+    from featdiff.config import EndToEndConfig
+    from featdiff.e2e.model import pseudo_label_distribution, resolve_generation_weight, trained_prior
+
+    counts = torch.tensor([500, 120, 30, 5])
+    config = resolve_generation_weight(EndToEndConfig(), counts)
+    assert config.gamma_ge == pytest.approx((0 + 380 + 470 + 495) / 655)
+    prior = trained_prior(config, counts, pseudo_label_distribution(counts, "fill"))
+    assert torch.allclose(prior, torch.full((4,), 0.25, dtype=torch.float64))
+    assert resolve_generation_weight(EndToEndConfig(gamma_ge=0.5), counts).gamma_ge == 0.5

@@ -16,9 +16,7 @@ CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 
 
-def random_crop_flip(
-    images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None, flip: bool = True
-) -> torch.Tensor:
+def random_crop_flip(images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None, flip: bool = True) -> torch.Tensor:
     """Zero-pad by `padding`, crop back to H x W at a random offset, and flip half the images left-right.
 
     Each image draws its own offset and flip. Draws come from `generator` (on its own device)
@@ -41,9 +39,7 @@ def random_crop_flip(
     return padded.view(count, channels, -1).gather(2, plane_index).view(count, channels, height, width)
 
 
-def normalize(
-    images: torch.Tensor, mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD
-) -> torch.Tensor:
+def normalize(images: torch.Tensor, mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD) -> torch.Tensor:
     """uint8 (..., C, H, W) to float32 (pixels / 255 - mean) / std, per channel."""
     mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(-1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(-1, 1, 1)

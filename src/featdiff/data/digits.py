@@ -18,9 +18,7 @@ from featdiff.errors import UserError
 _DIGITS_MAX_VALUE = 16
 
 
-def load_digits_lt(
-    imbalance_factor: float = 10, test_fraction: float = 0.3, seed: int = 0
-) -> tuple[ImageSet, ImageSet]:
+def load_digits_lt(imbalance_factor: float = 10, test_fraction: float = 0.3, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """(long-tailed train, test); the stratified test split is drawn first, so it keeps the near-uniform classes."""
     check_imbalance_factor(imbalance_factor)
     if not 0 < test_fraction < 1:

@@ -86,13 +86,9 @@ def _extract(archive: Path, dest: Path, folder: str) -> None:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(staging, filter="data")
         if not (staging / folder).is_dir():
-            raise UserError(
-                f"the downloaded archive has no {folder} folder: download it by hand and extract it into {dest}"
-            )
+            raise UserError(f"the downloaded archive has no {folder} folder: download it by hand and extract it into {dest}")
         os.replace(staging / folder, dest / folder)
     except (tarfile.TarError, OSError) as err:
-        raise UserError(
-            f"cannot extract {archive.name} ({err}): download it by hand and extract it into {dest}"
-        ) from None
+        raise UserError(f"cannot extract {archive.name} ({err}): download it by hand and extract it into {dest}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)

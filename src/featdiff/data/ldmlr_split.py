@@ -100,9 +100,7 @@ def _by_train_index(official_train: ImageSet, wanted: SplitList) -> np.ndarray:
 def _by_name(official_train: ImageSet, wanted: SplitList) -> np.ndarray:
     if official_train.names is None:
         raise ValueError("official_train needs CIFAR's file names (load it with load_official)")
-    have = _keys(
-        np.asarray(official_train.names), official_train.labels.cpu().numpy(), image_fingerprints(official_train.images)
-    )
+    have = _keys(np.asarray(official_train.names), official_train.labels.cpu().numpy(), image_fingerprints(official_train.images))
     need = _keys(wanted.names, wanted.labels, wanted.fingerprints)
     order = np.argsort(have, kind="stable")
     position = np.searchsorted(have[order], need).clip(max=len(have) - 1)

@@ -67,8 +67,7 @@ def load_packed(path: Path, cache: Path | None = None) -> ImageSet:
     actual = sha256_of(path)
     if actual != expected:
         raise UserError(
-            f"{path} does not match LDMLR's published file (sha256 {actual}, expected {expected}): "
-            "re-copy it from the shared data folder"
+            f"{path} does not match LDMLR's published file (sha256 {actual}, expected {expected}): re-copy it from the shared data folder"
         )
     folder = (cache or cache_dir()) / "decoded" / actual
     if not _is_complete(folder):

@@ -14,23 +14,16 @@ from featdiff.diffusion.schedules import NoiseSchedule
 
 def q_sample(x0: Tensor, t: Tensor, noise: Tensor, schedule: NoiseSchedule) -> Tensor:
     """x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε: the marginal q(x_t | x0), so training needs no simulation."""
-    return (
-        schedule.gather("sqrt_alphas_cumprod", t, x0) * x0
-        + schedule.gather("sqrt_one_minus_alphas_cumprod", t, x0) * noise
-    )
+    return schedule.gather("sqrt_alphas_cumprod", t, x0) * x0 + schedule.gather("sqrt_one_minus_alphas_cumprod", t, x0) * noise
 
 
-def x0_from_eps(
-    x_t: Tensor, eps: Tensor, sqrt_recip_ac: Tensor | float, sqrt_recipm1_ac: Tensor | float
-) -> Tensor:
+def x0_from_eps(x_t: Tensor, eps: Tensor, sqrt_recip_ac: Tensor | float, sqrt_recipm1_ac: Tensor | float) -> Tensor:
     """Inverts q_sample for x0, given 1/√ᾱ and √(1/ᾱ - 1) either gathered per sample or as one
     scalar per sampling step; this form never divides by the tiny √(1-ᾱ) near t=0."""
     return sqrt_recip_ac * x_t - sqrt_recipm1_ac * eps
 
 
-def eps_from_x0(
-    x_t: Tensor, x0: Tensor, sqrt_recip_ac: Tensor | float, sqrt_recipm1_ac: Tensor | float
-) -> Tensor:
+def eps_from_x0(x_t: Tensor, x0: Tensor, sqrt_recip_ac: Tensor | float, sqrt_recipm1_ac: Tensor | float) -> Tensor:
     """Inverts q_sample for ε, with the same coefficients as `x0_from_eps` so the two round-trip."""
     return (sqrt_recip_ac * x_t - x0) / sqrt_recipm1_ac
 
@@ -54,16 +47,11 @@ def predict_eps_from_x0(x_t: Tensor, t: Tensor, x0: Tensor, schedule: NoiseSched
     )
 
 
-def posterior_mean_variance(
-    x0: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule
-) -> tuple[Tensor, Tensor, Tensor]:
+def posterior_mean_variance(x0: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> tuple[Tensor, Tensor, Tensor]:
     """q(x_{t-1} | x_t, x0): the Gaussian that ancestral sampling draws from once x0 is replaced by
     the model's estimate. Variance and log-variance come back shaped (B, 1, ...) for broadcasting;
     the log-variance is clipped at t=0, where the true variance is 0."""
-    mean = (
-        schedule.gather("posterior_mean_coef1", t, x_t) * x0
-        + schedule.gather("posterior_mean_coef2", t, x_t) * x_t
-    )
+    mean = schedule.gather("posterior_mean_coef1", t, x_t) * x0 + schedule.gather("posterior_mean_coef2", t, x_t) * x_t
     variance = schedule.gather("posterior_variance", t, x_t)
     log_variance = schedule.gather("posterior_log_variance_clipped", t, x_t)
     return mean, variance, log_variance

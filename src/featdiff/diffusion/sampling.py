@@ -153,9 +153,7 @@ def eval_mode(model: Denoiser) -> Iterator[None]:
         model.train(was_training)
 
 
-def _initial_noise(
-    y: Tensor, feature_dim: int, generator: torch.Generator | None, noise: Tensor | None
-) -> Tensor:
+def _initial_noise(y: Tensor, feature_dim: int, generator: torch.Generator | None, noise: Tensor | None) -> Tensor:
     if noise is not None:
         if noise.shape != (y.shape[0], feature_dim):
             expected = (y.shape[0], feature_dim)
@@ -184,9 +182,7 @@ def _run(
     with eval_mode(model), grad_context:
         for step in plan:
             t = torch.full_like(y, step.t)
-            x0, eps = x0_and_eps_at_step(
-                model(x, t, y), x, prediction, step.sqrt_recip_ac, step.sqrt_recipm1_ac, clip
-            )
+            x0, eps = x0_and_eps_at_step(model(x, t, y), x, prediction, step.sqrt_recip_ac, step.sqrt_recipm1_ac, clip)
             noise = _step_noise(x, step.sigma, generator)
             if isinstance(step, AncestralStep):
                 x = ancestral_update(x, x0, noise, step)

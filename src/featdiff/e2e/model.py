@@ -3,6 +3,7 @@ running statistics they share, in one module so one state_dict checkpoints (or a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -54,3 +55,21 @@ def pseudo_label_distribution(train_counts: Tensor, rule: str) -> Tensor:
         if deficit.sum() > 0:
             return (deficit / deficit.sum()).float()
     return torch.full_like(counts, 1.0 / counts.numel()).float()
+
+
+def resolve_generation_weight(config: EndToEndConfig, train_counts: Tensor) -> EndToEndConfig:
+    """The config with γ_ge filled in: with pseudo labels ∝ n_max − n_c and weight
+    Σ(n_max − n_c)/Σn_c, the classifier's loss L_real + γ·L_ge weighs every class equally."""
+    if config.gamma_ge is not None:
+        return config
+    counts = train_counts.double()
+    deficit = float((counts.max() - counts).sum())
+    weight = deficit / float(counts.sum()) if config.ge_labels == "fill" and deficit > 0 else 1.0
+    return dataclasses.replace(config, gamma_ge=weight)
+
+
+def trained_prior(config: EndToEndConfig, train_counts: Tensor, pseudo_label_probs: Tensor) -> Tensor:
+    """Class prior of what G was trained on, (p_real + γ·p_pseudo)/(1 + γ), for logit adjustment."""
+    real = train_counts.double() / train_counts.sum()
+    gamma = float(config.gamma_ge or 0.0)
+    return (real + gamma * pseudo_label_probs.double().cpu()) / (1 + gamma)

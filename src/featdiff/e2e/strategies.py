@@ -27,13 +27,15 @@ def _semantic(config: EndToEndConfig, scale: float) -> dict[str, float]:
 
 
 def term_weights(config: EndToEndConfig, epoch: float, total_epochs: float) -> TermWeights:
-    """The weights in force at `epoch` (fractional) of `total_epochs`."""
+    """The weights in force at `epoch` (fractional) of `total_epochs` (γ_ge resolved: null is 1 here;
+    the trainer's caller resolves it from the class counts first)."""
+    gamma = 1.0 if config.gamma_ge is None else config.gamma_ge
     if config.strategy == "A":
         warmup = config.semantic_warmup_epochs
         scale = 1.0 if warmup <= 0 else min(1.0, epoch / warmup)
-        return TermWeights(sem=config.lambda_sem, ge=config.gamma_ge, pseudo_share=config.pseudo_share, **_semantic(config, scale))
+        return TermWeights(sem=config.lambda_sem, ge=gamma, pseudo_share=config.pseudo_share, **_semantic(config, scale))
     if config.strategy == "B":
-        return TermWeights(sem=config.lambda_sem, ge=config.gamma_ge, pseudo_share=config.pseudo_share, **_semantic(config, 1.0))
+        return TermWeights(sem=config.lambda_sem, ge=gamma, pseudo_share=config.pseudo_share, **_semantic(config, 1.0))
     real_only_until = config.warmup_real_epochs
     generation_from = real_only_until + config.ldm_only_epochs
     if epoch < real_only_until:
@@ -43,7 +45,7 @@ def term_weights(config: EndToEndConfig, epoch: float, total_epochs: float) -> T
     span = max(total_epochs - generation_from, 1e-12)
     fraction = min(1.0, (epoch - generation_from) / span)
     share = config.pseudo_share_start + fraction * (config.pseudo_share - config.pseudo_share_start)
-    return TermWeights(sem=config.lambda_sem, ge=config.gamma_ge, pseudo_share=share, **_semantic(config, 1.0))
+    return TermWeights(sem=config.lambda_sem, ge=gamma, pseudo_share=share, **_semantic(config, 1.0))
 
 
 def generates_at(config: EndToEndConfig, step: int) -> bool:

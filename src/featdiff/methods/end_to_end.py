@@ -27,7 +27,7 @@ from featdiff.data.augment import random_crop_flip
 from featdiff.data.bundle import DatasetBundle
 from featdiff.diffusion.sampling import sample_features
 from featdiff.e2e.diagnostics import compare, plot_history, plot_two_clouds
-from featdiff.e2e.model import EndToEndModel
+from featdiff.e2e.model import EndToEndModel, resolve_generation_weight, trained_prior
 from featdiff.e2e.trainer import EndToEndSettings, train_end_to_end
 from featdiff.evaluation.inference import encode
 from featdiff.features import EncodedDataset, encode_dataset
@@ -124,15 +124,16 @@ def stage_end_to_end(
     run: Run, bundle: DatasetBundle, encoder: nn.Module, encoded: EncodedDataset, device: torch.device
 ) -> tuple[EndToEndModel, list[dict]]:
     config = run.config
+    e2e_config = resolve_generation_weight(config.e2e, bundle.train.class_counts())
     denoiser = ldmlr.build_denoiser(encoded.train.features.shape[1], bundle.num_classes, config.diffusion)
-    model = EndToEndModel(copy.deepcopy(encoder), denoiser, bundle.num_classes, config.e2e).to(device)
+    model = EndToEndModel(copy.deepcopy(encoder), denoiser, bundle.num_classes, e2e_config).to(device)
     if run.stage_done("end_to_end"):
         model.load_state_dict(load_file(run.path("end_to_end.safetensors")))
         return model.eval(), run.stage_info("end_to_end")["history"]
     resume = run.load_checkpoint("end_to_end")
     if resume is None:
         model.initialise_statistics(
-            encoded.train.features.to(device), encoded.train.labels.to(device), bundle.train.class_counts(), config.e2e
+            encoded.train.features.to(device), encoded.train.labels.to(device), bundle.train.class_counts(), e2e_config
         )
         _pretrain_denoiser(model, encoded, run, device)
     diagnostics_generator = stage_generator(config.seed, "diagnostics", device)
@@ -149,7 +150,7 @@ def stage_end_to_end(
         model,
         bundle.train.images,
         bundle.train.labels,
-        EndToEndSettings(config.finetune, config.e2e, config.filter),
+        EndToEndSettings(config.finetune, e2e_config, config.filter),
         ldmlr.schedule_for(config.diffusion),
         _augmenter(bundle, _padding(run)),
         bundle.normalize,
@@ -191,9 +192,10 @@ def run_finetune_method(
         stage_s["end_to_end_s"] = time.perf_counter() - started
         stage_s["seconds_per_epoch"] = sum(h["epoch_s"] for h in history) / len(history)
         tuned_encoded = encode_dataset(model.encoder, bundle, eval_features, config.seed, device)
-        extra["history"] = history
-        extra["diagnostics"] = run.stage_info("end_to_end")["diagnostics"]
-        return evaluate_all(model.encoder.fc, tuned_encoded, train_counts, real_prior, bundle), extra, controls
+        e2e_config = resolve_generation_weight(config.e2e, train_counts)
+        prior = trained_prior(e2e_config, train_counts, model.pseudo_label_probs)
+        extra |= {"history": history, "diagnostics": run.stage_info("end_to_end")["diagnostics"], "gamma_ge": e2e_config.gamma_ge}
+        return evaluate_all(model.encoder.fc, tuned_encoded, train_counts, prior, bundle), extra, controls
 
     started = time.perf_counter()
     tuned, history = stage_finetune(run, bundle, encoder, device)

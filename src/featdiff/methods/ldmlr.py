@@ -94,9 +94,7 @@ def fit_denoiser(
     scaler = make_scaler(features, config)
     scaled = scaler.encode(features)
     model = build_denoiser(features.shape[1], num_classes, config).to(device)
-    ema = train_denoiser(
-        model, scaled, labels, schedule_for(config), config, generator, resume=resume, checkpoint=checkpoint, log=log
-    )
+    ema = train_denoiser(model, scaled, labels, schedule_for(config), config, generator, resume=resume, checkpoint=checkpoint, log=log)
     bounds = clip_range(scaled, config)
     if bounds is not None:
         bounds = tuple(b.to(device) if isinstance(b, torch.Tensor) else b for b in bounds)

@@ -53,9 +53,7 @@ def train_encoder(
 ) -> None:
     device = next(model.parameters()).device
     images, labels = images.to(device), labels.to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     start_epoch = 0
     if resume is not None:
         model.load_state_dict(resume["model"])
