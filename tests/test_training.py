@@ -84,3 +84,21 @@ def test_denoiser_resume_after_a_kill_is_bit_identical():
     resumed = train_denoiser(fresh(), data.features, data.labels, schedule, config, torch.Generator(), resume=saved[0])
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_finetune_optimizer_scales_only_the_classifier_and_freezes_early_stages():
+    from featdiff.config import FinetuneConfig
+    from featdiff.models.resnet_cifar import resnet32
+    from featdiff.training.finetune import configure_trainable, make_encoder_optimizer, set_learning_rates
+
+    model = resnet32(10)
+    config = FinetuneConfig(lr=0.1, classifier_lr_scale=5.0, trainable="last_stage")
+    configure_trainable(model, config.trainable)
+    optimizer = make_encoder_optimizer(model, config)
+    set_learning_rates(optimizer, 0.0, config)
+    body, head = optimizer.param_groups
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.fc.parameters()}
+    assert {id(p) for p in body["params"]} == {id(p) for p in model.layer3.parameters()}
+    assert body["lr"] == 0.1 and head["lr"] == 0.5
+    set_learning_rates(optimizer, 1.0, config)
+    assert body["lr"] == 0.0 and head["lr"] == 0.0

@@ -189,11 +189,14 @@ class FinetuneConfig:
     """last_stage: only layer3 and the fc train; earlier layers (and their BN statistics) stay frozen."""
     augment_padding: int | None = None
     """Random-crop padding; null uses encoder.augment_padding (4 for CIFAR, 1 for 8×8 digits)."""
+    classifier_lr_scale: float = 1.0
+    """The classifier's learning rate relative to `lr`."""
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "finetune.epochs", "must be >= 1")
         _check(self.batch_size >= 2, "finetune.batch_size", "must be >= 2")
         _check(self.lr > 0, "finetune.lr", "must be > 0")
+        _check(self.classifier_lr_scale > 0, "finetune.classifier_lr_scale", "must be > 0")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from featdiff.e2e import steps as e2e_steps
 from featdiff.e2e.model import EndToEndModel
 from featdiff.e2e.strategies import denoiser_steps_per_batch, generates_at, term_weights
 from featdiff.progress import progress
-from featdiff.training.finetune import configure_trainable, finetune_lr, make_encoder_optimizer, set_train_mode
+from featdiff.training.finetune import configure_trainable, make_encoder_optimizer, set_learning_rates, set_train_mode
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 Normalize = Callable[[Tensor], Tensor]
@@ -76,8 +76,7 @@ def train_end_to_end(
         bar = progress(range(steps_per_epoch), desc=f"e2e {config.strategy} epoch {epoch + 1}/{finetune.epochs}", unit="step")
         for step in bar:
             global_step = epoch * steps_per_epoch + step
-            for group in optimizers.encoder.param_groups:
-                group["lr"] = finetune_lr(global_step / total_steps, finetune)
+            set_learning_rates(optimizers.encoder, global_step / total_steps, finetune)
             index = order[step * finetune.batch_size : (step + 1) * finetune.batch_size]
             batch = normalize(augment(images[index], generator))
             weights = term_weights(config, epoch + step / steps_per_epoch, finetune.epochs)

@@ -44,7 +44,20 @@ def trainable_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
 
 
 def make_encoder_optimizer(encoder: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(list(trainable_parameters(encoder)), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    """SGD with two groups, the classifier's learning rate scaled by `classifier_lr_scale`: the
+    classifier is what re-balances, and it may need larger steps than the features."""
+    classifier = {id(p) for p in encoder.fc.parameters()}
+    body = [p for p in trainable_parameters(encoder) if id(p) not in classifier]
+    head = [p for p in trainable_parameters(encoder) if id(p) in classifier]
+    groups = [{"params": body, "lr_scale": 1.0}, {"params": head, "lr_scale": config.classifier_lr_scale}]
+    return torch.optim.SGD(
+        [g for g in groups if g["params"]], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, fraction: float, config: FinetuneConfig) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = finetune_lr(fraction, config) * group["lr_scale"]
 
 
 def finetune_lr(fraction: float, config: FinetuneConfig) -> float:
@@ -91,8 +104,7 @@ def train_finetune(
         order = torch.randperm(n, generator=generator, device=generator.device).to(device)
         started, total = time.perf_counter(), 0.0
         for step in progress(range(steps_per_epoch), desc=f"ce_finetune epoch {epoch + 1}/{config.epochs}", unit="step"):
-            for group in optimizer.param_groups:
-                group["lr"] = finetune_lr((epoch * steps_per_epoch + step) / total_steps, config)
+            set_learning_rates(optimizer, (epoch * steps_per_epoch + step) / total_steps, config)
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             set_train_mode(encoder, config.trainable)
             total += ce_step(encoder, optimizer, normalize(augment(images[index], generator)), labels[index])["real"]
