@@ -188,7 +188,10 @@ def run_finetune_method(
 
     if config.method == "e2e":
         started = time.perf_counter()
-        model, history = stage_end_to_end(run, bundle, encoder, encoded, device)
+        # The starting statistics and the denoiser's pre-fit must see features as the trainer computes
+        # them (encoder.features), not LDMLR's extraction path (no stem ReLU) that features.style may pick.
+        starting = encode_dataset(encoder, bundle, eval_features, config.seed, device)
+        model, history = stage_end_to_end(run, bundle, encoder, starting, device)
         stage_s["end_to_end_s"] = time.perf_counter() - started
         stage_s["seconds_per_epoch"] = sum(h["epoch_s"] for h in history) / len(history)
         tuned_encoded = encode_dataset(model.encoder, bundle, eval_features, config.seed, device)
