@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from featdiff.config import FeatureConfig
-from featdiff.data.augment import random_crop_flip
 from featdiff.data.bundle import DatasetBundle
 from featdiff.data.imageset import ImageSet
 from featdiff.evaluation.inference import encode
@@ -60,12 +59,9 @@ CPU_BATCH = 250
 
 
 def _augmenter(bundle: DatasetBundle, generator: torch.Generator):
-    padding = 4 if bundle.flip else 1
-
-    def augment(batch: torch.Tensor) -> torch.Tensor:
-        return random_crop_flip(batch, padding=padding, generator=generator, flip=bundle.flip)
-
-    return augment
+    """One augmented view per image, LDMLR-style: 4-pixel padding on CIFAR, 1 on 8×8 digits."""
+    augment = bundle.augmenter(4 if bundle.flip else 1)
+    return lambda batch: augment(batch, generator)
 
 
 def _encode_ldmlr_style(

@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from featdiff.config import config_to_dict
-from featdiff.data.augment import random_crop_flip
 from featdiff.data.bundle import DatasetBundle, load_dataset
 from featdiff.errors import UserError
 from featdiff.features import encode_dataset
@@ -64,17 +63,12 @@ def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.M
         model.load_state_dict(load_file(run.path("encoder.safetensors")))
         return model.eval()
     generator = stage_generator(config.seed, "encoder")
-    padding = config.encoder.augment_padding
-
-    def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return random_crop_flip(images, padding=padding, generator=gen, flip=bundle.flip)
-
     train_encoder(
         model,
         bundle.train.images,
         bundle.train.labels,
         config.encoder,
-        augment=augment,
+        augment=bundle.augmenter(config.encoder.augment_padding),
         normalize=bundle.normalize,
         generator=generator,
         resume=run.load_checkpoint("encoder"),

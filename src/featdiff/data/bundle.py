@@ -6,13 +6,14 @@ Bundles the train / validation / test image sets with the constants that belong 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from featdiff.config import DataConfig
-from featdiff.data.augment import CIFAR_MEAN, CIFAR_STD, normalize
+from featdiff.data.augment import CIFAR_MEAN, CIFAR_STD, normalize, random_crop_flip
 from featdiff.data.cifar import load_cifar_lt
 from featdiff.data.digits import load_digits_lt
 from featdiff.data.imageset import ImageSet
@@ -40,6 +41,14 @@ class DatasetBundle:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.mean, self.std)
+
+    def augmenter(self, padding: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+        """Batched random crop with `padding`, plus horizontal flips where they keep the label."""
+
+        def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            return random_crop_flip(images, padding=padding, generator=generator, flip=self.flip)
+
+        return augment
 
 
 def split_validation(train: ImageSet, fraction: float, generator: torch.Generator) -> tuple[ImageSet, ImageSet]:

@@ -23,7 +23,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from featdiff.config import FeatureConfig
-from featdiff.data.augment import random_crop_flip
 from featdiff.data.bundle import DatasetBundle
 from featdiff.diffusion.sampling import sample_features
 from featdiff.e2e.diagnostics import compare, plot_history, plot_two_clouds
@@ -39,13 +38,6 @@ from featdiff.training.finetune import train_finetune
 
 FINETUNE_METHODS = ("ce_finetune", "ldmlr_stale", "ldmlr_refit", "e2e")
 DIAGNOSTIC_SAMPLES_PER_CLASS = 200
-
-
-def _augmenter(bundle: DatasetBundle, padding: int):
-    def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return random_crop_flip(images, padding=padding, generator=generator, flip=bundle.flip)
-
-    return augment
 
 
 def _padding(run: Run) -> int:
@@ -70,7 +62,7 @@ def stage_finetune(run: Run, bundle: DatasetBundle, encoder: nn.Module, device: 
         bundle.train.images,
         bundle.train.labels,
         config.finetune,
-        _augmenter(bundle, _padding(run)),
+        bundle.augmenter(_padding(run)),
         bundle.normalize,
         stage_generator(config.seed, "finetune"),
         resume=run.load_checkpoint("finetune"),
@@ -152,7 +144,7 @@ def stage_end_to_end(
         bundle.train.labels,
         EndToEndSettings(config.finetune, e2e_config, config.filter),
         ldmlr.schedule_for(config.diffusion),
-        _augmenter(bundle, _padding(run)),
+        bundle.augmenter(_padding(run)),
         bundle.normalize,
         stage_generator(config.seed, "end_to_end"),
         resume=resume,

@@ -50,9 +50,7 @@ def make_encoder_optimizer(encoder: nn.Module, config: FinetuneConfig) -> torch.
     body = [p for p in trainable_parameters(encoder) if id(p) not in classifier]
     head = [p for p in trainable_parameters(encoder) if id(p) in classifier]
     groups = [{"params": body, "lr_scale": 1.0}, {"params": head, "lr_scale": config.classifier_lr_scale}]
-    return torch.optim.SGD(
-        [g for g in groups if g["params"]], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def set_learning_rates(optimizer: torch.optim.Optimizer, fraction: float, config: FinetuneConfig) -> None:
