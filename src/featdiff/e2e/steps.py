@@ -84,16 +84,14 @@ def diffusion_terms(
     std = model.standardizer.std
     zero = scaled.new_zeros(())
     terms["proto"] = prototype_loss(estimate, labels, prototypes, time_weight) if weights.proto > 0 else zero
-    covariances = model.stats.covariances / (std[:, None] * std[None, :])
-    if weights.cov > 0:
-        terms["cov"] = covariance_loss(estimate, labels, covariances, time_weight, model.num_classes)
-    else:
-        terms["cov"] = zero
-    if weights.rad > 0:
-        radii = config.radius_kappa * torch.diagonal(covariances, dim1=1, dim2=2).sum(-1).clamp_min(0).sqrt()
-        terms["rad"] = radius_loss(estimate, labels, prototypes, radii, time_weight)
-    else:
-        terms["rad"] = zero
+    terms["cov"], terms["rad"] = zero, zero
+    if weights.cov > 0 or weights.rad > 0:
+        covariances = model.stats.covariances / (std[:, None] * std[None, :])
+        if weights.cov > 0:
+            terms["cov"] = covariance_loss(estimate, labels, covariances, time_weight, model.num_classes)
+        if weights.rad > 0:
+            radii = config.radius_kappa * torch.diagonal(covariances, dim1=1, dim2=2).sum(-1).clamp_min(0).sqrt()
+            terms["rad"] = radius_loss(estimate, labels, prototypes, radii, time_weight)
     terms["sem"] = terms["ldm"] + weights.proto * terms["proto"] + weights.cov * terms["cov"] + weights.rad * terms["rad"]
     return terms
 
