@@ -177,6 +177,20 @@ class PseudoFilterConfig:
 
 
 @dataclass
+class ComputeConfig:
+    """Speed settings for training the encoder on CUDA (every method's encoder stage, fine-tuning
+    and end-to-end training). They are ignored on the CPU, where the runs here are fp32 and
+    contiguous."""
+
+    channels_last: bool = True
+    bf16_autocast: bool = True
+    """The encoder's forward runs under bf16 autocast; features come back as fp32, so the losses,
+    the diffusion branch and sampling stay fp32."""
+    compile: bool = False
+    """torch.compile the encoder's forward (a minute of compilation, worth it for long runs)."""
+
+
+@dataclass
 class FinetuneConfig:
     """Fine-tuning the encoder and classifier (ce_finetune, and the encoder side of e2e)."""
 
@@ -286,6 +300,7 @@ class RunConfig:
     filter: PseudoFilterConfig = field(default_factory=PseudoFilterConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     e2e: EndToEndConfig = field(default_factory=EndToEndConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def validate(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")

@@ -35,6 +35,7 @@ from featdiff.stages import (
     stage_generator,
     stage_pseudo_features,
 )
+from featdiff.training.acceleration import accelerated
 from featdiff.training.classifier import WeightedFeatures
 from featdiff.training.encoder import train_encoder
 
@@ -63,18 +64,19 @@ def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.M
         model.load_state_dict(load_file(run.path("encoder.safetensors")))
         return model.eval()
     generator = stage_generator(config.seed, "encoder")
-    train_encoder(
-        model,
-        bundle.train.images,
-        bundle.train.labels,
-        config.encoder,
-        augment=bundle.augmenter(config.encoder.augment_padding),
-        normalize=bundle.normalize,
-        generator=generator,
-        resume=run.load_checkpoint("encoder"),
-        checkpoint=lambda state: run.save_checkpoint("encoder", state),
-        log=lambda epoch, loss: run.log("encoder", epoch=epoch, loss=loss),
-    )
+    with accelerated(model, config.compute, device):
+        train_encoder(
+            model,
+            bundle.train.images,
+            bundle.train.labels,
+            config.encoder,
+            augment=bundle.augmenter(config.encoder.augment_padding),
+            normalize=bundle.normalize,
+            generator=generator,
+            resume=run.load_checkpoint("encoder"),
+            checkpoint=lambda state: run.save_checkpoint("encoder", state),
+            log=lambda epoch, loss: run.log("encoder", epoch=epoch, loss=loss),
+        )
     save_encoder(model, run.path("encoder.safetensors"))
     run.mark_done("encoder")
     return model.eval()

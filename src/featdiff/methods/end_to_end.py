@@ -33,6 +33,7 @@ from featdiff.features import EncodedDataset, encode_dataset
 from featdiff.methods import ldmlr
 from featdiff.runs import Run
 from featdiff.stages import STAGE_SEEDS, evaluate_all, retrain_with_pseudo, stage_generator, stage_pseudo_features
+from featdiff.training.acceleration import accelerated
 from featdiff.training.denoiser import train_denoiser
 from featdiff.training.finetune import train_finetune
 
@@ -57,18 +58,19 @@ def stage_finetune(run: Run, bundle: DatasetBundle, encoder: nn.Module, device: 
     if run.stage_done("finetune"):
         tuned.load_state_dict(load_file(run.path("finetune.safetensors")))
         return tuned.eval(), run.stage_info("finetune")["history"]
-    history = train_finetune(
-        tuned,
-        bundle.train.images,
-        bundle.train.labels,
-        config.finetune,
-        bundle.augmenter(_padding(run)),
-        bundle.normalize,
-        stage_generator(config.seed, "finetune"),
-        resume=run.load_checkpoint("finetune"),
-        checkpoint=lambda state: run.save_checkpoint("finetune", state),
-        on_epoch_end=lambda epoch, logged: run.log("finetune", **logged),
-    )
+    with accelerated(tuned, config.compute, device):
+        history = train_finetune(
+            tuned,
+            bundle.train.images,
+            bundle.train.labels,
+            config.finetune,
+            bundle.augmenter(_padding(run)),
+            bundle.normalize,
+            stage_generator(config.seed, "finetune"),
+            resume=run.load_checkpoint("finetune"),
+            checkpoint=lambda state: run.save_checkpoint("finetune", state),
+            on_epoch_end=lambda epoch, logged: run.log("finetune", **logged),
+        )
     run.save_tensors("finetune.safetensors", tuned.state_dict())
     run.mark_done("finetune", history=history)
     return tuned.eval(), history
@@ -138,19 +140,20 @@ def stage_end_to_end(
         diagnostics.append({"epoch": epoch, **report})
 
     diagnostics: list[dict] = []
-    history = train_end_to_end(
-        model,
-        bundle.train.images,
-        bundle.train.labels,
-        EndToEndSettings(config.finetune, e2e_config, config.filter),
-        ldmlr.schedule_for(config.diffusion),
-        bundle.augmenter(_padding(run)),
-        bundle.normalize,
-        stage_generator(config.seed, "end_to_end"),
-        resume=resume,
-        checkpoint=lambda state: run.save_checkpoint("end_to_end", state),
-        on_epoch_end=diagnose,
-    )
+    with accelerated(model.encoder, config.compute, device):
+        history = train_end_to_end(
+            model,
+            bundle.train.images,
+            bundle.train.labels,
+            EndToEndSettings(config.finetune, e2e_config, config.filter),
+            ldmlr.schedule_for(config.diffusion),
+            bundle.augmenter(_padding(run)),
+            bundle.normalize,
+            stage_generator(config.seed, "end_to_end"),
+            resume=resume,
+            checkpoint=lambda state: run.save_checkpoint("end_to_end", state),
+            on_epoch_end=diagnose,
+        )
     if diagnostics:
         plot_history(diagnostics, run.path("diagnostics.png"))
     real = _train_features(model.encoder, bundle, device)
