@@ -95,3 +95,26 @@ def test_digits_run_end_to_end_then_resume_after_a_crash(tmp_path):
 
     complete = featdiff("run", "--resume", str(straight))
     assert_one_line_error(complete, "already complete")
+
+
+def test_digits_e2e_with_rebalanced_classifier_then_resume(tmp_path):
+    out = tmp_path / "e2e"
+    fast_e2e = ["--set", "method=e2e", "--set", "finetune.epochs=2", "--set", "e2e.denoiser_pretrain_steps=100"]
+    fast_e2e += ["--set", "e2e.rebalance_classifier=true"]
+    result = featdiff("run", "configs/digits_ldmlr.yaml", *FAST_DIGITS, *fast_e2e, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "| e2e_joint_classifier |" in result.stdout and "| e2e |" in result.stdout
+    results = json.loads((out / "results.json").read_text())
+    # Balanced filling: real plus pseudo-features of the co-trained denoiser give every class n_max.
+    filled = [n + p for n, p in zip(results["train_counts"], results["pseudo_counts"], strict=True)]
+    assert filled == [max(results["train_counts"])] * len(filled)
+    assert len(results["history"]) == 2 and len(results["diagnostics"]) == 2
+    for name in ("diagnostics.png", "two_clouds.png", "end_to_end.safetensors", "classifier.safetensors"):
+        assert (out / name).is_file(), name
+
+    # Killed before the classifier stage: the resumed run regenerates the same pseudo-features.
+    for name in ("results.json", "classifier.safetensors", "stages/classifier.done"):
+        (out / name).unlink()
+    resumed = featdiff("run", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "results.json").read_text())["per_class"] == results["per_class"]

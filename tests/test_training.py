@@ -102,3 +102,45 @@ def test_finetune_optimizer_scales_only_the_classifier_and_freezes_early_stages(
     assert body["lr"] == 0.1 and head["lr"] == 0.5
     set_learning_rates(optimizer, 1.0, config)
     assert body["lr"] == 0.0 and head["lr"] == 0.0
+
+
+def test_adam_classifier_steps_like_separate_sgd_and_adam_and_resumes():
+    import copy
+
+    import torch.nn.functional as F
+
+    from featdiff.config import FinetuneConfig
+    from featdiff.models.resnet_cifar import resnet32
+    from featdiff.training.finetune import configure_trainable, make_encoder_optimizer, set_learning_rates
+
+    torch.manual_seed(0)
+    config = FinetuneConfig(lr=0.05, classifier_lr_scale=0.1, classifier_optimizer="adam", trainable="last_stage")
+    model = resnet32(10)
+    configure_trainable(model, config.trainable)
+    reference = copy.deepcopy(model)
+    optimizer = make_encoder_optimizer(model, config)
+    set_learning_rates(optimizer, 0.0, config)
+    sgd = torch.optim.SGD(reference.layer3.parameters(), lr=0.05, momentum=config.momentum, weight_decay=config.weight_decay)
+    adam = torch.optim.Adam(reference.fc.parameters(), lr=0.005, weight_decay=1e-5)
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+
+    def step(net, optimizers):
+        for o in optimizers:
+            o.zero_grad()
+        F.cross_entropy(net(images), labels).backward()
+        for o in optimizers:
+            o.step()
+
+    for _ in range(2):
+        step(model, [optimizer])
+        step(reference, [sgd, adam])
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, reference.state_dict()[name], msg=name)
+
+    resumed_model = copy.deepcopy(model)
+    resumed = make_encoder_optimizer(resumed_model, config)
+    resumed.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    step(model, [optimizer])
+    step(resumed_model, [resumed])
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[name]), name

@@ -205,6 +205,10 @@ class FinetuneConfig:
     """Random-crop padding; null uses encoder.augment_padding (4 for CIFAR, 1 for 8×8 digits)."""
     classifier_lr_scale: float = 1.0
     """The classifier's learning rate relative to `lr`."""
+    classifier_optimizer: Literal["sgd", "adam"] = "sgd"
+    """adam: the classifier takes Adam steps (LDMLR's stage-3 optimizer, weight decay 1e-5) while
+    the encoder keeps SGD. From features it already separates, a re-balancing loss has tiny
+    gradients: SGD barely moves the classifier, Adam's normalised steps do."""
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "finetune.epochs", "must be >= 1")
@@ -267,6 +271,10 @@ class EndToEndConfig:
     denoiser_lr: float = 1e-3
     denoiser_pretrain_steps: int = 2000
     """Steps fitting ε_θ on the starting encoder's features before joint training."""
+    rebalance_classifier: bool = False
+    """After joint training, retrain G as LDMLR's stage 3 does (`classifier`, `generation`,
+    `filter`), on the final encoder's features plus pseudo-features of the co-trained ε_θ. No
+    denoiser refit is needed: ε_θ followed the encoder."""
 
     def validate(self) -> None:
         for name in ("lambda_sem", "eta_proto", "eta_cov", "eta_rad", "radius_kappa", "collapse_guard"):

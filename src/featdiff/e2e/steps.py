@@ -34,6 +34,7 @@ from featdiff.diffusion.schedules import NoiseSchedule
 from featdiff.e2e.losses import covariance_loss, prototype_loss, radius_loss, semantic_timestep_weight, variance_floor_loss
 from featdiff.e2e.model import EndToEndModel
 from featdiff.methods.pseudo_filter import ClassGeometry, band_weights
+from featdiff.training.finetune import EncoderOptimizer
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class TermWeights:
 
 @dataclass
 class Optimizers:
-    encoder: torch.optim.Optimizer
+    encoder: EncoderOptimizer
     denoiser: torch.optim.Optimizer
 
 
@@ -205,7 +206,7 @@ def denoiser_step(
 
 def encoder_step(
     model: EndToEndModel,
-    optimizer: torch.optim.Optimizer,
+    optimizer: EncoderOptimizer,
     images: Tensor,
     labels: Tensor,
     pseudo: tuple[Tensor, Tensor] | None,

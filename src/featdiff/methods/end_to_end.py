@@ -96,10 +96,10 @@ def _pretrain_denoiser(model: EndToEndModel, encoded: EncodedDataset, run: Run, 
     model.denoiser.load_state_dict(ema.module.state_dict())
 
 
-def _e2e_pseudo(model: EndToEndModel, num_classes: int, run: Run, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pseudo-features as the classifier sees them during training (few-step DDIM), for diagnostics."""
+def _e2e_pseudo(model: EndToEndModel, counts: torch.Tensor, run: Run, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`counts[c]` pseudo-features of class c as the classifier sees them during training (few-step DDIM)."""
     config = run.config.e2e
-    labels = torch.arange(num_classes).repeat_interleave(DIAGNOSTIC_SAMPLES_PER_CLASS).to(model.feature_floor.device)
+    labels = torch.arange(len(counts)).repeat_interleave(counts.cpu()).to(model.feature_floor.device)
     scaled = sample_features(
         model.denoiser,
         labels,
@@ -134,7 +134,7 @@ def stage_end_to_end(
 
     def diagnose(epoch: int, logged: dict[str, float]) -> None:
         real = _train_features(model.encoder, bundle, device)
-        pseudo, pseudo_labels = _e2e_pseudo(model, bundle.num_classes, run, diagnostics_generator)
+        pseudo, pseudo_labels = _e2e_pseudo(model, _diagnostic_counts(bundle), run, diagnostics_generator)
         report = compare(real, bundle.train.labels, pseudo, pseudo_labels, bundle.num_classes)
         run.log("end_to_end", **logged, diagnostics=report)
         diagnostics.append({"epoch": epoch, **report})
@@ -157,11 +157,15 @@ def stage_end_to_end(
     if diagnostics:
         plot_history(diagnostics, run.path("diagnostics.png"))
     real = _train_features(model.encoder, bundle, device)
-    pseudo, pseudo_labels = _e2e_pseudo(model, bundle.num_classes, run, diagnostics_generator)
+    pseudo, pseudo_labels = _e2e_pseudo(model, _diagnostic_counts(bundle), run, diagnostics_generator)
     plot_two_clouds(real, bundle.train.labels, pseudo, pseudo_labels, _shown_classes(bundle), run.path("two_clouds.png"))
     run.save_tensors("end_to_end.safetensors", model.state_dict())
     run.mark_done("end_to_end", history=history, diagnostics=diagnostics)
     return model.eval(), history
+
+
+def _diagnostic_counts(bundle: DatasetBundle) -> torch.Tensor:
+    return torch.full((bundle.num_classes,), DIAGNOSTIC_SAMPLES_PER_CLASS)
 
 
 def _shown_classes(bundle: DatasetBundle) -> list[int]:
@@ -193,7 +197,16 @@ def run_finetune_method(
         e2e_config = resolve_generation_weight(config.e2e, train_counts)
         prior = trained_prior(e2e_config, train_counts, model.pseudo_label_probs)
         extra |= {"history": history, "diagnostics": run.stage_info("end_to_end")["diagnostics"], "gamma_ge": e2e_config.gamma_ge}
-        return evaluate_all(model.encoder.fc, tuned_encoded, train_counts, prior, bundle), extra, controls
+        joint = evaluate_all(model.encoder.fc, tuned_encoded, train_counts, prior, bundle)
+        if not config.e2e.rebalance_classifier:
+            return joint, extra, controls
+        controls["e2e_joint_classifier"] = joint
+        started = time.perf_counter()
+        counts = ldmlr.pseudo_counts(train_counts, config.generation)
+        pseudo_x, pseudo_y = _e2e_pseudo(model, counts, run, stage_generator(config.seed, "generation", device))
+        result, retrained = retrain_with_pseudo(run, "classifier", model.encoder, tuned_encoded, pseudo_x, pseudo_y, bundle, device)
+        stage_s["classifier_s"] = time.perf_counter() - started
+        return result, extra | retrained, controls
 
     started = time.perf_counter()
     tuned, history = stage_finetune(run, bundle, encoder, device)

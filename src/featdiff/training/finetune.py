@@ -43,17 +43,59 @@ def trainable_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     return (p for p in module.parameters() if p.requires_grad)
 
 
-def make_encoder_optimizer(encoder: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
-    """SGD with two groups, the classifier's learning rate scaled by `classifier_lr_scale`: the
-    classifier is what re-balances, and it may need larger steps than the features."""
+ADAM_CLASSIFIER_WEIGHT_DECAY = 1e-5
+"""LDMLR's stage-3 value for its Adam-trained classifier."""
+
+
+class JointOptimizer:
+    """Several optimizers stepped, zeroed and checkpointed as one (SGD for the encoder's body,
+    Adam for its classifier), so the step functions need not know there are two."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+
+
+EncoderOptimizer = torch.optim.Optimizer | JointOptimizer
+
+
+def make_encoder_optimizer(encoder: nn.Module, config: FinetuneConfig) -> EncoderOptimizer:
+    """SGD for the trainable body; for the classifier SGD or Adam (`classifier_optimizer`), its
+    learning rate scaled by `classifier_lr_scale`: the classifier is what re-balances, and it may
+    need other steps than the features."""
     classifier = {id(p) for p in encoder.fc.parameters()}
     body = [p for p in trainable_parameters(encoder) if id(p) not in classifier]
     head = [p for p in trainable_parameters(encoder) if id(p) in classifier]
+    sgd = {"lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay}
+    if config.classifier_optimizer == "adam":
+        body_optimizer = torch.optim.SGD([{"params": body, "lr_scale": 1.0}], **sgd)
+        head_optimizer = torch.optim.Adam(
+            [{"params": head, "lr_scale": config.classifier_lr_scale}], lr=config.lr, weight_decay=ADAM_CLASSIFIER_WEIGHT_DECAY
+        )
+        return JointOptimizer(body_optimizer, head_optimizer)
     groups = [{"params": body, "lr_scale": 1.0}, {"params": head, "lr_scale": config.classifier_lr_scale}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.SGD([g for g in groups if g["params"]], **sgd)
 
 
-def set_learning_rates(optimizer: torch.optim.Optimizer, fraction: float, config: FinetuneConfig) -> None:
+def set_learning_rates(optimizer: EncoderOptimizer, fraction: float, config: FinetuneConfig) -> None:
     for group in optimizer.param_groups:
         group["lr"] = finetune_lr(fraction, config) * group["lr_scale"]
 
@@ -63,7 +105,7 @@ def finetune_lr(fraction: float, config: FinetuneConfig) -> float:
     return 0.5 * config.lr * (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
 
 
-def ce_step(encoder: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def ce_step(encoder: nn.Module, optimizer: EncoderOptimizer, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     optimizer.zero_grad(set_to_none=True)
     loss = F.cross_entropy(encoder(images), labels)
     loss.backward()
