@@ -29,7 +29,7 @@ from featdiff.e2e.diagnostics import compare, plot_history, plot_two_clouds
 from featdiff.e2e.model import EndToEndModel, resolve_generation_weight, trained_prior
 from featdiff.e2e.trainer import EndToEndSettings, train_end_to_end
 from featdiff.evaluation.inference import encode
-from featdiff.features import EncodedDataset, encode_dataset
+from featdiff.features import CPU_BATCH, EncodedDataset, encode_dataset
 from featdiff.methods import ldmlr
 from featdiff.runs import Run
 from featdiff.stages import STAGE_SEEDS, evaluate_all, retrain_with_pseudo, stage_generator, stage_pseudo_features
@@ -48,7 +48,8 @@ def _padding(run: Run) -> int:
 
 def _train_features(encoder: nn.Module, bundle: DatasetBundle, device: torch.device) -> torch.Tensor:
     """Clean eval-mode features of the training images, for diagnostics."""
-    return encode(encoder, bundle.train.images, bundle.mean, bundle.std, batch_size=500, device=device, progress=False)
+    batch = CPU_BATCH if device.type == "cpu" else 1000
+    return encode(encoder, bundle.train.images, bundle.mean, bundle.std, batch_size=batch, device=device, progress=False)
 
 
 def stage_finetune(run: Run, bundle: DatasetBundle, encoder: nn.Module, device: torch.device) -> tuple[nn.Module, list[dict]]:
