@@ -76,3 +76,19 @@ def test_resume_after_a_kill_is_bit_identical(strategy, new_model, toy_batch):
     train_end_to_end(resumed, images, labels, settings, SCHEDULE, _identity_augment, lambda x: x, torch.Generator(), resume=saved[0])
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_a_new_model_does_not_depend_on_the_global_generator():
+    from featdiff.config import RunConfig
+    from featdiff.methods.end_to_end import new_end_to_end_model
+    from featdiff.models.small_cnn import SmallCNN
+
+    config = RunConfig()
+    encoder = SmallCNN(num_classes=3, feature_dim=8)
+    torch.manual_seed(1)
+    first = new_end_to_end_model(config, config.e2e, encoder, 3)
+    torch.rand(1000)
+    second = new_end_to_end_model(config, config.e2e, encoder, 3)
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[name]), name
+    assert first.encoder is not encoder

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from featdiff.config import FeatureConfig
+from featdiff.config import EndToEndConfig, FeatureConfig, RunConfig
 from featdiff.data.bundle import DatasetBundle
 from featdiff.diffusion.sampling import sample_features
 from featdiff.e2e.diagnostics import compare, plot_history, plot_two_clouds
@@ -115,13 +115,20 @@ def _e2e_pseudo(model: EndToEndModel, counts: torch.Tensor, run: Run, generator:
     return model.standardizer.decode(scaled).cpu(), labels.cpu()
 
 
+def new_end_to_end_model(config: RunConfig, e2e_config: EndToEndConfig, encoder: nn.Module, num_classes: int) -> EndToEndModel:
+    """A copy of the encoder with a freshly initialised denoiser, seeded from the run's seed, so
+    the run does not depend on whatever drew from the global generator before it."""
+    torch.manual_seed(config.seed * 1000 + STAGE_SEEDS["denoiser"])
+    denoiser = ldmlr.build_denoiser(int(encoder.feature_dim), num_classes, config.diffusion)
+    return EndToEndModel(copy.deepcopy(encoder), denoiser, num_classes, e2e_config)
+
+
 def stage_end_to_end(
     run: Run, bundle: DatasetBundle, encoder: nn.Module, encoded: EncodedDataset, device: torch.device
 ) -> tuple[EndToEndModel, list[dict]]:
     config = run.config
     e2e_config = resolve_generation_weight(config.e2e, bundle.train.class_counts())
-    denoiser = ldmlr.build_denoiser(encoded.train.features.shape[1], bundle.num_classes, config.diffusion)
-    model = EndToEndModel(copy.deepcopy(encoder), denoiser, bundle.num_classes, e2e_config).to(device)
+    model = new_end_to_end_model(config, e2e_config, encoder, bundle.num_classes).to(device)
     if run.stage_done("end_to_end"):
         model.load_state_dict(load_file(run.path("end_to_end.safetensors")))
         return model.eval(), run.stage_info("end_to_end")["history"]
