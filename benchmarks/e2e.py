@@ -2,10 +2,11 @@
 
 From the shipped IF=100 encoders, every method gets the same fine-tuning budget (`--epochs`
 epochs of the last stage + classifier): `ce_finetune` (the control), `ldmlr_stale`, `ldmlr_refit`,
-and end-to-end strategies A, B and C. Ablations on CIFAR-10-LT drop L_proto, L_cov (or use L_rad
+and end-to-end strategies A, B and C, and A followed by LDMLR's classifier stage on pseudo-features of
+the co-trained denoiser (`e2e_A+rebalance`). Ablations on CIFAR-10-LT drop L_proto, L_cov (or use L_rad
 instead), L_ge, or add the AID/OOD filter. Final epoch only.
 
-    python benchmarks/e2e.py --phase main        # 6 methods x 2 datasets x 2 seeds
+    python benchmarks/e2e.py --phase main        # 7 methods x 2 datasets x 2 seeds
     python benchmarks/e2e.py --phase ablations   # CIFAR-10-LT, 1 seed
     python benchmarks/e2e.py --phase best        # the best three of the main table at 3 seeds
 
@@ -42,6 +43,7 @@ METHODS: dict[str, dict] = {
     "e2e_A": {"method": "e2e", "e2e": {"strategy": "A"}},
     "e2e_B": {"method": "e2e", "e2e": {"strategy": "B"}},
     "e2e_C": {"method": "e2e", "e2e": {"strategy": "C"}},
+    "e2e_A+rebalance": {"method": "e2e", "e2e": {"strategy": "A", "rebalance_classifier": True}},
 }
 ABLATIONS: dict[str, dict] = {
     "e2e_A": {},
