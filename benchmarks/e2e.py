@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from featdiff.config import config_from_dict
 from featdiff.pipeline import execute
@@ -157,6 +161,27 @@ def verdict(methods: dict[str, list[dict]], dataset: str) -> list[str]:
     return lines
 
 
+def diagnostics_table(tables: dict) -> list[str]:
+    """Final-epoch 'two clouds' diagnostics: pseudo-features against the current real features."""
+    lines = [
+        "| dataset | method | mean Fréchet | Fréchet, 3 rarest classes | prototype gap | pseudo / real spread | ID / AID / OOD % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset, methods in tables.get("main", {}).items():
+        for label, outcomes in methods.items():
+            finals = [o["diagnostics"][-1] for o in outcomes if o.get("diagnostics")]
+            if not finals:
+                continue
+            rarest = [torch.argsort(torch.tensor(o["train_counts"]))[:3].tolist() for o in outcomes]
+            tail = [statistics.mean(d["frechet"][c] for c in classes) for d, classes in zip(finals, rarest, strict=True)]
+            gap = [statistics.mean(v for v in d["prototype_gap"] if not math.isnan(v)) for d in finals]
+            spread = [statistics.mean(p / r for p, r in zip(d["pseudo_spread"], d["real_spread"], strict=True) if r > 0) for d in finals]
+            bands = "/".join(f"{100 * statistics.mean(d['bands'][b] for d in finals):.0f}" for b in ("id", "aid", "ood"))
+            cells = [fmt_mean_std([d["mean_frechet"] for d in finals]), fmt_mean_std(tail), fmt_mean_std(gap), fmt_mean_std(spread)]
+            lines.append(f"| {dataset} | {label} | " + " | ".join(cells) + f" | {bands} |")
+    return lines
+
+
 def markdown(tables: dict, epochs: int, device: str) -> str:
     lines = [
         "# End-to-end training vs controls, CPU protocol (IF=100, from the shipped encoders)",
@@ -180,6 +205,17 @@ def markdown(tables: dict, epochs: int, device: str) -> str:
                 ratio = f"{statistics.mean(per_epoch) / statistics.mean(control):.2f}" if control else "–"
                 cells = " | ".join(plain + adjusted)
                 lines.append(f"| {dataset} | {label} | {len(outcomes)} | {cells} | {fmt_mean_std(per_epoch)} | {ratio} |")
+    lines += [
+        "",
+        "## Diagnostics at the final epoch",
+        "",
+        "Pseudo-features against the current encoder's real training features, per class (Gaussian fits), averaged over classes and seeds. "
+        "`ldmlr_*`: the pseudo-features the classifier was retrained on, against real features extracted as the denoiser's were; "
+        "`e2e_*`: 200 per class from the co-trained denoiser (few-step DDIM), against clean eval-mode features. "
+        "Bands: distance to the real class prototype in units of the real class's largest radius (ID ≤ 1 < AID ≤ 2 < OOD).",
+        "",
+        *diagnostics_table(tables),
+    ]
     verdicts = [line for dataset, methods in tables.get("main", {}).items() for line in verdict(methods, dataset)]
     if verdicts:
         lines += ["", "## Against the issue's criteria", "", *verdicts]
@@ -207,7 +243,19 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
     atomic_write_text(args.out.with_suffix(".md"), markdown(report["tables"], args.epochs, device))
+    copy_plots(args.workdir, args.out)
     print(markdown(report["tables"], args.epochs, device))
+
+
+def copy_plots(workdir: Path, out: Path) -> None:
+    """The two-clouds and per-epoch plots of seed 0's runs, next to the results, for the README."""
+    folder = out.parent / f"{out.name}_plots"
+    for run in sorted(workdir.glob("main__*__s0")):
+        for plot in ("two_clouds.png", "diagnostics.png"):
+            if (run / plot).exists() and (run / "results.json").exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                _, dataset, label, _ = run.name.split("__")
+                shutil.copyfile(run / plot, folder / f"{dataset}_{label}_{plot}")
 
 
 if __name__ == "__main__":
