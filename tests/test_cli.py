@@ -118,3 +118,18 @@ def test_digits_e2e_with_rebalanced_classifier_then_resume(tmp_path):
     resumed = featdiff("run", "--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "results.json").read_text())["per_class"] == results["per_class"]
+
+
+def test_digits_e2e_from_scratch(tmp_path):
+    out = tmp_path / "scratch"
+    scratch = ["--set", "method=e2e", "--set", "finetune.init=scratch", "--set", "finetune.trainable=all", "--set", "finetune.epochs=3"]
+    scratch += ["--set", "finetune.lr=0.05", "--set", "finetune.schedule=step", "--set", "finetune.warmup_epochs=1"]
+    scratch += ["--set", "e2e.denoiser_pretrain_steps=0"]
+    result = featdiff("run", "configs/digits_ldmlr.yaml", *scratch, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["controls"] == {}  # no stage 1, so no `ce` control of a random encoder
+    assert not (out / "encoder.safetensors").exists()
+    losses = [epoch["real"] for epoch in results["history"]]
+    assert losses[-1] < 0.8 * losses[0]
+    assert results["acc"]["overall"] > 20  # ten classes: chance is 10

@@ -5,6 +5,7 @@ import pytest
 from featdiff.config import config_from_dict, dump_config, load_config, parse_overrides
 from featdiff.errors import UserError
 
+SCRATCH = {"init": "scratch", "trainable": "all"}
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
@@ -34,6 +35,12 @@ def test_overrides_are_parsed_as_yaml_and_typed():
         ({"classifier": {"epochs": 0}}, "classifier.epochs"),
         ({"diffusion": {"sampler": "ddim", "sample_steps": 5000}}, "diffusion.sample_steps"),
         ({"features": {"augmented_views": True}}, "features.augmented_views"),
+        ({"method": "e2e", "finetune": {"init": "scratch"}}, "finetune.trainable"),
+        ({"method": "ldmlr_stale", "finetune": SCRATCH}, "finetune.init"),
+        (
+            {"method": "e2e", "data": {"dataset": "cifar10"}, "encoder": {"checkpoint": "x.safetensors"}, "finetune": SCRATCH},
+            "encoder.checkpoint",
+        ),
     ],
 )
 def test_bad_values_name_their_key(values, key):

@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -144,3 +145,15 @@ def test_adam_classifier_steps_like_separate_sgd_and_adam_and_resumes():
     step(resumed_model, [resumed])
     for name, value in model.state_dict().items():
         assert torch.equal(value, resumed_model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize(
+    "fraction, expected",
+    [(0.0, 0.05), (0.15, 0.1), (0.55, 0.1), (0.6, 0.01), (0.79, 0.01), (0.85, 0.001), (1.0, 0.001)],
+)
+def test_step_schedule_warms_up_then_decays_per_epoch(fraction, expected):
+    from featdiff.config import FinetuneConfig
+    from featdiff.training.finetune import finetune_lr
+
+    config = FinetuneConfig(epochs=10, lr=0.1, schedule="step", warmup_epochs=2, milestones=[6, 8])
+    assert finetune_lr(fraction, config) == pytest.approx(expected)

@@ -199,6 +199,15 @@ class FinetuneConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    init: Literal["encoder", "scratch"] = "encoder"
+    """encoder: start from stage 1's encoder (a shipped checkpoint, or one trained first);
+    scratch: from random weights (seeded), no stage 1; use it with trainable: all and the standard
+    recipe (lr 0.1, schedule: step, warmup_epochs 5, milestones [160, 180], 200 epochs)."""
+    schedule: Literal["cosine", "step"] = "cosine"
+    """cosine: from lr to 0 over the budget; step: linear warm-up over warmup_epochs, then ×0.1 at
+    each milestone (per epoch, as stage 1)."""
+    warmup_epochs: int = 0
+    milestones: list[int] = field(default_factory=list)
     trainable: Literal["all", "last_stage"] = "last_stage"
     """last_stage: only layer3 and the fc train; earlier layers (and their BN statistics) stay frozen."""
     augment_padding: int | None = None
@@ -215,6 +224,8 @@ class FinetuneConfig:
         _check(self.batch_size >= 2, "finetune.batch_size", "must be >= 2")
         _check(self.lr > 0, "finetune.lr", "must be > 0")
         _check(self.classifier_lr_scale > 0, "finetune.classifier_lr_scale", "must be > 0")
+        _check(self.warmup_epochs >= 0, "finetune.warmup_epochs", "must be >= 0")
+        _check(self.init == "encoder" or self.trainable == "all", "finetune.trainable", "must be 'all' when finetune.init is 'scratch'")
 
 
 @dataclass
@@ -271,6 +282,10 @@ class EndToEndConfig:
     denoiser_lr: float = 1e-3
     denoiser_pretrain_steps: int = 2000
     """Steps fitting ε_θ on the starting encoder's features before joint training."""
+    clip_follows_encoder: bool | None = None
+    """Few-step sampling clips x̂0 to each dimension's range in scaled space. false: the starting
+    features' range; true: the range of the features seen in the last epoch, so it follows an
+    encoder that moves far (from scratch); null: true exactly when finetune.init is scratch."""
     rebalance_classifier: bool = False
     """After joint training, retrain G as LDMLR's stage 3 does (`classifier`, `generation`,
     `filter`), on the final encoder's features plus pseudo-features of the co-trained ε_θ. No
@@ -317,6 +332,13 @@ class RunConfig:
             section.validate()
         if self.data.dataset == "digits":
             _check(self.encoder.checkpoint is None, "encoder.checkpoint", "digits has no shipped encoder; leave it null")
+        if self.finetune.init == "scratch":
+            _check(
+                self.method in ("ce_finetune", "ldmlr_refit", "e2e"),
+                "finetune.init",
+                f"'scratch' has no starting encoder for method {self.method}; use ce_finetune, ldmlr_refit or e2e, or init: encoder",
+            )
+            _check(self.encoder.checkpoint is None, "encoder.checkpoint", "must be null when finetune.init is 'scratch'")
 
 
 def _check(ok: bool, key: str, requirement: str) -> None:

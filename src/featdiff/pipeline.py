@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from featdiff.config import config_to_dict
+from featdiff.config import RunConfig, config_to_dict
 from featdiff.data.bundle import DatasetBundle, load_dataset
 from featdiff.errors import UserError
 from featdiff.features import encode_dataset
@@ -60,6 +60,8 @@ def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.M
         return load_encoder(Path(config.encoder.checkpoint), bundle.num_classes).to(device).eval()
     torch.manual_seed(config.seed * 1000 + STAGE_SEEDS["encoder"])
     model = new_encoder(bundle).to(device)
+    if starts_from_scratch(config):
+        return model.eval()
     if run.stage_done("encoder"):
         model.load_state_dict(load_file(run.path("encoder.safetensors")))
         return model.eval()
@@ -82,6 +84,11 @@ def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.M
     return model.eval()
 
 
+def starts_from_scratch(config: RunConfig) -> bool:
+    """A method that moves the encoder, started from random weights instead of a stage-1 encoder."""
+    return config.method in FINETUNE_METHODS and config.finetune.init == "scratch"
+
+
 def execute(run: Run) -> dict:
     """Run every stage the config's method needs and write results.json."""
     config = run.config
@@ -99,8 +106,9 @@ def execute(run: Run) -> dict:
 
     train_counts = bundle.train.class_counts()
     real_prior = train_counts.double() / train_counts.sum()
-    controls = {"ce": evaluate_all(encoder.fc, encoded, train_counts, real_prior, bundle)}
-    result = controls["ce"]
+    # A random encoder's accuracy is no control.
+    controls = {} if starts_from_scratch(config) else {"ce": evaluate_all(encoder.fc, encoded, train_counts, real_prior, bundle)}
+    result = controls.get("ce", {})
     real = WeightedFeatures(encoded.train.features, encoded.train.labels, torch.ones(len(encoded.train.labels)))
 
     if config.method in ("fc_retrain", "ldmlr"):

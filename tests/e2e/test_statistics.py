@@ -78,3 +78,25 @@ def test_default_generation_weight_balances_real_and_pseudo():
     prior = trained_prior(config, counts, pseudo_label_distribution(counts, "fill"))
     assert torch.allclose(prior, torch.full((4,), 0.25, dtype=torch.float64))
     assert resolve_generation_weight(EndToEndConfig(gamma_ge=0.5), counts).gamma_ge == 0.5
+
+
+def test_clip_range_follows_the_features_seen_since_the_last_epoch(new_model):
+    from featdiff.config import EndToEndConfig
+
+    config = EndToEndConfig()
+    model = new_model(config)
+    start = torch.randn(50, 4)
+    model.initialise_statistics(start, torch.arange(50) % 3, torch.tensor([17, 17, 16]), config)
+    start_low = model.clip_low.clone()
+    model.follow_range()  # nothing seen yet: the starting range stays
+    assert torch.equal(model.clip_low, start_low)
+
+    first, second = 3 * torch.randn(20, 4) + 1, 3 * torch.randn(20, 4)
+    model.observe_range(first)
+    model.observe_range(second)
+    seen = model.standardizer.encode(torch.cat([first, second]))
+    model.follow_range()
+    assert torch.equal(model.clip_low, seen.min(0).values)
+    assert torch.equal(model.clip_high, seen.max(0).values)
+    assert "seen_low" not in model.state_dict()
+    assert torch.isinf(model.seen_low).all() and torch.isinf(model.seen_high).all()

@@ -26,6 +26,10 @@ class EndToEndModel(nn.Module):
         self.register_buffer("pseudo_label_probs", torch.full((num_classes,), 1.0 / num_classes))
         self.register_buffer("clip_low", torch.full((feature_dim,), -math.inf))
         self.register_buffer("clip_high", torch.full((feature_dim,), math.inf))
+        # The range of the scaled features seen since the last `follow_range`; not checkpointed,
+        # since checkpoints fall on epoch ends, where it starts afresh.
+        self.register_buffer("seen_low", torch.full((feature_dim,), math.inf), persistent=False)
+        self.register_buffer("seen_high", torch.full((feature_dim,), -math.inf), persistent=False)
 
     @property
     def classifier(self) -> nn.Module:
@@ -44,6 +48,22 @@ class EndToEndModel(nn.Module):
         self.stats.fit(features, labels)
         self.feature_floor.copy_(config.collapse_floor * self.standardizer.std)
         self.pseudo_label_probs.copy_(pseudo_label_distribution(train_counts, config.ge_labels))
+
+    @torch.no_grad()
+    def observe_range(self, features: Tensor) -> None:
+        """Widen the seen range by a batch of E's features, in the current scaled space."""
+        scaled = self.standardizer.encode(features)
+        torch.minimum(self.seen_low, scaled.min(0).values, out=self.seen_low)
+        torch.maximum(self.seen_high, scaled.max(0).values, out=self.seen_high)
+
+    @torch.no_grad()
+    def follow_range(self) -> None:
+        """Clip to the range seen since the last call (if any), and start a new one."""
+        if bool(torch.isfinite(self.seen_low).all()):
+            self.clip_low.copy_(self.seen_low)
+            self.clip_high.copy_(self.seen_high)
+        self.seen_low.fill_(math.inf)
+        self.seen_high.fill_(-math.inf)
 
 
 def pseudo_label_distribution(train_counts: Tensor, rule: str) -> Tensor:

@@ -102,6 +102,8 @@ def train_end_to_end(
                 sums[name] = sums.get(name, 0.0) + value
         means = {name: total / steps_per_epoch for name, total in sums.items()}
         means |= {"epoch": epoch + 1, "epoch_s": time.perf_counter() - started}
+        if config.clip_follows_encoder:
+            model.follow_range()
         history.append(means)
         model.encoder.eval()
         if on_epoch_end is not None:

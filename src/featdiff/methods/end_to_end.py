@@ -115,6 +115,15 @@ def _e2e_pseudo(model: EndToEndModel, counts: torch.Tensor, run: Run, generator:
     return model.standardizer.decode(scaled).cpu(), labels.cpu()
 
 
+def resolved_e2e_config(config: RunConfig, train_counts: torch.Tensor) -> EndToEndConfig:
+    """`e2e` with its null defaults filled in: γ_ge from the class counts, and whether the clip
+    range follows the encoder from where the encoder starts."""
+    e2e = resolve_generation_weight(config.e2e, train_counts)
+    if e2e.clip_follows_encoder is None:
+        e2e = dataclasses.replace(e2e, clip_follows_encoder=config.finetune.init == "scratch")
+    return e2e
+
+
 def new_end_to_end_model(config: RunConfig, e2e_config: EndToEndConfig, encoder: nn.Module, num_classes: int) -> EndToEndModel:
     """A copy of the encoder with a freshly initialised denoiser, seeded from the run's seed, so
     the run does not depend on whatever drew from the global generator before it."""
@@ -127,7 +136,7 @@ def stage_end_to_end(
     run: Run, bundle: DatasetBundle, encoder: nn.Module, encoded: EncodedDataset, device: torch.device
 ) -> tuple[EndToEndModel, list[dict]]:
     config = run.config
-    e2e_config = resolve_generation_weight(config.e2e, bundle.train.class_counts())
+    e2e_config = resolved_e2e_config(config, bundle.train.class_counts())
     model = new_end_to_end_model(config, e2e_config, encoder, bundle.num_classes).to(device)
     if run.stage_done("end_to_end"):
         model.load_state_dict(load_file(run.path("end_to_end.safetensors")))
@@ -202,7 +211,7 @@ def run_finetune_method(
         stage_s["end_to_end_s"] = time.perf_counter() - started
         stage_s["seconds_per_epoch"] = sum(h["epoch_s"] for h in history) / len(history)
         tuned_encoded = encode_dataset(model.encoder, bundle, eval_features, config.seed, device)
-        e2e_config = resolve_generation_weight(config.e2e, train_counts)
+        e2e_config = resolved_e2e_config(config, train_counts)
         prior = trained_prior(e2e_config, train_counts, model.pseudo_label_probs)
         extra |= {"history": history, "diagnostics": run.stage_info("end_to_end")["diagnostics"], "gamma_ge": e2e_config.gamma_ge}
         joint = evaluate_all(model.encoder.fc, tuned_encoded, train_counts, prior, bundle)

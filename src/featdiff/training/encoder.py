@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featdiff.config import EncoderConfig
+from featdiff.config import EncoderConfig, FinetuneConfig
 from featdiff.progress import progress
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -32,7 +32,7 @@ def encoder_step(
     return loss.detach()
 
 
-def learning_rate(epoch: float, config: EncoderConfig) -> float:
+def learning_rate(epoch: int, config: EncoderConfig | FinetuneConfig) -> float:
     """Linear warm-up to `lr`, then ×0.1 at each milestone (the standard CIFAR-LT recipe)."""
     if epoch < config.warmup_epochs:
         return config.lr * (epoch + 1) / config.warmup_epochs

@@ -18,6 +18,7 @@ from torch import nn
 
 from featdiff.config import FinetuneConfig
 from featdiff.progress import progress
+from featdiff.training.encoder import learning_rate
 
 FROZEN_IN_LAST_STAGE = ("conv1", "bn1", "layer1", "layer2")
 
@@ -101,8 +102,12 @@ def set_learning_rates(optimizer: EncoderOptimizer, fraction: float, config: Fin
 
 
 def finetune_lr(fraction: float, config: FinetuneConfig) -> float:
-    """Cosine decay from lr to 0 over the fine-tuning budget (fraction done in [0, 1])."""
-    return 0.5 * config.lr * (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
+    """The learning rate after `fraction` (in [0, 1]) of the budget: cosine decay from lr to 0,
+    or stage 1's warm-up and step decay, changed once per epoch."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    if config.schedule == "step":
+        return learning_rate(math.floor(fraction * config.epochs), config)
+    return 0.5 * config.lr * (1 + math.cos(math.pi * fraction))
 
 
 def ce_step(encoder: nn.Module, optimizer: EncoderOptimizer, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
