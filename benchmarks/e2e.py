@@ -232,14 +232,17 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="for --phase main: a subset")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "featdiff" / "bench-e2e")
     parser.add_argument("--out", type=Path, default=RESULTS / "e2e_cpu", help="results path without suffix (.json and .md)")
+    parser.add_argument("--report", action="store_true", help="only rewrite the results from the finished runs; run nothing")
     args = parser.parse_args()
     seeds = args.seeds or {"main": [0, 1], "ablations": [0], "best": [0, 1, 2]}[args.phase]
     if args.phase == "best" and not args.best:
         parser.error("--phase best needs --best METHOD METHOD METHOD (the main table's best three)")
-    device = ""
     for table, dataset, label, seed, values in planned(args.phase, seeds, args.epochs, args.best or [], args.methods, args.datasets):
-        device = run_once(args.workdir, f"{table}__{dataset}__{label}__s{seed}", values)["device"]
-    report = {"epochs": args.epochs, "device": device, "command": "python " + " ".join(sys.argv), "tables": summarize_runs(args.workdir)}
+        if not args.report:
+            run_once(args.workdir, f"{table}__{dataset}__{label}__s{seed}", values)
+    tables = summarize_runs(args.workdir)
+    device = " / ".join(sorted({o["device"] for t in tables.values() for d in t.values() for runs in d.values() for o in runs}))
+    report = {"epochs": args.epochs, "device": device, "command": "python " + " ".join(sys.argv), "tables": tables}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
     atomic_write_text(args.out.with_suffix(".md"), markdown(report["tables"], args.epochs, device))

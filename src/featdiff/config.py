@@ -290,6 +290,10 @@ class EndToEndConfig:
     """After joint training, retrain G as LDMLR's stage 3 does (`classifier`, `generation`,
     `filter`), on the final encoder's features plus pseudo-features of the co-trained ε_θ. No
     denoiser refit is needed: ε_θ followed the encoder."""
+    rebalance_features: Literal["eval", "as_trained"] = "eval"
+    """Real training features for the re-balancing stage. eval: clean images, BN in eval mode;
+    as_trained: one augmented pass with the fine-tuned layers' BN in train mode, as ε_θ saw
+    them during joint training (test features stay eval-mode either way)."""
 
     def validate(self) -> None:
         for name in ("lambda_sem", "eta_proto", "eta_cov", "eta_rad", "radius_kappa", "collapse_guard"):

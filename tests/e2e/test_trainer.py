@@ -92,3 +92,30 @@ def test_a_new_model_does_not_depend_on_the_global_generator():
     for name, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[name]), name
     assert first.encoder is not encoder
+
+
+def test_features_as_trained_use_train_mode_bn_on_a_copy_and_are_reproducible():
+    from featdiff.config import DataConfig, FinetuneConfig
+    from featdiff.data.bundle import load_dataset
+    from featdiff.evaluation.inference import encode
+    from featdiff.methods.end_to_end import features_as_trained
+    from featdiff.models.small_cnn import SmallCNN
+
+    bundle = load_dataset(DataConfig(dataset="digits"))
+    torch.manual_seed(0)
+    encoder = SmallCNN(num_classes=bundle.num_classes).eval()
+    before = copy.deepcopy(encoder.state_dict())
+    config = FinetuneConfig(trainable="all", batch_size=64)
+
+    def extract():
+        return features_as_trained(encoder, bundle, config, 1, torch.Generator().manual_seed(3), torch.device("cpu"))
+
+    first, second = extract(), extract()
+    assert torch.equal(first.features, second.features)
+    assert torch.equal(first.labels, bundle.train.labels)
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert not encoder.training
+    clean = encode(encoder, bundle.train.images, bundle.mean, bundle.std, batch_size=64, device=torch.device("cpu"), progress=False)
+    assert first.features.shape == clean.shape
+    assert not torch.allclose(first.features, clean, atol=1e-3)

@@ -22,20 +22,20 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from featdiff.config import EndToEndConfig, FeatureConfig, RunConfig
+from featdiff.config import EndToEndConfig, FeatureConfig, FinetuneConfig, RunConfig
 from featdiff.data.bundle import DatasetBundle
 from featdiff.diffusion.sampling import sample_features
 from featdiff.e2e.diagnostics import compare, plot_history, plot_two_clouds
 from featdiff.e2e.model import EndToEndModel, resolve_generation_weight, trained_prior
 from featdiff.e2e.trainer import EndToEndSettings, train_end_to_end
 from featdiff.evaluation.inference import encode
-from featdiff.features import CPU_BATCH, EncodedDataset, encode_dataset
+from featdiff.features import CPU_BATCH, EncodedDataset, FeatureSet, encode_dataset
 from featdiff.methods import ldmlr
 from featdiff.runs import Run
 from featdiff.stages import STAGE_SEEDS, evaluate_all, retrain_with_pseudo, stage_generator, stage_pseudo_features
 from featdiff.training.acceleration import accelerated
 from featdiff.training.denoiser import train_denoiser
-from featdiff.training.finetune import train_finetune
+from featdiff.training.finetune import set_train_mode, train_finetune
 
 FINETUNE_METHODS = ("ce_finetune", "ldmlr_stale", "ldmlr_refit", "e2e")
 DIAGNOSTIC_SAMPLES_PER_CLASS = 200
@@ -50,6 +50,26 @@ def _train_features(encoder: nn.Module, bundle: DatasetBundle, device: torch.dev
     """Clean eval-mode features of the training images, for diagnostics."""
     batch = CPU_BATCH if device.type == "cpu" else 1000
     return encode(encoder, bundle.train.images, bundle.mean, bundle.std, batch_size=batch, device=device, progress=False)
+
+
+@torch.no_grad()
+def features_as_trained(
+    encoder: nn.Module, bundle: DatasetBundle, config: FinetuneConfig, padding: int, generator: torch.Generator, device: torch.device
+) -> FeatureSet:
+    """One augmented pass over the training images in shuffled batches, with the fine-tuned
+    layers' BN in train mode: the features as joint training computed them. Runs on a copy, so
+    no running statistic of the encoder moves."""
+    trained = copy.deepcopy(encoder)
+    set_train_mode(trained, config.trainable)
+    augment = bundle.augmenter(padding)
+    images = bundle.train.images.to(device)
+    order = torch.randperm(len(bundle.train.labels), generator=generator)
+    features = torch.empty(len(order), int(encoder.feature_dim))
+    for start in range(0, len(order), config.batch_size):
+        index = order[start : start + config.batch_size]
+        batch = bundle.normalize(augment(images[index.to(device)], generator))
+        features[index] = trained.features(batch).float().cpu()
+    return FeatureSet(features, bundle.train.labels)
 
 
 def stage_finetune(run: Run, bundle: DatasetBundle, encoder: nn.Module, device: torch.device) -> tuple[nn.Module, list[dict]]:
@@ -221,6 +241,11 @@ def run_finetune_method(
         started = time.perf_counter()
         counts = ldmlr.pseudo_counts(train_counts, config.generation)
         pseudo_x, pseudo_y = _e2e_pseudo(model, counts, run, stage_generator(config.seed, "generation", device))
+        if config.e2e.rebalance_features == "as_trained":
+            as_trained = features_as_trained(
+                model.encoder, bundle, config.finetune, _padding(run), stage_generator(config.seed, "features"), device
+            )
+            tuned_encoded = dataclasses.replace(tuned_encoded, train=as_trained)
         result, retrained = retrain_with_pseudo(run, "classifier", model.encoder, tuned_encoded, pseudo_x, pseudo_y, bundle, device)
         stage_s["classifier_s"] = time.perf_counter() - started
         return result, extra | retrained, controls
