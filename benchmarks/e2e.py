@@ -125,11 +125,13 @@ def summarize_runs(workdir: Path) -> dict:
 
 
 def accuracy(outcome: dict, group: str, adjusted: bool = False) -> float | None:
-    """A group's accuracy; `tail` is the index-rule tail (LDMLR's: the last third of the classes,
-    7–9 on CIFAR-10, where IF=100 leaves no few-shot class; 67–99 on CIFAR-100)."""
+    """A group's accuracy. `tail` is the few-shot group (< 20 training images) where the split
+    has one; CIFAR-10 at IF=100 has none, so there it is LDMLR's index-rule tail, classes 7–9."""
     suffix = "_adjusted" if adjusted else ""
     if group == "tail":
-        return outcome[f"acc_index{suffix}"]["tail"]
+        if f"acc_index{suffix}" in outcome:
+            return outcome[f"acc_index{suffix}"]["tail"]
+        return outcome[f"acc{suffix}"]["few"]
     return outcome[f"acc{suffix}"][group]
 
 
