@@ -158,7 +158,8 @@ def joint_step(
     total = real
     logged = {"real": real}
     model.standardizer.update(features.detach())
-    model.observe_range(features.detach())
+    if config.clip_follows_encoder:
+        model.observe_range(features.detach())
     if weights.diffusion_on:
         diffused = features if config.ldm_to_encoder else features.detach()
         terms = diffusion_terms(model, diffused, labels, schedule, config, weights, generator)
@@ -230,7 +231,8 @@ def encoder_step(
     optimizer.step()
     features = features.detach()
     model.standardizer.update(features)
-    model.observe_range(features)
+    if config.clip_follows_encoder:
+        model.observe_range(features)
     _update_prototypes(model, features, labels, pseudo, config)
     logged["total"] = total
     return {name: float(value.detach()) for name, value in logged.items()}, features

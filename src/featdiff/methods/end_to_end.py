@@ -29,7 +29,7 @@ from featdiff.e2e.diagnostics import compare, plot_history, plot_two_clouds
 from featdiff.e2e.model import EndToEndModel, resolve_generation_weight, trained_prior
 from featdiff.e2e.trainer import EndToEndSettings, train_end_to_end
 from featdiff.evaluation.inference import encode
-from featdiff.features import CPU_BATCH, EncodedDataset, FeatureSet, encode_dataset
+from featdiff.features import EncodedDataset, FeatureSet, encode_dataset, inference_batch
 from featdiff.methods import ldmlr
 from featdiff.runs import Run
 from featdiff.stages import STAGE_SEEDS, evaluate_all, retrain_with_pseudo, stage_generator, stage_pseudo_features
@@ -48,8 +48,7 @@ def _padding(run: Run) -> int:
 
 def _train_features(encoder: nn.Module, bundle: DatasetBundle, device: torch.device) -> torch.Tensor:
     """Clean eval-mode features of the training images, for diagnostics."""
-    batch = CPU_BATCH if device.type == "cpu" else 1000
-    return encode(encoder, bundle.train.images, bundle.mean, bundle.std, batch_size=batch, device=device, progress=False)
+    return encode(encoder, bundle.train.images, bundle.mean, bundle.std, batch_size=inference_batch(device), device=device, progress=False)
 
 
 @torch.no_grad()
