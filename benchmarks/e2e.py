@@ -9,6 +9,7 @@ instead), L_ge, or add the AID/OOD filter. Final epoch only.
     python benchmarks/e2e.py --phase main        # 7 methods x 2 datasets x 2 seeds
     python benchmarks/e2e.py --phase ablations   # CIFAR-10-LT, 1 seed
     python benchmarks/e2e.py --phase best        # the best three of the main table at 3 seeds
+    python benchmarks/e2e.py --clouds            # e2e runs' pseudo-features vs the features they trained on
 
 Each run's folder is kept under --workdir, and a run whose results.json exists is not repeated,
 so the benchmark can be stopped and continued. Every invocation rewrites
@@ -29,7 +30,9 @@ from pathlib import Path
 import torch
 
 from featdiff.config import config_from_dict
-from featdiff.pipeline import execute
+from featdiff.data.bundle import load_dataset
+from featdiff.methods.end_to_end import diagnose_as_trained, finished_end_to_end_model
+from featdiff.pipeline import execute, resolve_device, stage_encoder
 from featdiff.report import GROUPS, fmt_mean_std
 from featdiff.runs import Run, atomic_write_text
 
@@ -114,10 +117,33 @@ def planned(
     return plan
 
 
+AS_TRAINED = "diagnostics_as_trained.json"
+
+
+def diagnose_clouds(workdir: Path) -> None:
+    """For every finished end-to-end run of the main table: its final pseudo-features against the
+    features joint training computed (what its denoiser learned), beside the in-run diagnostics,
+    which compare with clean eval-mode features."""
+    for results in sorted(workdir.glob("main__*__e2e_*/results.json")):
+        folder = results.parent
+        if (folder / AS_TRAINED).exists():
+            continue
+        run = Run.resume(folder)
+        device = resolve_device(run.config.device)
+        bundle = load_dataset(run.config.data, seed=run.config.seed)
+        model = finished_end_to_end_model(run, bundle, stage_encoder(run, bundle, device), device)
+        report = diagnose_as_trained(run, bundle, model, device)
+        atomic_write_text(folder / AS_TRAINED, json.dumps(report))
+        print(f"{folder.name}: mean Fréchet against as-trained features {report['mean_frechet']:.2f}", flush=True)
+
+
 def summarize_runs(workdir: Path) -> dict:
     tables: dict = {}
     for results in sorted(workdir.glob("*/results.json")):
         outcome = json.loads(results.read_text())
+        as_trained = results.parent / AS_TRAINED
+        if as_trained.exists():
+            outcome["diagnostics_as_trained"] = json.loads(as_trained.read_text())
         table, dataset, label, _ = results.parent.name.split("__")
         entry = tables.setdefault(table, {}).setdefault(dataset, {}).setdefault(label, [])
         entry.append(outcome)
@@ -163,24 +189,34 @@ def verdict(methods: dict[str, list[dict]], dataset: str) -> list[str]:
     return lines
 
 
+def diagnostics_row(dataset: str, label: str, reference: str, outcomes: list[dict], finals: list[dict]) -> str:
+    rarest = [torch.argsort(torch.tensor(o["train_counts"]))[:3].tolist() for o in outcomes]
+    tail = [statistics.mean(d["frechet"][c] for c in classes) for d, classes in zip(finals, rarest, strict=True)]
+    gap = [statistics.mean(v for v in d["prototype_gap"] if not math.isnan(v)) for d in finals]
+    spread = [statistics.mean(p / r for p, r in zip(d["pseudo_spread"], d["real_spread"], strict=True) if r > 0) for d in finals]
+    bands = "/".join(f"{100 * statistics.mean(d['bands'][b] for d in finals):.0f}" for b in ("id", "aid", "ood"))
+    cells = [fmt_mean_std([d["mean_frechet"] for d in finals]), fmt_mean_std(tail), fmt_mean_std(gap), fmt_mean_std(spread)]
+    return f"| {dataset} | {label} | {reference} | " + " | ".join(cells) + f" | {bands} |"
+
+
 def diagnostics_table(tables: dict) -> list[str]:
     """Final-epoch 'two clouds' diagnostics: pseudo-features against the current real features."""
     lines = [
-        "| dataset | method | mean Fréchet | Fréchet, 3 rarest classes | prototype gap | pseudo / real spread | ID / AID / OOD % |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | method | real features | mean Fréchet | Fréchet, 3 rarest classes | prototype gap | pseudo / real spread "
+        "| ID / AID / OOD % |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for dataset, methods in tables.get("main", {}).items():
         for label, outcomes in methods.items():
-            finals = [o["diagnostics"][-1] for o in outcomes if o.get("diagnostics")]
-            if not finals:
+            with_diagnostics = [o for o in outcomes if o.get("diagnostics")]
+            if not with_diagnostics:
                 continue
-            rarest = [torch.argsort(torch.tensor(o["train_counts"]))[:3].tolist() for o in outcomes]
-            tail = [statistics.mean(d["frechet"][c] for c in classes) for d, classes in zip(finals, rarest, strict=True)]
-            gap = [statistics.mean(v for v in d["prototype_gap"] if not math.isnan(v)) for d in finals]
-            spread = [statistics.mean(p / r for p, r in zip(d["pseudo_spread"], d["real_spread"], strict=True) if r > 0) for d in finals]
-            bands = "/".join(f"{100 * statistics.mean(d['bands'][b] for d in finals):.0f}" for b in ("id", "aid", "ood"))
-            cells = [fmt_mean_std([d["mean_frechet"] for d in finals]), fmt_mean_std(tail), fmt_mean_std(gap), fmt_mean_std(spread)]
-            lines.append(f"| {dataset} | {label} | " + " | ".join(cells) + f" | {bands} |")
+            reference = "eval mode" if label.startswith("e2e") else "as the denoiser's"
+            lines.append(diagnostics_row(dataset, label, reference, with_diagnostics, [o["diagnostics"][-1] for o in with_diagnostics]))
+            as_trained = [o for o in outcomes if "diagnostics_as_trained" in o]
+            if as_trained:
+                finals = [o["diagnostics_as_trained"] for o in as_trained]
+                lines.append(diagnostics_row(dataset, label, "as trained", as_trained, finals))
     return lines
 
 
@@ -213,7 +249,9 @@ def markdown(tables: dict, epochs: int, device: str) -> str:
         "",
         "Pseudo-features against the current encoder's real training features, per class (Gaussian fits), averaged over classes and seeds. "
         "`ldmlr_*`: the pseudo-features the classifier was retrained on, against real features extracted as the denoiser's were; "
-        "`e2e_*`: 200 per class from the co-trained denoiser (few-step DDIM), against clean eval-mode features. "
+        "`e2e_*`: 200 per class from the co-trained denoiser (few-step DDIM), against clean eval-mode features (the in-run diagnostics) "
+        "and, after `--clouds`, against the features joint training computed: augmented images, the fine-tuned stage's BN in train mode "
+        "(what the denoiser learned and the classifier saw beside the pseudo-features). "
         "Bands: distance to the real class prototype in units of the real class's largest radius (ID ≤ 1 < AID ≤ 2 < OOD).",
         "",
         *diagnostics_table(tables),
@@ -235,12 +273,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "featdiff" / "bench-e2e")
     parser.add_argument("--out", type=Path, default=RESULTS / "e2e_cpu", help="results path without suffix (.json and .md)")
     parser.add_argument("--report", action="store_true", help="only rewrite the results from the finished runs; run nothing")
+    parser.add_argument("--clouds", action="store_true", help="diagnose finished e2e runs against as-trained features; train nothing")
     args = parser.parse_args()
     seeds = args.seeds or {"main": [0, 1], "ablations": [0], "best": [0, 1, 2]}[args.phase]
     if args.phase == "best" and not args.best:
         parser.error("--phase best needs --best METHOD METHOD METHOD (the main table's best three)")
+    if args.clouds:
+        diagnose_clouds(args.workdir)
     for table, dataset, label, seed, values in planned(args.phase, seeds, args.epochs, args.best or [], args.methods, args.datasets):
-        if not args.report:
+        if not (args.report or args.clouds):
             run_once(args.workdir, f"{table}__{dataset}__{label}__s{seed}", values)
     tables = summarize_runs(args.workdir)
     device = " / ".join(sorted({o["device"] for t in tables.values() for d in t.values() for runs in d.values() for o in runs}))

@@ -1,10 +1,19 @@
 """The command line as a user meets it: bad input gives one line, exit status 2, and no damage."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
+
+from featdiff.data.bundle import load_dataset
+from featdiff.methods.end_to_end import diagnose_as_trained, finished_end_to_end_model
+from featdiff.pipeline import stage_encoder
+from featdiff.runs import Run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FAST_DIGITS = ["--set", "encoder.epochs=3", "--set", "diffusion.steps=200", "--set", "classifier.epochs=20"]
@@ -111,6 +120,16 @@ def test_digits_e2e_with_rebalanced_classifier_then_resume(tmp_path):
     assert len(results["history"]) == 2 and len(results["diagnostics"]) == 2
     for name in ("diagnostics.png", "two_clouds.png", "end_to_end.safetensors", "classifier.safetensors"):
         assert (out / name).is_file(), name
+
+    # Afterwards, against the features joint training computed rather than eval-mode ones.
+    run = Run.resume(out)
+    bundle = load_dataset(run.config.data, seed=run.config.seed)
+    cpu = torch.device("cpu")
+    model = finished_end_to_end_model(run, bundle, stage_encoder(run, bundle, cpu), cpu)
+    as_trained = diagnose_as_trained(run, bundle, model, cpu)
+    assert as_trained == diagnose_as_trained(run, bundle, model, cpu)
+    assert math.isfinite(as_trained["mean_frechet"]) and sum(as_trained["bands"].values()) == pytest.approx(1.0)
+    assert as_trained["real_norm"] != pytest.approx(results["diagnostics"][-1]["real_norm"], rel=1e-3)
 
     # Killed before the classifier stage: the resumed run regenerates the same pseudo-features.
     for name in ("results.json", "classifier.safetensors", "stages/classifier.done"):

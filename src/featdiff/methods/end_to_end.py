@@ -116,7 +116,9 @@ def _pretrain_denoiser(model: EndToEndModel, encoded: EncodedDataset, run: Run, 
     model.denoiser.load_state_dict(ema.module.state_dict())
 
 
-def _e2e_pseudo(model: EndToEndModel, counts: torch.Tensor, run: Run, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def e2e_pseudo_features(
+    model: EndToEndModel, counts: torch.Tensor, run: Run, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`counts[c]` pseudo-features of class c as the classifier sees them during training (few-step DDIM)."""
     config = run.config.e2e
     labels = torch.arange(len(counts)).repeat_interleave(counts.cpu()).to(model.feature_floor.device)
@@ -151,15 +153,35 @@ def new_end_to_end_model(config: RunConfig, e2e_config: EndToEndConfig, encoder:
     return EndToEndModel(copy.deepcopy(encoder), denoiser, num_classes, e2e_config)
 
 
-def stage_end_to_end(
-    run: Run, bundle: DatasetBundle, encoder: nn.Module, encoded: EncodedDataset, device: torch.device
-) -> tuple[EndToEndModel, list[dict]]:
+def finished_end_to_end_model(run: Run, bundle: DatasetBundle, encoder: nn.Module, device: torch.device) -> EndToEndModel:
+    """The jointly trained encoder, classifier and denoiser of a run whose end_to_end stage is done."""
     config = run.config
     e2e_config = resolved_e2e_config(config, bundle.train.class_counts())
     model = new_end_to_end_model(config, e2e_config, encoder, bundle.num_classes).to(device)
+    model.load_state_dict(load_file(run.path("end_to_end.safetensors")))
+    return model.eval()
+
+
+def diagnose_as_trained(run: Run, bundle: DatasetBundle, model: EndToEndModel, device: torch.device) -> dict:
+    """The co-trained denoiser's pseudo-features against the features joint training computed
+    (augmented images, the fine-tuned layers' BN in train mode): the distribution the denoiser
+    learned and the classifier saw beside the pseudo-features. The per-epoch diagnostics compare
+    with clean eval-mode features instead, which the BN and augmentation shift moves away."""
+    config = run.config
+    real = features_as_trained(model.encoder, bundle, config.finetune, _padding(run), stage_generator(config.seed, "features"), device)
+    generator = stage_generator(config.seed, "diagnostics", device)
+    pseudo, pseudo_labels = e2e_pseudo_features(model, _diagnostic_counts(bundle), run, generator)
+    return compare(real.features, real.labels, pseudo, pseudo_labels, bundle.num_classes)
+
+
+def stage_end_to_end(
+    run: Run, bundle: DatasetBundle, encoder: nn.Module, encoded: EncodedDataset, device: torch.device
+) -> tuple[EndToEndModel, list[dict]]:
     if run.stage_done("end_to_end"):
-        model.load_state_dict(load_file(run.path("end_to_end.safetensors")))
-        return model.eval(), run.stage_info("end_to_end")["history"]
+        return finished_end_to_end_model(run, bundle, encoder, device), run.stage_info("end_to_end")["history"]
+    config = run.config
+    e2e_config = resolved_e2e_config(config, bundle.train.class_counts())
+    model = new_end_to_end_model(config, e2e_config, encoder, bundle.num_classes).to(device)
     resume = run.load_checkpoint("end_to_end")
     if resume is None:
         model.initialise_statistics(
@@ -170,7 +192,7 @@ def stage_end_to_end(
 
     def diagnose(epoch: int, logged: dict[str, float]) -> None:
         real = _train_features(model.encoder, bundle, device)
-        pseudo, pseudo_labels = _e2e_pseudo(model, _diagnostic_counts(bundle), run, diagnostics_generator)
+        pseudo, pseudo_labels = e2e_pseudo_features(model, _diagnostic_counts(bundle), run, diagnostics_generator)
         report = compare(real, bundle.train.labels, pseudo, pseudo_labels, bundle.num_classes)
         run.log("end_to_end", **logged, diagnostics=report)
         diagnostics.append({"epoch": epoch, **report})
@@ -193,7 +215,7 @@ def stage_end_to_end(
     if diagnostics:
         plot_history(diagnostics, run.path("diagnostics.png"))
     real = _train_features(model.encoder, bundle, device)
-    pseudo, pseudo_labels = _e2e_pseudo(model, _diagnostic_counts(bundle), run, diagnostics_generator)
+    pseudo, pseudo_labels = e2e_pseudo_features(model, _diagnostic_counts(bundle), run, diagnostics_generator)
     plot_two_clouds(real, bundle.train.labels, pseudo, pseudo_labels, _shown_classes(bundle), run.path("two_clouds.png"))
     run.save_tensors("end_to_end.safetensors", model.state_dict())
     run.mark_done("end_to_end", history=history, diagnostics=diagnostics)
@@ -239,7 +261,7 @@ def run_finetune_method(
         controls["e2e_joint_classifier"] = joint
         started = time.perf_counter()
         counts = ldmlr.pseudo_counts(train_counts, config.generation)
-        pseudo_x, pseudo_y = _e2e_pseudo(model, counts, run, stage_generator(config.seed, "generation", device))
+        pseudo_x, pseudo_y = e2e_pseudo_features(model, counts, run, stage_generator(config.seed, "generation", device))
         if config.e2e.rebalance_features == "as_trained":
             as_trained = features_as_trained(
                 model.encoder, bundle, config.finetune, _padding(run), stage_generator(config.seed, "features"), device
