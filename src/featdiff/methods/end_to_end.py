@@ -232,45 +232,52 @@ def _shown_classes(bundle: DatasetBundle) -> list[int]:
     return [order[0], order[-2], order[-1]]
 
 
+def _run_end_to_end(
+    run: Run, bundle: DatasetBundle, encoder: nn.Module, device: torch.device, stage_s: dict[str, float]
+) -> tuple[dict, dict, dict]:
+    """Joint training, then optionally LDMLR's classifier stage on the co-trained denoiser's
+    pseudo-features, with the jointly trained classifier as its control."""
+    config = run.config
+    train_counts = bundle.train.class_counts()
+    eval_features = FeatureConfig(style="eval")
+    started = time.perf_counter()
+    # The starting statistics and the denoiser's pre-fit must see features as the trainer computes
+    # them (encoder.features), not LDMLR's extraction path (no stem ReLU) that features.style may pick.
+    starting = encode_dataset(encoder, bundle, eval_features, config.seed, device)
+    model, history = stage_end_to_end(run, bundle, encoder, starting, device)
+    stage_s["end_to_end_s"] = time.perf_counter() - started
+    stage_s["seconds_per_epoch"] = sum(h["epoch_s"] for h in history) / len(history)
+    tuned_encoded = encode_dataset(model.encoder, bundle, eval_features, config.seed, device)
+    e2e_config = resolved_e2e_config(config, train_counts)
+    prior = trained_prior(e2e_config, train_counts, model.pseudo_label_probs)
+    extra = {"history": history, "diagnostics": run.stage_info("end_to_end")["diagnostics"], "gamma_ge": e2e_config.gamma_ge}
+    joint = evaluate_all(model.encoder.fc, tuned_encoded, train_counts, prior, bundle)
+    if not config.e2e.rebalance_classifier:
+        return joint, extra, {}
+    started = time.perf_counter()
+    counts = ldmlr.pseudo_counts(train_counts, config.generation)
+    pseudo_x, pseudo_y = e2e_pseudo_features(model, counts, run, stage_generator(config.seed, "generation", device))
+    if config.e2e.rebalance_features == "as_trained":
+        as_trained = features_as_trained(
+            model.encoder, bundle, config.finetune, _padding(run), stage_generator(config.seed, "features"), device
+        )
+        tuned_encoded = dataclasses.replace(tuned_encoded, train=as_trained)
+    result, retrained = retrain_with_pseudo(run, "classifier", model.encoder, tuned_encoded, pseudo_x, pseudo_y, bundle, device)
+    stage_s["classifier_s"] = time.perf_counter() - started
+    return result, extra | retrained, {"e2e_joint_classifier": joint}
+
+
 def run_finetune_method(
     run: Run, bundle: DatasetBundle, encoder: nn.Module, encoded: EncodedDataset, device: torch.device, stage_s: dict[str, float]
 ) -> tuple[dict, dict, dict]:
     """Returns (the method's summary, extra results fields, controls computed on the way)."""
+    if run.config.method == "e2e":
+        return _run_end_to_end(run, bundle, encoder, device, stage_s)
     config = run.config
     train_counts = bundle.train.class_counts()
     real_prior = train_counts.double() / train_counts.sum()
     eval_features = FeatureConfig(style="eval")
     controls: dict = {}
-    extra: dict = {}
-
-    if config.method == "e2e":
-        started = time.perf_counter()
-        # The starting statistics and the denoiser's pre-fit must see features as the trainer computes
-        # them (encoder.features), not LDMLR's extraction path (no stem ReLU) that features.style may pick.
-        starting = encode_dataset(encoder, bundle, eval_features, config.seed, device)
-        model, history = stage_end_to_end(run, bundle, encoder, starting, device)
-        stage_s["end_to_end_s"] = time.perf_counter() - started
-        stage_s["seconds_per_epoch"] = sum(h["epoch_s"] for h in history) / len(history)
-        tuned_encoded = encode_dataset(model.encoder, bundle, eval_features, config.seed, device)
-        e2e_config = resolved_e2e_config(config, train_counts)
-        prior = trained_prior(e2e_config, train_counts, model.pseudo_label_probs)
-        extra |= {"history": history, "diagnostics": run.stage_info("end_to_end")["diagnostics"], "gamma_ge": e2e_config.gamma_ge}
-        joint = evaluate_all(model.encoder.fc, tuned_encoded, train_counts, prior, bundle)
-        if not config.e2e.rebalance_classifier:
-            return joint, extra, controls
-        controls["e2e_joint_classifier"] = joint
-        started = time.perf_counter()
-        counts = ldmlr.pseudo_counts(train_counts, config.generation)
-        pseudo_x, pseudo_y = e2e_pseudo_features(model, counts, run, stage_generator(config.seed, "generation", device))
-        if config.e2e.rebalance_features == "as_trained":
-            as_trained = features_as_trained(
-                model.encoder, bundle, config.finetune, _padding(run), stage_generator(config.seed, "features"), device
-            )
-            tuned_encoded = dataclasses.replace(tuned_encoded, train=as_trained)
-        result, retrained = retrain_with_pseudo(run, "classifier", model.encoder, tuned_encoded, pseudo_x, pseudo_y, bundle, device)
-        stage_s["classifier_s"] = time.perf_counter() - started
-        return result, extra | retrained, controls
-
     started = time.perf_counter()
     tuned, history = stage_finetune(run, bundle, encoder, device)
     stage_s["finetune_s"] = time.perf_counter() - started
