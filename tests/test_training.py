@@ -47,8 +47,14 @@ def test_classifier_learns_and_resume_is_bit_identical():
     saved = []
     interrupted = torch.nn.Linear(8, 3)
     interrupted.load_state_dict(start)
-    train_classifier(interrupted, data, ClassifierConfig(epochs=10, batch_size=64, lr=1e-2), torch.Generator().manual_seed(1),
-                     checkpoint=lambda state: saved.append(copy.deepcopy(state)), checkpoint_every=5)
+    train_classifier(
+        interrupted,
+        data,
+        ClassifierConfig(epochs=10, batch_size=64, lr=1e-2),
+        torch.Generator().manual_seed(1),
+        checkpoint=lambda state: saved.append(copy.deepcopy(state)),
+        checkpoint_every=5,
+    )
     resumed = torch.nn.Linear(8, 3)
     train_classifier(resumed, data, config, torch.Generator(), resume=saved[0])
     for name, value in straight.state_dict().items():
@@ -77,8 +83,16 @@ def test_denoiser_resume_after_a_kill_is_bit_identical():
         raise Killed
 
     try:
-        train_denoiser(fresh(), data.features, data.labels, schedule, config, torch.Generator().manual_seed(2),
-                       checkpoint=save_then_die, checkpoint_every=11)
+        train_denoiser(
+            fresh(),
+            data.features,
+            data.labels,
+            schedule,
+            config,
+            torch.Generator().manual_seed(2),
+            checkpoint=save_then_die,
+            checkpoint_every=11,
+        )
     except Killed:
         pass
     assert saved and saved[0]["step"] == 11

@@ -38,9 +38,7 @@ def test_oracle_model_has_zero_loss(prediction: str, weighting: str) -> None:
     def oracle(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return target
 
-    loss = diffusion_loss_per_sample(
-        oracle, x0, y, schedule, prediction, weighting, generator=torch.Generator().manual_seed(7)
-    )
+    loss = diffusion_loss_per_sample(oracle, x0, y, schedule, prediction, weighting, generator=torch.Generator().manual_seed(7))
     assert loss.shape == (32,)
     assert (loss == 0).all()
 
@@ -69,7 +67,13 @@ def test_weights_at_the_drawn_t(prediction: str) -> None:
     }
     for weighting, weight in expected.items():
         loss = diffusion_loss_per_sample(
-            off_by_one, x0, y, schedule, prediction, weighting, min_snr_gamma=gamma,
+            off_by_one,
+            x0,
+            y,
+            schedule,
+            prediction,
+            weighting,
+            min_snr_gamma=gamma,
             generator=torch.Generator().manual_seed(seed),
         )
         assert loss.shape == (batch,) and loss.dtype == torch.float32

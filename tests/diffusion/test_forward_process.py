@@ -28,9 +28,7 @@ def test_q_sample_moments(kind: str) -> None:
     x_t = q_sample(x0, t, torch.randn(n, 3, generator=gen, dtype=torch.float64), schedule)
     ac = _alphas_cumprod_reference(schedule)[t_value].item()
     torch.testing.assert_close(x_t.mean(0), x0[0] * ac**0.5, atol=5 * ((1 - ac) / n) ** 0.5, rtol=0)
-    torch.testing.assert_close(
-        x_t.var(0), torch.full((3,), 1 - ac, dtype=torch.float64), rtol=0.02, atol=0
-    )
+    torch.testing.assert_close(x_t.var(0), torch.full((3,), 1 - ac, dtype=torch.float64), rtol=0.02, atol=0)
 
 
 def test_q_sample_is_the_closed_form_per_sample() -> None:

@@ -35,10 +35,7 @@ def test_cosine_alphas_cumprod_is_f_ratio_until_clipping(num_steps: int) -> None
 def test_cosine_betas_are_clipped_at_max_beta() -> None:
     num_steps, s, max_beta = 50, 0.008, 0.05
     expected = torch.tensor(
-        [
-            min(1 - _cosine_f(t + 1, num_steps, s) / _cosine_f(t, num_steps, s), max_beta)
-            for t in range(num_steps)
-        ],
+        [min(1 - _cosine_f(t + 1, num_steps, s) / _cosine_f(t, num_steps, s), max_beta) for t in range(num_steps)],
         dtype=torch.float64,
     )
     betas = cosine_betas(num_steps, s=s, max_beta=max_beta)
@@ -82,9 +79,7 @@ def test_derived_arrays_match_direct_formulas() -> None:
     variance = [b * (1 - p) / (1 - a) for b, a, p in zip(betas.tolist(), ac, ac_prev, strict=True)]
     torch.testing.assert_close(schedule.posterior_variance, torch.tensor(variance, dtype=torch.float64))
     clipped_log = [math.log(variance[1])] + [math.log(v) for v in variance[1:]]
-    torch.testing.assert_close(
-        schedule.posterior_log_variance_clipped, torch.tensor(clipped_log, dtype=torch.float64)
-    )
+    torch.testing.assert_close(schedule.posterior_log_variance_clipped, torch.tensor(clipped_log, dtype=torch.float64))
 
 
 def test_gather_shape_dtype_and_values() -> None:

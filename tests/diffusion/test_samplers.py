@@ -63,9 +63,7 @@ def _random_denoiser(seed: int, feature_dim: int = 4, num_classes: int = 3) -> F
     return model
 
 
-def _predicted_moments(
-    schedule: NoiseSchedule, sampler: str, steps: int, eta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _predicted_moments(schedule: NoiseSchedule, sampler: str, steps: int, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact mean and covariance of the sampler's output under `GaussianOracle`.
 
     With the exact denoiser each step is affine in d = x_t - √ᾱ_t μ and acts separately along
@@ -144,9 +142,7 @@ def test_ddpm_with_optimal_denoiser_recovers_gaussians(kind: str, prediction: st
     ("kind", "prediction", "eta", "cov_tol"),
     [("cosine", "eps", 0.0, 0.2), ("linear", "x0", 0.0, 0.3), ("cosine", "eps", 1.0, 0.3)],
 )
-def test_ddim_50_steps_with_optimal_denoiser_recovers_gaussians(
-    kind: str, prediction: str, eta: float, cov_tol: float
-) -> None:
+def test_ddim_50_steps_with_optimal_denoiser_recovers_gaussians(kind: str, prediction: str, eta: float, cov_tol: float) -> None:
     """50 DDIM steps shrink the variance of narrow classes (by up to ~20 % for λ = 0.05 on the
     linear schedule, ~10 % on the cosine one with η = 0): first-order steps, not a bug."""
     schedule = make_schedule(kind, 1000)
@@ -154,8 +150,15 @@ def test_ddim_50_steps_with_optimal_denoiser_recovers_gaussians(
     gen = torch.Generator().manual_seed(1)
     noise = torch.randn(y.shape[0], 2, generator=gen, dtype=torch.float64)
     samples = ddim_sample(
-        GaussianOracle(schedule, prediction), y, 2, schedule, steps=50, eta=eta,
-        prediction=prediction, generator=gen, noise=noise,
+        GaussianOracle(schedule, prediction),
+        y,
+        2,
+        schedule,
+        steps=50,
+        eta=eta,
+        prediction=prediction,
+        generator=gen,
+        noise=noise,
     )
     _check_against_gaussians(samples, y, *_predicted_moments(schedule, "ddim", 50, eta), cov_tol=cov_tol)
 
@@ -168,7 +171,14 @@ def test_ddim_eta1_all_steps_equals_ddpm(prediction: str, clip: tuple[float, flo
     y = torch.randint(0, 3, (64,), generator=torch.Generator().manual_seed(1))
     ddpm = ddpm_sample(model, y, 4, schedule, prediction, clip=clip, generator=torch.Generator().manual_seed(2))
     ddim = ddim_sample(
-        model, y, 4, schedule, steps=100, eta=1.0, prediction=prediction, clip=clip,
+        model,
+        y,
+        4,
+        schedule,
+        steps=100,
+        eta=1.0,
+        prediction=prediction,
+        clip=clip,
         generator=torch.Generator().manual_seed(2),
     )
     assert ddpm.abs().max() > 0.1
@@ -239,8 +249,15 @@ def test_sample_features_chunks_and_returns_ordinary_tensors() -> None:
     model = _random_denoiser(14).train()
     labels = torch.randint(0, 3, (50,), generator=torch.Generator().manual_seed(15))
     whole = sample_features(
-        model, labels, 4, schedule, steps=10, eta=1.0, generator=torch.Generator().manual_seed(16),
-        chunk_size=64, progress=False,
+        model,
+        labels,
+        4,
+        schedule,
+        steps=10,
+        eta=1.0,
+        generator=torch.Generator().manual_seed(16),
+        chunk_size=64,
+        progress=False,
     )
     direct = ddim_sample(model, labels, 4, schedule, steps=10, eta=1.0, generator=torch.Generator().manual_seed(16))
     torch.testing.assert_close(whole, direct, rtol=0, atol=0)
