@@ -128,7 +128,7 @@ def diagnose_clouds(workdir: Path) -> None:
         folder = results.parent
         if (folder / AS_TRAINED).exists():
             continue
-        run = Run.resume(folder)
+        run = Run.open(folder)
         device = resolve_device(run.config.device)
         bundle = load_dataset(run.config.data, seed=run.config.seed)
         model = finished_end_to_end_model(run, bundle, stage_encoder(run, bundle, device), device)

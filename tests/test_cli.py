@@ -122,7 +122,7 @@ def test_digits_e2e_with_rebalanced_classifier_then_resume(tmp_path):
         assert (out / name).is_file(), name
 
     # Afterwards, against the features joint training computed rather than eval-mode ones.
-    run = Run.resume(out)
+    run = Run.open(out)
     bundle = load_dataset(run.config.data, seed=run.config.seed)
     cpu = torch.device("cpu")
     model = finished_end_to_end_model(run, bundle, stage_encoder(run, bundle, cpu), cpu)

@@ -85,10 +85,15 @@ class Run:
 
     @classmethod
     def resume(cls, directory: Path) -> "Run":
-        if not (directory / CONFIG_FILE).is_file():
-            raise UserError(f"cannot resume {directory}: no {CONFIG_FILE} there (is it a featdiff run folder?)")
         if (directory / RESULTS_FILE).is_file():
             raise UserError(f"run {directory} is already complete ({RESULTS_FILE} exists); start a new one with --out")
+        return cls.open(directory)
+
+    @classmethod
+    def open(cls, directory: Path) -> "Run":
+        """A run folder, finished or not, for reading what its stages left."""
+        if not (directory / CONFIG_FILE).is_file():
+            raise UserError(f"cannot resume {directory}: no {CONFIG_FILE} there (is it a featdiff run folder?)")
         return cls(directory, load_config(directory / CONFIG_FILE))
 
     def discard_if_unstarted(self) -> None:
