@@ -123,10 +123,11 @@ AS_TRAINED = "diagnostics_as_trained.json"
 def diagnose_clouds(workdir: Path) -> None:
     """For every finished end-to-end run of the main table: its final pseudo-features against the
     features joint training computed (what its denoiser learned), beside the in-run diagnostics,
-    which compare with clean eval-mode features."""
+    which compare with clean eval-mode features. `+rebalance` runs are skipped: their joint training
+    is the plain run's, bit for bit."""
     for results in sorted(workdir.glob("main__*__e2e_*/results.json")):
         folder = results.parent
-        if (folder / AS_TRAINED).exists():
+        if (folder / AS_TRAINED).exists() or "+rebalance" in folder.name:
             continue
         run = Run.open(folder)
         device = resolve_device(run.config.device)
