@@ -30,6 +30,8 @@ benchmark-ldmlr-frozen: $(STAMP)
 benchmark-e2e: $(STAMP)
 	$(PY) benchmarks/e2e.py --phase main
 	$(PY) benchmarks/e2e.py --phase ablations
+	$(PY) benchmarks/e2e.py --phase best --best ldmlr_refit ldmlr_stale e2e_A
+	$(PY) benchmarks/e2e.py --clouds
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
