@@ -93,7 +93,7 @@ class Run:
     def open(cls, directory: Path) -> "Run":
         """A run folder, finished or not, for reading what its stages left."""
         if not (directory / CONFIG_FILE).is_file():
-            raise UserError(f"cannot resume {directory}: no {CONFIG_FILE} there (is it a featdiff run folder?)")
+            raise UserError(f"{directory} is not a featdiff run folder: no {CONFIG_FILE} there; pass the folder a run wrote")
         return cls(directory, load_config(directory / CONFIG_FILE))
 
     def discard_if_unstarted(self) -> None:
