@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from featdiff.config import GenerationConfig
-from featdiff.methods.ldmlr import pseudo_counts
+from featdiff.generation.pseudo import pseudo_counts
 
 # Totals of LDMLR's generated sets, verified by running its code (reference notes, ldmlr.md §1.3).
 LDMLR_PSEUDO_TOTALS = {

@@ -1,18 +1,25 @@
+"""The training core: every loop resumes bit for bit from a saved TrainState, the schedules, the
+optimizers, and the denoiser trainer learns."""
+
 import copy
+import io
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from featdiff.config import ClassifierConfig, DiffusionConfig
+from featdiff.config import ClassifierConfig, DiffusionConfig, EncoderConfig, FinetuneConfig
+from featdiff.diffusion.sampling import sample_features
 from featdiff.diffusion.schedules import make_schedule
 from featdiff.models.denoiser import FeatureDenoiser
-from featdiff.training.classifier import (
-    WeightedFeatures,
-    train_classifier,
-    weighted_cross_entropy,
-)
-from featdiff.training.denoiser import train_denoiser
+from featdiff.models.small_cnn import SmallCNN
+from featdiff.seeding import initialise
+from featdiff.training.classifier import WeightedFeatures, classifier_state, train_classifier, weighted_cross_entropy
+from featdiff.training.denoiser import denoiser_state, train_denoiser
+from featdiff.training.encoder import encoder_state, train_encoder
+from featdiff.training.finetune import finetune_state, train_finetune
+from featdiff.training.loop import run_steps
+from featdiff.training.state import ShuffledBatches, TrainState
 
 
 def test_weighted_cross_entropy_by_hand():
@@ -29,6 +36,24 @@ def test_weighted_cross_entropy_by_hand():
     assert torch.allclose(weighted_cross_entropy(logits, labels, torch.ones(3)), F.cross_entropy(logits, labels))
 
 
+def test_shuffled_batches_cover_every_row_once_per_epoch():
+    for drop_last, size, batch in ((False, 10, 4), (True, 10, 4), (True, 3, 8)):
+        batches = ShuffledBatches(size, batch, torch.Generator().manual_seed(0), drop_last=drop_last)
+        seen = []
+        for _ in range(batches.steps_per_epoch):
+            seen.append(batches.next())
+            assert batches.epoch == 0
+        rows = torch.cat(seen)
+        assert batches.epoch_finished
+        if drop_last:
+            assert all(len(index) == min(batch, size) for index in seen)
+            assert rows.unique().numel() == rows.numel() == (size // min(batch, size)) * min(batch, size)
+        else:
+            assert sorted(rows.tolist()) == list(range(size))
+        batches.next()
+        assert batches.epoch == 1 and batches.epoch_started
+
+
 def _data(n=300, d=8, c=3):
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, c, (n,), generator=generator)
@@ -36,97 +61,238 @@ def _data(n=300, d=8, c=3):
     return WeightedFeatures(features, labels, torch.ones(n))
 
 
-def test_classifier_learns_and_resume_is_bit_identical():
-    data, config = _data(), ClassifierConfig(epochs=20, batch_size=64, lr=1e-2)
-    torch.manual_seed(0)
-    straight = torch.nn.Linear(8, 3)
-    start = {k: v.clone() for k, v in straight.state_dict().items()}
-    history = train_classifier(straight, data, config, torch.Generator().manual_seed(1))
-    assert history[-1] < 0.5 * history[0]
-
-    saved = []
-    interrupted = torch.nn.Linear(8, 3)
-    interrupted.load_state_dict(start)
-    train_classifier(
-        interrupted,
-        data,
-        ClassifierConfig(epochs=10, batch_size=64, lr=1e-2),
-        torch.Generator().manual_seed(1),
-        checkpoint=lambda state: saved.append(copy.deepcopy(state)),
-        checkpoint_every=5,
-    )
-    resumed = torch.nn.Linear(8, 3)
-    train_classifier(resumed, data, config, torch.Generator(), resume=saved[0])
-    for name, value in straight.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[name]), name
+def _round_trip(state: dict) -> dict:
+    """Through the bytes a checkpoint holds, loaded as a run would (weights_only)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
 
 
-class Killed(Exception):
+def _assert_same(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for name, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[name]), name
+
+
+class Stop(Exception):
     pass
 
 
-def test_denoiser_resume_after_a_kill_is_bit_identical():
-    config = DiffusionConfig(steps=30, batch_size=32, width=32, depth=1, time_dim=16)
+def _resumes_bit_for_bit(fresh_state, train, n_steps: int):
+    """Train 2N steps straight; train N, save the state, load it into a fresh state, train N more."""
+    straight = fresh_state()
+    train(straight, 2 * n_steps)
+    first = fresh_state()
+    train(first, n_steps)
+    saved = _round_trip(first.state_dict())
+    resumed = fresh_state()
+    resumed.load_state_dict(saved)
+    train(resumed, 2 * n_steps)
+    assert resumed.step == straight.step == 2 * n_steps
+    _assert_same(straight.model, resumed.model)
+    if straight.ema is not None:
+        _assert_same(straight.ema, resumed.ema)
+    assert resumed.history == [{k: v for k, v in e.items() if k != "epoch_s"} | {"epoch_s": r["epoch_s"]} for e, r in zip(straight.history, resumed.history, strict=True)]
+    return straight, resumed
+
+
+def test_classifier_learns_and_resumes_bit_for_bit_mid_epoch():
+    data, config = _data(), ClassifierConfig(epochs=20, batch_size=64, lr=1e-2)
+
+    def fresh():
+        torch.manual_seed(0)
+        return classifier_state(torch.nn.Linear(8, 3), len(data), config, torch.Generator().manual_seed(1))
+
+    def train(state, until):
+        from featdiff.training.classifier import weighted_cross_entropy as loss_fn
+        from featdiff.training.loop import apply_update
+
+        def step(state, index):
+            loss = loss_fn(state.model(data.features[index]), data.labels[index], data.weights[index])
+            apply_update(loss, state.optimizers["classifier"])
+            return {"loss": loss.detach()}
+
+        run_steps(state, until, step)
+
+    _resumes_bit_for_bit(fresh, train, n_steps=7)  # 5 steps per epoch: N falls mid-epoch
+    state = fresh()
+    history = train_classifier(state, data, config)
+    assert len(history) == 20 and history[-1] < 0.5 * history[0]
+
+
+def test_train_classifier_checkpoints_resume_bit_for_bit():
+    data, config = _data(), ClassifierConfig(epochs=12, batch_size=64, lr=1e-2)
+
+    def fresh():
+        torch.manual_seed(0)
+        return classifier_state(torch.nn.Linear(8, 3), len(data), config, torch.Generator().manual_seed(1))
+
+    straight = fresh()
+    train_classifier(straight, data, config)
+    saved = []
+
+    def save_then_die(state):
+        saved.append(_round_trip(state))
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_classifier(fresh(), data, config, checkpoint=save_then_die, checkpoint_every_epochs=5)
+    resumed = fresh()
+    resumed.load_state_dict(saved[0])
+    assert resumed.step == 25
+    train_classifier(resumed, data, config)
+    _assert_same(straight.model, resumed.model)
+
+
+def _denoiser_setup(steps=30):
+    config = DiffusionConfig(steps=steps, batch_size=32, width=32, depth=1, time_dim=16)
     data = _data(n=100)
     schedule = make_schedule(config.schedule, config.num_steps)
 
-    def fresh() -> FeatureDenoiser:
-        torch.manual_seed(0)
-        return FeatureDenoiser(8, 3, width=config.width, depth=config.depth, time_dim=config.time_dim)
+    def fresh():
+        model = initialise(FeatureDenoiser(8, 3, width=config.width, depth=config.depth, time_dim=config.time_dim), torch.Generator().manual_seed(0))
+        return denoiser_state(model, len(data), config, torch.Generator().manual_seed(2))
 
-    straight = train_denoiser(fresh(), data.features, data.labels, schedule, config, torch.Generator().manual_seed(2))
+    return config, data, schedule, fresh
 
-    saved = []
 
-    def save_then_die(state: dict) -> None:
-        saved.append(copy.deepcopy(state))
-        raise Killed
+def test_denoiser_resumes_bit_for_bit():
+    config, data, schedule, fresh = _denoiser_setup()
 
+    def train(state, until):
+        train_denoiser(state, data.features, data.labels, schedule, config.model_copy(update={"steps": until}))
+
+    # The cosine schedule depends on the total, so both halves run under the 2N config.
+    def train_to(state, until):
+        whole = config.model_copy(update={"steps": 2 * 11})
+        run = train_denoiser if until == 2 * 11 else None
+        if run is None:
+            saved = []
+
+            def save_then_die(snapshot):
+                saved.append(snapshot)
+                raise Stop
+
+            with pytest.raises(Stop):
+                train_denoiser(state, data.features, data.labels, schedule, whole, checkpoint=save_then_die, checkpoint_every=until)
+            state.load_state_dict(_round_trip(saved[0]))
+        else:
+            train_denoiser(state, data.features, data.labels, schedule, whole)
+
+    _resumes_bit_for_bit(fresh, train_to, n_steps=11)
+
+
+def _images(n=40, classes=3):
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.arange(n) % classes
+    images = (torch.rand(n, 1, 8, 8, generator=generator) * 120 + labels[:, None, None, None] * 60).to(torch.uint8)
+    return images, labels
+
+
+def _identity_augment(images, generator):
+    torch.randint(0, 2, (images.shape[0],), generator=generator)  # draws like a real augmentation
+    return images
+
+
+def _normalize(images):
+    return images.float() / 255
+
+
+def test_encoder_training_resumes_bit_for_bit_mid_epoch():
+    images, labels = _images()
+    config = EncoderConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=1, milestones=[3])
+
+    def fresh():
+        model = initialise(SmallCNN(3, feature_dim=8), torch.Generator().manual_seed(0))
+        return encoder_state(model, len(labels), config, torch.Generator().manual_seed(1))
+
+    def train_to(state, until):
+        _stop_at(state, until, lambda checkpoint: train_encoder(state, images, labels, config, _identity_augment, _normalize, checkpoint))
+
+    _resumes_bit_for_bit(fresh, train_to, n_steps=4)  # 3 steps per epoch: N falls mid-epoch
+
+
+def test_finetune_resumes_bit_for_bit_mid_epoch():
+    images, labels = _images()
+    config = FinetuneConfig(epochs=3, batch_size=16, lr=0.05, trainable="all")
+
+    def fresh():
+        model = initialise(SmallCNN(3, feature_dim=8), torch.Generator().manual_seed(0))
+        return finetune_state(model, len(labels), config, torch.Generator().manual_seed(1))
+
+    def train_to(state, until):
+        _stop_at(state, until, lambda checkpoint: train_finetune(state, images, labels, config, _identity_augment, _normalize, checkpoint))
+
+    _resumes_bit_for_bit(fresh, train_to, n_steps=4)
+
+
+def _stop_at(state: TrainState, until: int, train) -> None:
+    """Run a whole trainer but stop it once `until` steps are done, as a kill would, by making
+    the loop's epoch-end hook unnecessary: patch the batches to raise at that step."""
+    original = state.batches.next
+
+    def next_or_stop():
+        if state.step == until:
+            raise Stop
+        return original()
+
+    state.batches.next = next_or_stop
     try:
-        train_denoiser(
-            fresh(),
-            data.features,
-            data.labels,
-            schedule,
-            config,
-            torch.Generator().manual_seed(2),
-            checkpoint=save_then_die,
-            checkpoint_every=11,
-        )
-    except Killed:
+        train(None)
+    except Stop:
         pass
-    assert saved and saved[0]["step"] == 11
-    resumed = train_denoiser(fresh(), data.features, data.labels, schedule, config, torch.Generator(), resume=saved[0])
-    for name, value in straight.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[name]), name
+    finally:
+        del state.batches.next
+
+
+MIX_MU = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]])
+MIX_STD = torch.tensor([[0.6, 0.4], [0.4, 0.7], [0.7, 0.3]])
+
+
+def test_train_denoiser_learns_a_gaussian_mixture():
+    """`train_denoiser` (the library's loop, optimizer, schedule and EMA) fits a 2-D, 3-class
+    mixture: samples from the EMA model have each class's mean and spread."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(2000)
+    features = MIX_MU[labels] + MIX_STD[labels] * torch.randn(6000, 2, generator=generator)
+    config = DiffusionConfig(schedule="linear", steps=2500, batch_size=256, width=64, depth=2, time_dim=32, lr=2e-3, ema_decay=0.99)
+    schedule = make_schedule("linear", config.num_steps)
+    model = initialise(FeatureDenoiser(2, 3, width=64, depth=2, time_dim=32), torch.Generator().manual_seed(1))
+    state = denoiser_state(model, len(labels), config, torch.Generator().manual_seed(2))
+    train_denoiser(state, features, labels, schedule, config)
+    y = torch.arange(3).repeat_interleave(1000)
+    samples = sample_features(state.ema.module, y, 2, schedule, method="ddpm", generator=torch.Generator().manual_seed(3), progress=False)
+    for c in range(3):
+        x = samples[y == c].double()
+        # Classes are >= 2.8 apart; sample-mean standard errors are <= 0.03.
+        assert (x.mean(0) - MIX_MU[c].double()).norm() < 0.2, (c, x.mean(0))
+        ratio = x.std(0) / MIX_STD[c].double()
+        assert bool(((ratio > 0.75) & (ratio < 1.3)).all()), (c, x.std(0))
 
 
 def test_finetune_optimizer_scales_only_the_classifier_and_freezes_early_stages():
-    from featdiff.config import FinetuneConfig
     from featdiff.models.resnet_cifar import resnet32
-    from featdiff.training.finetune import configure_trainable, make_encoder_optimizer, set_learning_rates
+    from featdiff.training.finetune import configure_trainable, finetune_lr, make_encoder_optimizer
+    from featdiff.training.loop import set_learning_rate
 
     model = resnet32(10)
     config = FinetuneConfig(lr=0.1, classifier_lr_scale=5.0, trainable="last_stage")
     configure_trainable(model, config.trainable)
     optimizer = make_encoder_optimizer(model, config)
-    set_learning_rates(optimizer, 0.0, config)
+    state = TrainState(model, {"encoder": optimizer}, {}, ShuffledBatches(1, 1, torch.Generator()))
+    set_learning_rate(state, finetune_lr(0.0, config))
     body, head = optimizer.param_groups
     assert {id(p) for p in head["params"]} == {id(p) for p in model.fc.parameters()}
     assert {id(p) for p in body["params"]} == {id(p) for p in model.layer3.parameters()}
     assert body["lr"] == 0.1 and head["lr"] == 0.5
-    set_learning_rates(optimizer, 1.0, config)
+    set_learning_rate(state, finetune_lr(1.0, config))
     assert body["lr"] == 0.0 and head["lr"] == 0.0
 
 
 def test_adam_classifier_steps_like_separate_sgd_and_adam_and_resumes():
-    import copy
-
-    import torch.nn.functional as F
-
-    from featdiff.config import FinetuneConfig
     from featdiff.models.resnet_cifar import resnet32
-    from featdiff.training.finetune import configure_trainable, make_encoder_optimizer, set_learning_rates
+    from featdiff.training.finetune import configure_trainable, make_encoder_optimizer
+    from featdiff.training.loop import set_learning_rate
 
     torch.manual_seed(0)
     config = FinetuneConfig(lr=0.05, classifier_lr_scale=0.1, classifier_optimizer="adam", trainable="last_stage")
@@ -134,7 +300,7 @@ def test_adam_classifier_steps_like_separate_sgd_and_adam_and_resumes():
     configure_trainable(model, config.trainable)
     reference = copy.deepcopy(model)
     optimizer = make_encoder_optimizer(model, config)
-    set_learning_rates(optimizer, 0.0, config)
+    set_learning_rate(TrainState(model, {"encoder": optimizer}, {}, ShuffledBatches(1, 1, torch.Generator())), config.lr)
     sgd = torch.optim.SGD(reference.layer3.parameters(), lr=0.05, momentum=config.momentum, weight_decay=config.weight_decay)
     adam = torch.optim.Adam(reference.fc.parameters(), lr=0.005, weight_decay=1e-5)
     images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
@@ -166,7 +332,6 @@ def test_adam_classifier_steps_like_separate_sgd_and_adam_and_resumes():
     [(0.0, 0.05), (0.15, 0.1), (0.55, 0.1), (0.6, 0.01), (0.79, 0.01), (0.85, 0.001), (1.0, 0.001)],
 )
 def test_step_schedule_warms_up_then_decays_per_epoch(fraction, expected):
-    from featdiff.config import FinetuneConfig
     from featdiff.training.finetune import finetune_lr
 
     config = FinetuneConfig(epochs=10, lr=0.1, schedule="step", warmup_epochs=2, milestones=[6, 8])

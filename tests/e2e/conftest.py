@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from featdiff.config import EndToEndConfig
-from featdiff.e2e.model import EndToEndModel
+from featdiff.methods.e2e.model import EndToEndModel
 from featdiff.models.denoiser import FeatureDenoiser
 
 

@@ -8,8 +8,8 @@ import scipy.linalg as scipy_linalg
 import torch
 
 from featdiff.diffusion.schedules import make_schedule
-from featdiff.e2e.diagnostics import frechet_distance
-from featdiff.e2e.losses import covariance_loss, prototype_loss, radius_loss, semantic_timestep_weight, variance_floor_loss
+from featdiff.evaluation.diagnostics import frechet_distance
+from featdiff.methods.e2e.losses import covariance_loss, prototype_loss, radius_loss, semantic_timestep_weight, variance_floor_loss
 
 ESTIMATES = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, 1.0], [2.0, 2.0], [-1.0, 0.5]], dtype=torch.float64)
 LABELS = torch.tensor([0, 0, 1, 1, 1])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from featdiff.e2e.statistics import ClassStatistics, RunningStandardizer, class_means_and_covariances
+from featdiff.statistics import ClassGeometry, ClassStatistics, class_means_and_covariances, trace_radius
 
 
 def test_class_means_and_covariances_match_numpy():
@@ -55,22 +55,25 @@ def test_radii_are_root_trace():
     assert stats.radii(kappa=2.0).item() == pytest.approx(2.0 * np.sqrt(1.0 + 4.0))
 
 
-def test_running_standardizer_ema():
-    scaler = RunningStandardizer(2, momentum=0.25)
-    a = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
-    scaler.update(a)
-    assert scaler.mean.tolist() == [1.0, 2.0] and scaler.var.tolist() == [1.0, 1.0]
-    b = torch.tensor([[4.0, 0.0], [8.0, 0.0]])
-    scaler.update(b)
-    assert torch.allclose(scaler.mean, torch.tensor([0.75 * 1 + 0.25 * 6, 0.75 * 2 + 0.25 * 0]))
-    assert torch.allclose(scaler.var, torch.tensor([0.75 * 1 + 0.25 * 4, 0.75 * 1 + 0.25 * 0]))
-    x = torch.randn(5, 2)
-    assert torch.allclose(scaler.decode(scaler.encode(x)), x, atol=1e-6)
+def test_class_geometry_radii_against_a_loop():
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(60, 3, generator=generator, dtype=torch.float64)
+    labels = torch.arange(60) % 4
+    for radius in ("max", "rms"):
+        geometry = ClassGeometry.of(features, labels, 4, radius)
+        for c in range(4):
+            x = features[labels == c]
+            distances = (x - x.mean(0)).norm(dim=1)
+            assert torch.allclose(geometry.prototypes[c], x.mean(0))
+            expected = distances.max() if radius == "max" else distances.square().mean().sqrt()
+            assert geometry.radii[c].item() == pytest.approx(expected.item())
+    _, covariances, _ = class_means_and_covariances(features, labels, torch.ones(60, dtype=torch.float64), 4)
+    assert torch.allclose(trace_radius(covariances), ClassGeometry.of(features, labels, 4, "rms").radii)
 
 
 def test_default_generation_weight_balances_real_and_pseudo():
     from featdiff.config import EndToEndConfig
-    from featdiff.e2e.model import pseudo_label_distribution, resolve_generation_weight, trained_prior
+    from featdiff.methods.e2e.model import pseudo_label_distribution, resolve_generation_weight, trained_prior
 
     counts = torch.tensor([500, 120, 30, 5])
     config = resolve_generation_weight(EndToEndConfig(), counts)
@@ -98,5 +101,4 @@ def test_clip_range_follows_the_features_seen_since_the_last_epoch(new_model):
     model.follow_range()
     assert torch.equal(model.clip_low, seen.min(0).values)
     assert torch.equal(model.clip_high, seen.max(0).values)
-    assert "seen_low" not in model.state_dict()
     assert torch.isinf(model.seen_low).all() and torch.isinf(model.seen_high).all()

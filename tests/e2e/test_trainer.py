@@ -80,7 +80,7 @@ def test_resume_after_a_kill_is_bit_identical(strategy, new_model, toy_batch):
 
 def test_a_new_model_does_not_depend_on_the_global_generator():
     from featdiff.config import RunConfig
-    from featdiff.methods.end_to_end import new_end_to_end_model
+    from featdiff.methods.e2e.method import new_end_to_end_model
     from featdiff.models.small_cnn import SmallCNN
 
     config = RunConfig()
@@ -98,7 +98,7 @@ def test_features_as_trained_use_train_mode_bn_on_a_copy_and_are_reproducible():
     from featdiff.config import DataConfig, FinetuneConfig
     from featdiff.data.bundle import load_dataset
     from featdiff.evaluation.inference import encode
-    from featdiff.methods.end_to_end import features_as_trained
+    from featdiff.methods.e2e.method import features_as_trained
     from featdiff.models.small_cnn import SmallCNN
 
     bundle = load_dataset(DataConfig(dataset="digits"))

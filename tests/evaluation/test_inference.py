@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from featdiff.evaluation.inference import encode, normalize, predict_logits
+from featdiff.data.augment import normalize
+from featdiff.evaluation.inference import encode, predict_logits
 from featdiff.models.resnet_cifar import resnet32
 
 MEAN = (0.49, 0.48, 0.45)

@@ -14,22 +14,17 @@ same generator state; the tests rely on this.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from featdiff.diffusion.parameterization import Denoiser, Prediction
 from featdiff.diffusion.process import eps_from_x0, x0_from_eps
 from featdiff.diffusion.schedules import NoiseSchedule
 from featdiff.progress import progress as progress_bar
-
-if TYPE_CHECKING:
-    from featdiff.diffusion.losses import Prediction
-
-Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""(x_t (B, D), t (B,) int64, y (B,) int64) -> the model's ε or x0 prediction (B, D)."""
 
 Clip = tuple[float | Tensor, float | Tensor] | None
 Method = Literal["ddpm", "ddim"]
@@ -168,6 +163,15 @@ def _step_noise(x: Tensor, sigma: float, generator: torch.Generator | None) -> T
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
+def _predict(model: Denoiser, x: Tensor, t: int, y: Tensor) -> Tensor:
+    """The model at one timestep shared by the whole batch, through its fast path if it has one
+    (`FeatureDenoiser.forward_shared_timestep`)."""
+    shared = getattr(model, "forward_shared_timestep", None)
+    if shared is not None:
+        return shared(x, t, y)
+    return model(x, torch.full_like(y, t), y)
+
+
 def _run(
     model: Denoiser,
     y: Tensor,
@@ -181,8 +185,7 @@ def _run(
     grad_context = contextlib.nullcontext() if differentiable else torch.inference_mode()
     with eval_mode(model), grad_context:
         for step in plan:
-            t = torch.full_like(y, step.t)
-            x0, eps = x0_and_eps_at_step(model(x, t, y), x, prediction, step.sqrt_recip_ac, step.sqrt_recipm1_ac, clip)
+            x0, eps = x0_and_eps_at_step(_predict(model, x, step.t, y), x, prediction, step.sqrt_recip_ac, step.sqrt_recipm1_ac, clip)
             noise = _step_noise(x, step.sigma, generator)
             if isinstance(step, AncestralStep):
                 x = ancestral_update(x, x0, noise, step)
@@ -241,11 +244,13 @@ def sample_features(
     generator: torch.Generator | None = None,
     chunk_size: int = 1024,
     progress: bool = True,
+    differentiable: bool = False,
 ) -> Tensor:
     """Generates one feature per label, in chunks so that activations stay bounded for any N.
 
     Draws are consumed chunk after chunk from the one generator, so for a fixed seed the samples
-    depend on chunk_size (their distribution does not).
+    depend on chunk_size (their distribution does not). `differentiable` keeps the graph through
+    every step (training through the sampler).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -257,6 +262,6 @@ def sample_features(
     with bar:
         for y in labels.split(chunk_size):
             x = _initial_noise(y, feature_dim, generator, None)
-            chunks.append(_run(model, y, x, plan, prediction, clip, generator, False))
+            chunks.append(_run(model, y, x, plan, prediction, clip, generator, differentiable))
             bar.update(y.shape[0])
     return torch.cat(chunks) if chunks else torch.empty((0, feature_dim), device=labels.device)

@@ -97,13 +97,14 @@ class NoiseSchedule:
         )
 
     def gather(self, name_or_tensor: str | Tensor, t: Tensor, like: Tensor) -> Tensor:
-        """Per-sample constants shaped (B, 1, ..., 1) so that they broadcast against `like`,
-        cast to its dtype and device only after indexing in float64."""
+        """Per-sample constants shaped t.shape + (1, ..., 1) so that they broadcast against `like`
+        (whose leading dims are t's: (B,) against (B, D), or (B, K) against (B, K, D) for K noise
+        draws per example), cast to its dtype and device only after indexing in float64."""
         values = getattr(self, name_or_tensor) if isinstance(name_or_tensor, str) else name_or_tensor
-        if t.ndim != 1 or t.shape[0] != like.shape[0]:
-            raise ValueError(f"t must have shape ({like.shape[0]},), got {tuple(t.shape)}")
+        if t.ndim < 1 or t.ndim > like.ndim or tuple(like.shape[: t.ndim]) != tuple(t.shape):
+            raise ValueError(f"t must have shape {tuple(like.shape[:1])} or another leading part of {tuple(like.shape)}, got {tuple(t.shape)}")
         picked = values.to(device=t.device)[t]
-        return picked.to(dtype=like.dtype, device=like.device).reshape(-1, *([1] * (like.ndim - 1)))
+        return picked.to(dtype=like.dtype, device=like.device).reshape(*t.shape, *([1] * (like.ndim - t.ndim)))
 
 
 def make_schedule(kind: ScheduleKind, num_steps: int) -> NoiseSchedule:

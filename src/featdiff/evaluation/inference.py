@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from featdiff.data.augment import normalize
 from featdiff.models.encoders import Encoder
 from featdiff.progress import progress as progress_bar
 
@@ -22,13 +23,6 @@ Style = Literal["eval", "ldmlr"]
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def normalize(images: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) → float32 `(x/255 − mean) / std` per channel, mean and std on the [0, 1] scale."""
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - mean_t) / std_t
 
 
 @contextmanager

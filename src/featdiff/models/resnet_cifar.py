@@ -62,9 +62,14 @@ class ResNetCifar(nn.Module):
         self.layer3 = self._stage(32, 64, blocks_per_stage, stride=2)
         self.feature_dim: int = 64
         self.fc = nn.Linear(self.feature_dim, num_classes)
+        self.init_weights()
+
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """He-normal weights for every convolution and linear layer (drawn from `generator`, or
+        the global one at construction)."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight)
+                nn.init.kaiming_normal_(module.weight, generator=generator)
 
     @staticmethod
     def _stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:

@@ -35,9 +35,14 @@ class SmallCNN(nn.Module):
         )
         self.feature_dim: int = feature_dim
         self.fc = nn.Linear(feature_dim, num_classes)
+        self.init_weights()
+
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """He-normal weights for every convolution and linear layer (drawn from `generator`, or
+        the global one at construction)."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight)
+                nn.init.kaiming_normal_(module.weight, generator=generator)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) → (B, feature_dim)."""

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from featdiff.config import ClassifierConfig
-from featdiff.progress import progress
+from featdiff.training.loop import apply_update, run_steps
+from featdiff.training.state import ShuffledBatches, TrainState
 
 
 @dataclass
@@ -35,63 +36,49 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: 
     return (losses * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
-def classifier_step(
-    classifier: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    weights: torch.Tensor,
-) -> torch.Tensor:
-    optimizer.zero_grad(set_to_none=True)
-    loss = weighted_cross_entropy(classifier(features), labels, weights)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
 def make_classifier_optimizer(classifier: nn.Module, config: ClassifierConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(classifier.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
+def classifier_state(classifier: nn.Module, size: int, config: ClassifierConfig, generator: torch.Generator) -> TrainState:
+    return TrainState(
+        model=classifier,
+        optimizers={"classifier": make_classifier_optimizer(classifier, config)},
+        generators={"data": generator},
+        batches=ShuffledBatches(size, config.batch_size, generator),
+    )
+
+
 def train_classifier(
-    classifier: nn.Linear,
+    state: TrainState,
     data: WeightedFeatures,
     config: ClassifierConfig,
-    generator: torch.Generator,
-    resume: dict | None = None,
     checkpoint: Callable[[dict], None] | None = None,
-    checkpoint_every: int = 50,
+    checkpoint_every_epochs: int = 50,
     desc: str = "classifier",
 ) -> list[float]:
     """Train for exactly `config.epochs` epochs and return the per-epoch mean loss.
 
     The final epoch's weights are what gets evaluated: no epoch is selected on any held-out set.
     """
-    device = classifier.weight.device
+    classifier = state.model
+    device = next(classifier.parameters()).device
     features, labels, weights = (t.to(device) for t in (data.features, data.labels, data.weights))
-    optimizer = make_classifier_optimizer(classifier, config)
-    start_epoch, history = 0, []
-    if resume is not None:
-        classifier.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        generator.set_state(resume["generator"])
-        start_epoch, history = resume["epoch"], list(resume["history"])
-    n = len(data)
-    for epoch in progress(range(start_epoch, config.epochs), desc=desc, initial=start_epoch, total=config.epochs):
-        order = torch.randperm(n, generator=generator, device=generator.device).to(device)
-        total = torch.zeros((), device=device)
-        for start in range(0, n, config.batch_size):
-            index = order[start : start + config.batch_size]
-            total += classifier_step(classifier, optimizer, features[index], labels[index], weights[index]) * index.numel()
-        history.append(float(total) / n)
-        if checkpoint is not None and (epoch + 1) % checkpoint_every == 0 and epoch + 1 < config.epochs:
-            checkpoint(
-                {
-                    "model": classifier.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                }
-            )
-    return history
+    optimizer = state.optimizers["classifier"]
+
+    def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
+        index = index.to(device)
+        loss = weighted_cross_entropy(classifier(features[index]), labels[index], weights[index])
+        apply_update(loss, optimizer)
+        return {"loss": loss.detach()}
+
+    run_steps(
+        state,
+        config.epochs * state.batches.steps_per_epoch,
+        step,
+        checkpoint=checkpoint,
+        checkpoint_every_epochs=checkpoint_every_epochs,
+        log_every=10**9,
+        desc=desc,
+    )
+    return [entry["loss"] for entry in state.history]

@@ -10,26 +10,18 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from featdiff.config import EncoderConfig, FinetuneConfig
-from featdiff.progress import progress
+from featdiff.training.loop import apply_update, run_steps
+from featdiff.training.state import ShuffledBatches, TrainState
 
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-Normalize = Callable[[torch.Tensor], torch.Tensor]
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+Normalize = Callable[[Tensor], Tensor]
 
 
-def encoder_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-) -> torch.Tensor:
-    optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(images), labels)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+def cross_entropy_loss(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+    return F.cross_entropy(model(images), labels)
 
 
 def learning_rate(epoch: int, config: EncoderConfig | FinetuneConfig) -> float:
@@ -39,47 +31,52 @@ def learning_rate(epoch: int, config: EncoderConfig | FinetuneConfig) -> float:
     return config.lr * 0.1 ** sum(epoch >= m for m in config.milestones)
 
 
+def encoder_state(model: nn.Module, size: int, config: EncoderConfig, generator: torch.Generator) -> TrainState:
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return TrainState(
+        model=model,
+        optimizers={"encoder": optimizer},
+        generators={"data": generator},
+        batches=ShuffledBatches(size, config.batch_size, generator),
+    )
+
+
 def train_encoder(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    state: TrainState,
+    images: Tensor,
+    labels: Tensor,
     config: EncoderConfig,
     augment: Augment,
     normalize: Normalize,
-    generator: torch.Generator,
-    resume: dict | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     log: Callable[[int, float], None] | None = None,
-) -> None:
+) -> TrainState:
+    """`config.epochs` epochs of CE with the per-epoch warm-up and step schedule; the model is
+    left in eval mode."""
+    model = state.model
     device = next(model.parameters()).device
     images, labels = images.to(device), labels.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    start_epoch = 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        generator.set_state(resume["generator"])
-        start_epoch = resume["epoch"]
-    n = labels.numel()
-    model.train()
-    for epoch in progress(range(start_epoch, config.epochs), desc="encoder", initial=start_epoch, total=config.epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(epoch, config)
-        order = torch.randperm(n, generator=generator, device=generator.device).to(device)
-        total = torch.zeros((), device=device)
-        for start in range(0, n, config.batch_size):
-            index = order[start : start + config.batch_size]
-            batch = normalize(augment(images[index], generator))
-            total += encoder_step(model, optimizer, batch, labels[index]) * index.numel()
-        if log is not None:
-            log(epoch + 1, float(total) / n)
-        if checkpoint is not None and epoch + 1 < config.epochs:
-            checkpoint(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch + 1,
-                }
-            )
+    generator = state.generators["data"]
+    optimizer = state.optimizers["encoder"]
+    per_epoch = state.batches.steps_per_epoch
+
+    def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
+        index = index.to(device)
+        model.train()
+        loss = cross_entropy_loss(model, normalize(augment(images[index], generator)), labels[index])
+        apply_update(loss, optimizer)
+        return {"loss": loss.detach()}
+
+    run_steps(
+        state,
+        config.epochs * per_epoch,
+        step,
+        lr_at=lambda s: learning_rate(s // per_epoch, config),
+        on_epoch_end=None if log is None else lambda state, means: log(int(means["epoch"]), means["loss"]),
+        checkpoint=checkpoint,
+        checkpoint_every_epochs=1,
+        log_every=10**9,
+        desc="encoder",
+    )
     model.eval()
+    return state

@@ -8,17 +8,16 @@ features close to the ones any frozen-encoder method saw.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from featdiff.config import FinetuneConfig
-from featdiff.progress import progress
-from featdiff.training.encoder import learning_rate
+from featdiff.training.encoder import cross_entropy_loss, learning_rate
+from featdiff.training.loop import apply_update, run_steps
+from featdiff.training.state import ShuffledBatches, TrainState
 
 FROZEN_IN_LAST_STAGE = ("conv1", "bn1", "layer1", "layer2")
 
@@ -110,62 +109,58 @@ def finetune_lr(fraction: float, config: FinetuneConfig) -> float:
     return 0.5 * config.lr * (1 + math.cos(math.pi * fraction))
 
 
-def ce_step(encoder: nn.Module, optimizer: EncoderOptimizer, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(encoder(images), labels)
-    loss.backward()
-    optimizer.step()
-    return {"real": float(loss.detach())}
+def finetune_state(encoder: nn.Module, size: int, config: FinetuneConfig, generator: torch.Generator) -> TrainState:
+    """Trainable scope set, optimizer over it, batches of `config.batch_size`."""
+    configure_trainable(encoder, config.trainable)
+    return TrainState(
+        model=encoder,
+        optimizers={"encoder": make_encoder_optimizer(encoder, config)},
+        generators={"data": generator},
+        batches=ShuffledBatches(size, config.batch_size, generator),
+    )
 
 
 def train_finetune(
-    encoder: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    state: TrainState,
+    images: Tensor,
+    labels: Tensor,
     config: FinetuneConfig,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    normalize: Callable[[torch.Tensor], torch.Tensor],
-    generator: torch.Generator,
-    resume: dict | None = None,
+    augment: Callable[[Tensor, torch.Generator], Tensor],
+    normalize: Callable[[Tensor], Tensor],
     checkpoint: Callable[[dict], None] | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Cross-entropy fine-tuning for `config.epochs` epochs with the same batches, augmentation
     and learning-rate schedule as the end-to-end trainer, so the two cost and see the same."""
+    encoder = state.model
     device = next(encoder.parameters()).device
     images, labels = images.to(device), labels.to(device)
-    configure_trainable(encoder, config.trainable)
-    optimizer = make_encoder_optimizer(encoder, config)
-    n = labels.numel()
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    start_epoch, history = 0, []
-    if resume is not None:
-        encoder.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        generator.set_state(resume["generator"])
-        start_epoch, history = resume["epoch"], list(resume["history"])
-    for epoch in range(start_epoch, config.epochs):
-        order = torch.randperm(n, generator=generator, device=generator.device).to(device)
-        started, total = time.perf_counter(), 0.0
-        for step in progress(range(steps_per_epoch), desc=f"ce_finetune epoch {epoch + 1}/{config.epochs}", unit="step"):
-            set_learning_rates(optimizer, (epoch * steps_per_epoch + step) / total_steps, config)
-            index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            set_train_mode(encoder, config.trainable)
-            total += ce_step(encoder, optimizer, normalize(augment(images[index], generator)), labels[index])["real"]
-        history.append({"real": total / steps_per_epoch, "epoch": epoch + 1, "epoch_s": time.perf_counter() - started})
+    generator = state.generators["data"]
+    optimizer = state.optimizers["encoder"]
+    total = config.epochs * state.batches.steps_per_epoch
+
+    def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
+        index = index.to(device)
+        set_train_mode(encoder, config.trainable)
+        loss = cross_entropy_loss(encoder, normalize(augment(images[index], generator)), labels[index])
+        apply_update(loss, optimizer)
+        return {"real": loss.detach()}
+
+    def epoch_end(state: TrainState, means: dict[str, float]) -> None:
         encoder.eval()
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, history[-1])
-        if checkpoint is not None and epoch + 1 < config.epochs:
-            checkpoint(
-                {
-                    "model": encoder.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                }
-            )
+            on_epoch_end(int(means["epoch"]), means)
+
+    run_steps(
+        state,
+        total,
+        step,
+        lr_at=lambda s: finetune_lr(s / total, config),
+        on_epoch_end=epoch_end,
+        checkpoint=checkpoint,
+        checkpoint_every_epochs=1,
+        log_every=10**9,
+        desc="ce_finetune",
+    )
     encoder.eval()
-    return history
+    return state.history

@@ -3,14 +3,17 @@ running statistics they share, in one module so one state_dict checkpoints (or a
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 from torch import Tensor, nn
 
 from featdiff.config import EndToEndConfig
-from featdiff.e2e.statistics import ClassStatistics, RunningStandardizer
+from featdiff.diffusion.parameterization import Prediction
+from featdiff.diffusion.scaling import RunningStandardizer
+from featdiff.diffusion.schedules import NoiseSchedule
+from featdiff.generation.pseudo import FeatureGenerator
+from featdiff.statistics import ClassStatistics
 
 
 class EndToEndModel(nn.Module):
@@ -26,14 +29,17 @@ class EndToEndModel(nn.Module):
         self.register_buffer("pseudo_label_probs", torch.full((num_classes,), 1.0 / num_classes))
         self.register_buffer("clip_low", torch.full((feature_dim,), -math.inf))
         self.register_buffer("clip_high", torch.full((feature_dim,), math.inf))
-        # The range of the scaled features seen since the last `follow_range`; not checkpointed,
-        # since checkpoints fall on epoch ends, where it starts afresh.
-        self.register_buffer("seen_low", torch.full((feature_dim,), math.inf), persistent=False)
-        self.register_buffer("seen_high", torch.full((feature_dim,), -math.inf), persistent=False)
+        # The range of the scaled features seen since the last `follow_range`.
+        self.register_buffer("seen_low", torch.full((feature_dim,), math.inf))
+        self.register_buffer("seen_high", torch.full((feature_dim,), -math.inf))
 
     @property
     def classifier(self) -> nn.Module:
         return self.encoder.fc
+
+    def feature_generator(self, schedule: NoiseSchedule, prediction: Prediction) -> FeatureGenerator:
+        """The co-trained denoiser as a pseudo-feature generator, clipping x̂0 to the tracked range."""
+        return FeatureGenerator(self.denoiser, self.standardizer, (self.clip_low, self.clip_high), schedule, prediction)
 
     @torch.no_grad()
     def initialise_statistics(self, features: Tensor, labels: Tensor, train_counts: Tensor, config: EndToEndConfig) -> None:
@@ -85,7 +91,7 @@ def resolve_generation_weight(config: EndToEndConfig, train_counts: Tensor) -> E
     counts = train_counts.double()
     deficit = float((counts.max() - counts).sum())
     weight = deficit / float(counts.sum()) if config.ge_labels == "fill" and deficit > 0 else 1.0
-    return dataclasses.replace(config, gamma_ge=weight)
+    return config.model_copy(update={"gamma_ge": weight})
 
 
 def trained_prior(config: EndToEndConfig, train_counts: Tensor, pseudo_label_probs: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ the same trainer loop serves all three and a test can read a strategy off withou
 from __future__ import annotations
 
 from featdiff.config import EndToEndConfig
-from featdiff.e2e.steps import TermWeights
+from featdiff.methods.e2e.steps import TermWeights
 
 
 def _semantic(config: EndToEndConfig, scale: float) -> dict[str, float]:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from featdiff.diffusion.process import snr
 from featdiff.diffusion.schedules import NoiseSchedule
-from featdiff.e2e.statistics import class_means_and_covariances
+from featdiff.statistics import class_means_and_covariances
 
 TimestepWeighting = Literal["none", "alpha_bar", "min_snr"]
 

@@ -14,6 +14,7 @@ the encoder is never rewarded for making its features easy to denoise (which it 
 shrinking them: collapse). Prototypes, covariances and scaling statistics are EMA buffers, never
 trained.
 
+Each step computes its loss and applies it with `featdiff.training.loop.apply_update`.
 Strategy A calls `joint_step`; strategy B alternates `encoder_step` (ε_θ frozen) and
 `denoiser_step` on that batch's detached features (E, G frozen), sharing one encoder forward;
 strategy C calls `joint_step` with the terms its phase allows.
@@ -27,14 +28,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from featdiff.config import EndToEndConfig, PseudoFilterConfig
-from featdiff.diffusion.process import predict_x0_from_eps, q_sample
-from featdiff.diffusion.sampling import ddim_sample
+from featdiff.config import DiffusionConfig, EndToEndConfig, FinetuneConfig, PseudoFilterConfig
+from featdiff.diffusion.objective import denoise, draw_timesteps_and_noise
 from featdiff.diffusion.schedules import NoiseSchedule
-from featdiff.e2e.losses import covariance_loss, prototype_loss, radius_loss, semantic_timestep_weight, variance_floor_loss
-from featdiff.e2e.model import EndToEndModel
-from featdiff.methods.pseudo_filter import ClassGeometry, band_weights
+from featdiff.generation.filter import band_weights
+from featdiff.generation.pseudo import SamplerSettings
+from featdiff.methods.e2e.losses import covariance_loss, prototype_loss, radius_loss, semantic_timestep_weight, variance_floor_loss
+from featdiff.methods.e2e.model import EndToEndModel
+from featdiff.statistics import ClassGeometry, trace_radius
 from featdiff.training.finetune import EncoderOptimizer
+from featdiff.training.loop import apply_update
+
+
+@dataclass(frozen=True)
+class EndToEndSettings:
+    """Everything the steps read from the run's config, and the noise schedule."""
+
+    finetune: FinetuneConfig
+    e2e: EndToEndConfig
+    filter: PseudoFilterConfig
+    diffusion: DiffusionConfig
+    schedule: NoiseSchedule
 
 
 @dataclass(frozen=True)
@@ -67,19 +81,27 @@ def diffusion_terms(
     model: EndToEndModel,
     features: Tensor,
     labels: Tensor,
-    schedule: NoiseSchedule,
-    config: EndToEndConfig,
+    settings: EndToEndSettings,
     weights: TermWeights,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
-    """L_LDM on standardised features, and the semantic terms on the one-step estimate z̃₀."""
+    """L_LDM (the shared denoising objective, with `diffusion.prediction` and `weighting`) on
+    standardised features, and the semantic terms on its x̂0 estimate z̃₀."""
+    config, schedule = settings.e2e, settings.schedule
     scaled = model.standardizer.encode(features)
-    t = torch.randint(0, schedule.num_steps, (scaled.shape[0],), generator=generator, device=scaled.device)
-    noise = torch.randn(scaled.shape, generator=generator, dtype=scaled.dtype, device=scaled.device)
-    noisy = q_sample(scaled, t, noise, schedule)
-    predicted = model.denoiser(noisy, t, labels)
-    terms = {"ldm": (predicted - noise).square().mean()}
-    estimate = predict_x0_from_eps(noisy, t, predicted, schedule)
+    t, noise = draw_timesteps_and_noise(scaled.shape[0], scaled.shape[1], schedule.num_steps, 1, generator, scaled.device, scaled.dtype)
+    denoised = denoise(
+        model.denoiser,
+        scaled,
+        labels,
+        t,
+        noise,
+        schedule,
+        settings.diffusion.resolved_prediction(),
+        settings.diffusion.resolved_weighting(),
+    )
+    terms = {"ldm": denoised.loss.mean()}
+    estimate, t = denoised.x0_estimate[:, 0], t[:, 0]
     time_weight = semantic_timestep_weight(t, schedule, config.semantic_weighting, config.semantic_max_t).to(scaled.dtype)
     prototypes = model.standardizer.encode(model.stats.means)
     std = model.standardizer.std
@@ -91,8 +113,7 @@ def diffusion_terms(
         if weights.cov > 0:
             terms["cov"] = covariance_loss(estimate, labels, covariances, time_weight, model.num_classes)
         if weights.rad > 0:
-            radii = config.radius_kappa * torch.diagonal(covariances, dim1=1, dim2=2).sum(-1).clamp_min(0).sqrt()
-            terms["rad"] = radius_loss(estimate, labels, prototypes, radii, time_weight)
+            terms["rad"] = radius_loss(estimate, labels, prototypes, trace_radius(covariances, config.radius_kappa), time_weight)
     terms["sem"] = terms["ldm"] + weights.proto * terms["proto"] + weights.cov * terms["cov"] + weights.rad * terms["rad"]
     return terms
 
@@ -105,38 +126,30 @@ def pseudo_count(real_batch: int, share: float) -> int:
 def generate_pseudo(
     model: EndToEndModel,
     count: int,
-    schedule: NoiseSchedule,
-    config: EndToEndConfig,
+    settings: EndToEndSettings,
     differentiable: bool,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Fresh pseudo-features (in E's feature space) by a few DDIM steps from N(0, I)."""
+    """Fresh pseudo-features (in E's feature space) by a few DDIM steps from N(0, I), labels
+    drawn from the pseudo-label distribution."""
+    config = settings.e2e
     device = model.pseudo_label_probs.device
     probs = model.pseudo_label_probs if generator is None else model.pseudo_label_probs.to(generator.device)
     labels = torch.multinomial(probs, count, replacement=True, generator=generator).to(device)
-    scaled = ddim_sample(
-        model.denoiser,
-        labels,
-        model.standardizer.mean.numel(),
-        schedule,
-        steps=config.ge_sample_steps,
-        eta=config.ge_eta,
-        clip=(model.clip_low, model.clip_high),
-        generator=generator,
-        differentiable=differentiable,
-    )
-    return model.standardizer.decode(scaled), labels
+    feature_generator = model.feature_generator(settings.schedule, settings.diffusion.resolved_prediction())
+    sampler = SamplerSettings("ddim", config.ge_sample_steps, config.ge_eta)
+    return feature_generator.sample(labels, sampler, generator, differentiable=differentiable), labels
 
 
-def pseudo_loss(
-    model: EndToEndModel, features: Tensor, labels: Tensor, config: EndToEndConfig, filter_config: PseudoFilterConfig
-) -> Tensor:
-    """CE of G on pseudo-features, down-weighted or dropped by the AID/OOD filter when it is on."""
+def pseudo_loss(model: EndToEndModel, features: Tensor, labels: Tensor, settings: EndToEndSettings) -> Tensor:
+    """CE of G on pseudo-features, down-weighted or dropped by the AID/OOD filter when it is on.
+    The radii are κ·√tr(Σ_y) of the EMA statistics, i.e. `filter.radius: rms` (the config rejects
+    `max` for e2e: a moving encoder's largest distance is not tracked)."""
     losses = F.cross_entropy(model.classifier(features), labels, reduction="none")
-    if not filter_config.enabled:
+    if not settings.filter.enabled:
         return losses.mean()
-    geometry = ClassGeometry(model.stats.means, model.stats.radii(config.radius_kappa))
-    weights, _ = band_weights(features.detach(), labels, geometry, filter_config)
+    geometry = ClassGeometry(model.stats.means, model.stats.radii(settings.e2e.radius_kappa))
+    weights, _ = band_weights(features.detach(), labels, geometry, settings.filter)
     return (losses * weights).sum() / weights.sum().clamp_min(1.0)
 
 
@@ -145,14 +158,13 @@ def joint_step(
     optimizers: Optimizers,
     images: Tensor,
     labels: Tensor,
-    schedule: NoiseSchedule,
-    config: EndToEndConfig,
-    filter_config: PseudoFilterConfig,
+    settings: EndToEndSettings,
     weights: TermWeights,
     generate: bool,
     generator: torch.Generator | None = None,
-) -> dict[str, float]:
+) -> dict[str, Tensor]:
     """Strategies A and C: L_real + λ_sem·L_LDM^sem (+ γ_ge·L_ge when `generate`), one backward."""
+    config = settings.e2e
     features = model.encoder.features(images)
     real = F.cross_entropy(model.classifier(features), labels)
     total = real
@@ -162,7 +174,7 @@ def joint_step(
         model.observe_range(features.detach())
     if weights.diffusion_on:
         diffused = features if config.ldm_to_encoder else features.detach()
-        terms = diffusion_terms(model, diffused, labels, schedule, config, weights, generator)
+        terms = diffusion_terms(model, diffused, labels, settings, weights, generator)
         total = total + weights.sem * terms["sem"]
         logged |= terms
         if config.ldm_to_encoder and config.collapse_guard > 0:
@@ -172,19 +184,16 @@ def joint_step(
     pseudo = None
     if generate and weights.generation_on:
         count = pseudo_count(labels.shape[0], weights.pseudo_share)
-        pseudo = generate_pseudo(model, count, schedule, config, config.ge_to_denoiser, generator)
-        ge = pseudo_loss(model, *pseudo, config, filter_config)
+        pseudo = generate_pseudo(model, count, settings, config.ge_to_denoiser, generator)
+        ge = pseudo_loss(model, *pseudo, settings)
         total = total + weights.ge * ge
         logged["ge"] = ge
-    optimizers.encoder.zero_grad(set_to_none=True)
+    steps_denoiser = weights.diffusion_on or (pseudo is not None and config.ge_to_denoiser)
     optimizers.denoiser.zero_grad(set_to_none=True)
-    total.backward()
-    optimizers.encoder.step()
-    if weights.diffusion_on or (pseudo is not None and config.ge_to_denoiser):
-        optimizers.denoiser.step()
+    apply_update(total, optimizers.encoder, *([optimizers.denoiser] if steps_denoiser else []))
     _update_prototypes(model, features, labels, pseudo, config)
     logged["total"] = total
-    return {name: float(value.detach()) for name, value in logged.items()}
+    return {name: value.detach() for name, value in logged.items()}
 
 
 def denoiser_step(
@@ -192,18 +201,15 @@ def denoiser_step(
     optimizer: torch.optim.Optimizer,
     features: Tensor,
     labels: Tensor,
-    schedule: NoiseSchedule,
-    config: EndToEndConfig,
+    settings: EndToEndSettings,
     weights: TermWeights,
     generator: torch.Generator | None = None,
-) -> dict[str, float]:
+) -> dict[str, Tensor]:
     """Strategy B, step A: ε_θ learns L_LDM^sem on the current encoder's features, passed in
     detached: E and G take no part, so nothing of theirs can change."""
-    terms = diffusion_terms(model, features.detach(), labels, schedule, config, weights, generator)
-    optimizer.zero_grad(set_to_none=True)
-    terms["sem"].backward()
-    optimizer.step()
-    return {name: float(value.detach()) for name, value in terms.items()}
+    terms = diffusion_terms(model, features.detach(), labels, settings, weights, generator)
+    apply_update(terms["sem"], optimizer)
+    return {name: value.detach() for name, value in terms.items()}
 
 
 def encoder_step(
@@ -212,37 +218,33 @@ def encoder_step(
     images: Tensor,
     labels: Tensor,
     pseudo: tuple[Tensor, Tensor] | None,
-    config: EndToEndConfig,
-    filter_config: PseudoFilterConfig,
+    settings: EndToEndSettings,
     weights: TermWeights,
-) -> tuple[dict[str, float], Tensor]:
+) -> tuple[dict[str, Tensor], Tensor]:
     """Strategy B, step B: E and G learn from real features and pseudo-features of the frozen ε_θ
     (sampled without a graph). Returns the logs and the batch's features, detached, which the
     denoiser steps that follow reuse instead of running the encoder again."""
+    config = settings.e2e
     features = model.encoder.features(images)
     real = F.cross_entropy(model.classifier(features), labels)
     total, logged = real, {"real": real}
     if pseudo is not None and weights.ge > 0:
-        ge = pseudo_loss(model, *pseudo, config, filter_config)
+        ge = pseudo_loss(model, *pseudo, settings)
         total = total + weights.ge * ge
         logged["ge"] = ge
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    optimizer.step()
+    apply_update(total, optimizer)
     features = features.detach()
     model.standardizer.update(features)
     if config.clip_follows_encoder:
         model.observe_range(features)
     _update_prototypes(model, features, labels, pseudo, config)
     logged["total"] = total
-    return {name: float(value.detach()) for name, value in logged.items()}, features
+    return {name: value.detach() for name, value in logged.items()}, features
 
 
-def frozen_pseudo(
-    model: EndToEndModel, count: int, schedule: NoiseSchedule, config: EndToEndConfig, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
+def frozen_pseudo(model: EndToEndModel, count: int, settings: EndToEndSettings, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Pseudo-features from a frozen ε_θ (no graph), for strategy B's step B or its cache."""
-    return generate_pseudo(model, count, schedule, config, differentiable=False, generator=generator)
+    return generate_pseudo(model, count, settings, differentiable=False, generator=generator)
 
 
 def _update_prototypes(

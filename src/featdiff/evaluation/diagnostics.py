@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from featdiff.e2e.statistics import class_means_and_covariances
-from featdiff.methods.pseudo_filter import ClassGeometry, band_fractions, bands, distance_ratios
+from featdiff.statistics import ClassGeometry, band_fractions, bands, class_means_and_covariances, distance_ratios, trace_radius
 
 
 def _sqrtm_psd(matrix: Tensor) -> Tensor:
@@ -28,11 +27,6 @@ def frechet_distance(mean_a: Tensor, cov_a: Tensor, mean_b: Tensor, cov_b: Tenso
     cross = _sqrtm_psd(root_a @ cov_b @ root_a)
     trace = torch.diagonal(cov_a + cov_b - 2 * cross, dim1=-2, dim2=-1).sum(-1)
     return (mean_a - mean_b).square().sum(-1) + trace
-
-
-def class_spread(covariances: Tensor) -> Tensor:
-    """√tr(Σ_y): the RMS distance of a class's features from its prototype."""
-    return torch.diagonal(covariances, dim1=-2, dim2=-1).sum(-1).clamp_min(0).sqrt()
 
 
 def compare(
@@ -53,8 +47,8 @@ def compare(
     return {
         "frechet": frechet.tolist(),
         "prototype_gap": prototype_gap.tolist(),
-        "real_spread": class_spread(real_cov).tolist(),
-        "pseudo_spread": class_spread(pseudo_cov).tolist(),
+        "real_spread": trace_radius(real_cov).tolist(),
+        "pseudo_spread": trace_radius(pseudo_cov).tolist(),
         "real_norm": float(real.norm(dim=1).mean()),
         "pseudo_norm": float(pseudo.norm(dim=1).mean()),
         "mean_frechet": float(frechet[both].mean()) if bool(both.any()) else float("nan"),

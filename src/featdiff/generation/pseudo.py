@@ -1,0 +1,124 @@
+"""The one pseudo-feature generator: a trained denoiser with the scaling and x̂0 clip range it
+was trained for, sampled for given labels or per-class counts.
+
+LDMLR's stage 3, the stale and refit controls, end-to-end training (few-step, optionally
+differentiable) and its diagnostics all sample through `FeatureGenerator.sample`, so a change to
+scaling, clipping or sampling reaches every method at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from featdiff.config import DiffusionConfig, GenerationConfig
+from featdiff.diffusion.parameterization import Prediction
+from featdiff.diffusion.sampling import Clip, Method, sample_features
+from featdiff.diffusion.scaling import Scaler, Standardizer, UnitIntervalMap
+from featdiff.diffusion.schedules import NoiseSchedule, make_schedule
+from featdiff.models.denoiser import FeatureDenoiser
+
+
+def ldmlr_counts(train_counts: Tensor, ratio: float, floor: int) -> Tensor:
+    """max(round(ratio·n_c), floor), with Python's round (halves to even) as LDMLR uses it."""
+    return torch.tensor([max(round(ratio * int(n)), floor) for n in train_counts], dtype=torch.int64)
+
+
+def balanced_counts(train_counts: Tensor) -> Tensor:
+    """Fill every class up to the head class's count."""
+    return train_counts.max() - train_counts
+
+
+def pseudo_counts(train_counts: Tensor, config: GenerationConfig) -> Tensor:
+    if config.count_rule == "balanced":
+        return balanced_counts(train_counts)
+    return ldmlr_counts(train_counts, config.ratio, config.floor)
+
+
+def schedule_for(config: DiffusionConfig) -> NoiseSchedule:
+    return make_schedule(config.schedule, config.num_steps)
+
+
+def build_denoiser(feature_dim: int, num_classes: int, config: DiffusionConfig) -> FeatureDenoiser:
+    return FeatureDenoiser(
+        feature_dim, num_classes, width=config.width, depth=config.depth, time_dim=config.time_dim, dropout=config.dropout
+    )
+
+
+def make_scaler(features: Tensor, config: DiffusionConfig) -> Scaler:
+    if config.resolved_scaling() == "unit_interval":
+        return UnitIntervalMap()
+    return Standardizer.fitted(features)
+
+
+def clip_range(scaled: Tensor, config: DiffusionConfig) -> Clip:
+    """Where x̂0 is clamped while sampling: LDMLR's [-1, 1] under its unit-interval map, else each
+    dimension's range of the (scaled) training features, or nowhere."""
+    if config.resolved_scaling() == "unit_interval":
+        return (-1.0, 1.0)
+    if not config.clip_x0:
+        return None
+    return scaled.min(dim=0).values, scaled.max(dim=0).values
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    method: Method = "ddim"
+    steps: int = 50
+    eta: float = 1.0
+
+    @classmethod
+    def of(cls, config: DiffusionConfig) -> SamplerSettings:
+        return cls(config.resolved_sampler(), config.resolved_sample_steps(), config.eta)
+
+
+@dataclass
+class FeatureGenerator:
+    """A denoiser with the scaling and clipping it was trained for."""
+
+    denoiser: nn.Module
+    scaler: Scaler
+    clip: Clip
+    schedule: NoiseSchedule
+    prediction: Prediction = "eps"
+
+    def sample(
+        self,
+        labels: Tensor,
+        sampler: SamplerSettings,
+        generator: torch.Generator | None = None,
+        differentiable: bool = False,
+        progress: bool = False,
+    ) -> Tensor:
+        """One pseudo-feature per label, in the encoder's feature space, on the denoiser's device."""
+        device = next(self.denoiser.parameters()).device
+        scaled = sample_features(
+            self.denoiser,
+            labels.to(device),
+            self.denoiser.feature_dim,
+            self.schedule,
+            prediction=self.prediction,
+            method=sampler.method,
+            steps=sampler.steps,
+            eta=sampler.eta,
+            clip=self.clip,
+            generator=generator,
+            differentiable=differentiable,
+            progress=progress,
+        )
+        return self.scaler.decode(scaled)
+
+    def generate(self, counts: Tensor, sampler: SamplerSettings, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """counts[c] pseudo-features of every class c; (features, labels) on the CPU."""
+        labels = torch.repeat_interleave(torch.arange(counts.numel()), counts.cpu())
+        return self.sample(labels, sampler, generator, progress=True).cpu(), labels
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Everything needed to sample again, as safetensors-ready tensors."""
+        state = {f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()}
+        state |= {f"scaler.{k}": v for k, v in self.scaler.state_dict().items()}
+        if self.clip is not None:
+            state |= {f"clip.{name}": torch.as_tensor(bound) for name, bound in zip(("low", "high"), self.clip, strict=True)}
+        return state

@@ -1,0 +1,284 @@
+"""Stages that several methods share: evaluation, classifier retraining, denoiser fitting with
+pseudo-feature generation, and CE fine-tuning of the encoder.
+
+Each stage stores its output in the run folder and marks itself done, so a resumed run skips it,
+and continues an unfinished one from its last checkpoint. Every random draw comes from the
+stage's own generator (`featdiff.seeding`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from featdiff.config import FeatureConfig, RunConfig
+from featdiff.data.bundle import DatasetBundle
+from featdiff.diffusion.parameterization import Prediction
+from featdiff.evaluation.diagnostics import compare, plot_two_clouds
+from featdiff.evaluation.metrics import summarize
+from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
+from featdiff.generation.filter import band_weights
+from featdiff.generation.pseudo import (
+    FeatureGenerator,
+    SamplerSettings,
+    build_denoiser,
+    clip_range,
+    make_scaler,
+    pseudo_counts,
+    schedule_for,
+)
+from featdiff.runs import Run
+from featdiff.seeding import initialise, reset_parameters, stage_generator
+from featdiff.statistics import ClassGeometry, band_fractions
+from featdiff.training.acceleration import accelerated
+from featdiff.training.classifier import WeightedFeatures, classifier_state, train_classifier
+from featdiff.training.denoiser import denoiser_state, train_denoiser
+from featdiff.training.finetune import finetune_state, train_finetune
+
+
+@dataclass
+class MethodContext:
+    """What every method starts from: the run, its data, the stage-1 encoder (random weights
+    when a method starts from scratch) with its features, and the device."""
+
+    run: Run
+    bundle: DatasetBundle
+    encoder: nn.Module
+    encoded: EncodedDataset
+    device: torch.device
+    controls: dict
+    """Controls the pipeline evaluated before the method ran (`ce`, the encoder as it is)."""
+
+    @property
+    def config(self) -> RunConfig:
+        return self.run.config
+
+    @property
+    def train_counts(self) -> torch.Tensor:
+        return self.bundle.train.class_counts()
+
+    @property
+    def real_prior(self) -> torch.Tensor:
+        counts = self.train_counts.double()
+        return counts / counts.sum()
+
+
+@dataclass
+class MethodResult:
+    """A method's summary (the accuracies it reports), what it adds to results.json, and the
+    controls it evaluated on the way."""
+
+    summary: dict
+    extra: dict
+    controls: dict
+
+
+def evaluate(classifier: nn.Module, features: FeatureSet, train_counts: torch.Tensor, prior: torch.Tensor, index_groups: bool) -> dict:
+    device = next(classifier.parameters()).device
+    with torch.inference_mode():
+        logits = classifier(features.features.to(device)).cpu()
+    return summarize(logits, features.labels, train_counts, prior=prior, index_groups=index_groups)
+
+
+def evaluate_all(classifier: nn.Module, encoded: EncodedDataset, prior: torch.Tensor, context: MethodContext) -> dict:
+    """Test-set summary, plus the validation split's when the run holds one out."""
+    index_groups = context.bundle.index_groups
+    result = evaluate(classifier, encoded.test, context.train_counts, prior, index_groups)
+    if encoded.validation is not None:
+        result["validation"] = evaluate(classifier, encoded.validation, context.train_counts, prior, index_groups)
+    return result
+
+
+def retrain_classifier(context: MethodContext, stage: str, encoder: nn.Module, data: WeightedFeatures) -> nn.Linear:
+    """LDMLR's stage-3 recipe on `data`, from the encoder's fc (or a seeded random one)."""
+    run, config = context.run, context.config
+    classifier = copy.deepcopy(encoder.fc).to(context.device)
+    if config.classifier.init == "random":
+        reset_parameters(classifier, stage_generator(config.seed, stage))
+    if run.stage_done(stage):
+        classifier.load_state_dict(run.load_tensors(f"{stage}.safetensors"))
+        return classifier
+    state = classifier_state(classifier, len(data), config.classifier, stage_generator(config.seed, stage))
+    resume = run.load_checkpoint(stage)
+    if resume is not None:
+        state.load_state_dict(resume)
+    with run.timed(f"{stage}_s"):
+        history = train_classifier(state, data, config.classifier, checkpoint=lambda saved: run.save_checkpoint(stage, saved), desc=stage)
+    run.log(stage, final_loss=history[-1], epochs=len(history))
+    run.save_tensors(f"{stage}.safetensors", classifier.state_dict())
+    run.mark_done(stage)
+    return classifier
+
+
+def real_features(encoded: EncodedDataset) -> WeightedFeatures:
+    train = encoded.train
+    return WeightedFeatures(train.features, train.labels, torch.ones(len(train.labels)))
+
+
+def fit_feature_generator(context: MethodContext, features: FeatureSet) -> FeatureGenerator:
+    """LDMLR's stage 2: a denoiser trained on the scaled `features`, sampled from its EMA weights."""
+    run, config = context.run, context.config
+    diffusion, device = config.diffusion, context.device
+    scaler = make_scaler(features.features, diffusion)
+    scaled = scaler.encode(features.features)
+    model = initialise(build_denoiser(features.features.shape[1], context.bundle.num_classes, diffusion), stage_generator(config.seed, "denoiser"))
+    schedule = schedule_for(diffusion)
+    state = denoiser_state(model.to(device), len(features.labels), diffusion, stage_generator(config.seed, "denoiser", device))
+    resume = run.load_checkpoint("denoiser")
+    if resume is not None:
+        state.load_state_dict(resume)
+    train_denoiser(
+        state,
+        scaled,
+        features.labels,
+        schedule,
+        diffusion,
+        checkpoint=lambda saved: run.save_checkpoint("denoiser", saved),
+        log=lambda step, loss: run.log("denoiser", step=step, loss=loss),
+    )
+    bounds = clip_range(scaled, diffusion)
+    if bounds is not None:
+        bounds = tuple(b.to(device) if isinstance(b, torch.Tensor) else b for b in bounds)
+    prediction: Prediction = diffusion.resolved_prediction()
+    return FeatureGenerator(state.ema.module.eval(), scaler, bounds, schedule, prediction)
+
+
+def stage_pseudo_features(context: MethodContext, features: FeatureSet, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit the denoiser on `features` and sample counts[c] pseudo-features of class c (stored)."""
+    run, config = context.run, context.config
+    if run.stage_done("generation"):
+        stored = run.load_tensors("pseudo_features.safetensors")
+        return stored["features"], stored["labels"]
+    with run.timed("denoiser_s"):
+        generator = fit_feature_generator(context, features)
+    run.save_tensors("denoiser.safetensors", generator.tensors())
+    with run.timed("generation_s"):
+        pseudo, labels = generator.generate(counts, SamplerSettings.of(config.diffusion), stage_generator(config.seed, "generation", context.device))
+    run.save_tensors("pseudo_features.safetensors", {"features": pseudo, "labels": labels})
+    run.mark_done("generation")
+    return pseudo, labels
+
+
+def retrain_with_pseudo(
+    context: MethodContext,
+    stage: str,
+    encoder: nn.Module,
+    encoded: EncodedDataset,
+    pseudo_features: torch.Tensor,
+    pseudo_labels: torch.Tensor,
+) -> tuple[dict, dict]:
+    """Retrain the classifier on real plus (optionally AID/OOD-filtered, weighted) pseudo-features.
+
+    Logit adjustment uses the prior of what the classifier was trained on: real counts plus the
+    pseudo-features' total weight per class. Returns the summary and what to add to results.json.
+    """
+    config = context.config
+    num_classes = context.bundle.num_classes
+    weights = torch.full((len(pseudo_labels),), config.generation.pseudo_weight)
+    extra: dict = {"pseudo_counts": torch.bincount(pseudo_labels, minlength=num_classes).tolist()}
+    if config.filter.enabled:
+        geometry = ClassGeometry.of(encoded.train.features, encoded.train.labels, num_classes, config.filter.radius)
+        multipliers, band = band_weights(pseudo_features, pseudo_labels, geometry, config.filter)
+        weights = weights * multipliers
+        extra["filter_bands"] = band_fractions(band)
+    kept = weights > 0
+    pseudo_features, pseudo_labels, weights = pseudo_features[kept], pseudo_labels[kept], weights[kept]
+    real = encoded.train
+    combined = WeightedFeatures(
+        torch.cat([real.features, pseudo_features]),
+        torch.cat([real.labels, pseudo_labels]),
+        torch.cat([torch.ones(len(real.labels)), weights]),
+    )
+    classifier = retrain_classifier(context, stage, encoder, combined)
+    pseudo_mass = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, pseudo_labels, weights.double())
+    trained_counts = context.train_counts.double() + pseudo_mass
+    return evaluate_all(classifier, encoded, trained_counts / trained_counts.sum(), context), extra
+
+
+def augment_padding(config: RunConfig) -> int:
+    padding = config.finetune.augment_padding
+    return config.encoder.augment_padding if padding is None else padding
+
+
+def stage_finetune(context: MethodContext) -> tuple[nn.Module, list[dict]]:
+    """A CE-fine-tuned copy of the encoder (shared by ce_finetune, ldmlr_stale and ldmlr_refit)."""
+    run, config, bundle, device = context.run, context.config, context.bundle, context.device
+    tuned = copy.deepcopy(context.encoder).to(device)
+    if run.stage_done("finetune"):
+        tuned.load_state_dict(run.load_tensors("finetune.safetensors"))
+        return tuned.eval(), run.stage_info("finetune")["history"]
+    state = finetune_state(tuned, len(bundle.train.labels), config.finetune, stage_generator(config.seed, "finetune"))
+    resume = run.load_checkpoint("finetune")
+    if resume is not None:
+        state.load_state_dict(resume)
+    with run.timed("finetune_s"), accelerated(tuned, config.compute, device):
+        history = train_finetune(
+            state,
+            bundle.train.images,
+            bundle.train.labels,
+            config.finetune,
+            bundle.augmenter(augment_padding(config)),
+            bundle.normalize,
+            checkpoint=lambda saved: run.save_checkpoint("finetune", saved),
+            on_epoch_end=lambda epoch, logged: run.log("finetune", **logged),
+        )
+    run.save_tensors("finetune.safetensors", tuned.state_dict())
+    run.mark_done("finetune", history=history)
+    return tuned.eval(), history
+
+
+def fc_retrain_control(context: MethodContext) -> dict:
+    """The classifier retrained on real features only: the control of frozen-encoder methods."""
+    classifier = retrain_classifier(context, "fc_retrain", context.encoder, real_features(context.encoded))
+    return evaluate_all(classifier, context.encoded, context.real_prior, context)
+
+
+def eval_features(context: MethodContext, encoder: nn.Module) -> EncodedDataset:
+    """Clean eval-mode features of every split, as the test set meets the encoder."""
+    config = context.config
+    return encode_dataset(encoder, context.bundle, FeatureConfig(style="eval"), config.seed, context.device)
+
+
+def finetuned_control(context: MethodContext) -> tuple[nn.Module, dict, dict]:
+    """The CE-fine-tuned encoder, its summary (the `ce_finetune` control) and its results fields."""
+    tuned, history = stage_finetune(context)
+    summary = evaluate_all(tuned.fc, eval_features(context, tuned), context.real_prior, context)
+    return tuned, summary, {"history": history, "seconds_per_epoch": seconds_per_epoch(history)}
+
+
+def seconds_per_epoch(history: list[dict]) -> float:
+    return sum(entry["epoch_s"] for entry in history) / len(history)
+
+
+DIAGNOSTIC_SAMPLES_PER_CLASS = 200
+
+
+def diagnostic_counts(num_classes: int) -> torch.Tensor:
+    return torch.full((num_classes,), DIAGNOSTIC_SAMPLES_PER_CLASS)
+
+
+def shown_classes(bundle: DatasetBundle) -> list[int]:
+    """The head class and the two rarest: where stale pseudo-features matter most."""
+    order = torch.argsort(bundle.train.class_counts(), descending=True).tolist()
+    return [order[0], order[-2], order[-1]]
+
+
+def ldmlr_after_finetune(context: MethodContext, refit: bool) -> MethodResult:
+    """Fine-tune E with CE, then LDMLR's stages 2+3 on the tuned encoder's features, the denoiser
+    fitted to the starting encoder's features (stale) or to the tuned one's (refit)."""
+    run, config, bundle = context.run, context.config, context.bundle
+    tuned, finetuned, extra = finetuned_control(context)
+    tuned_encoded = encode_dataset(tuned, bundle, config.features, config.seed, context.device)
+    counts = pseudo_counts(context.train_counts, config.generation)
+    source = tuned_encoded if refit else context.encoded
+    pseudo_x, pseudo_y = stage_pseudo_features(context, source.train, counts)
+    # Compared with real features extracted as the denoiser's training features were (features.style).
+    real = tuned_encoded.train
+    report = compare(real.features, real.labels, pseudo_x, pseudo_y, bundle.num_classes)
+    plot_two_clouds(real.features, real.labels, pseudo_x, pseudo_y, shown_classes(bundle), run.path("two_clouds.png"))
+    summary, retrained = retrain_with_pseudo(context, "classifier", tuned, tuned_encoded, pseudo_x, pseudo_y)
+    extra |= retrained | {"diagnostics": [{"epoch": config.finetune.epochs, **report}]}
+    return MethodResult(summary, extra, {"ce_finetune": finetuned})

@@ -1,0 +1,125 @@
+"""Everything a training run needs to continue bit for bit: `TrainState`.
+
+A state is the model, its optimizers, an optional EMA copy, named random generators, the data
+position (`ShuffledBatches`) and the step counter with the partial sums of what has been logged.
+`state_dict()` holds only tensors and plain Python values, so it round-trips through
+`torch.save` / `torch.load(weights_only=True)`; loading it into a freshly built state and
+running on equals never having stopped. A federated client builds one from the server's weights,
+runs N steps and returns `model.state_dict()`; a DP trainer uses it unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+
+class ShuffledBatches:
+    """A shuffled pass over `size` rows in batches: the data position of a loop.
+
+    With `drop_last=False` an epoch is ceil(size / batch_size) batches, the last one shorter;
+    with `drop_last=True` every batch has exactly min(batch_size, size) rows and the rows left
+    over start the next shuffle. Each epoch's permutation is drawn from `generator` when its first
+    batch is asked for, so a loop's random draws keep the order: permutation, then the batch's own.
+    """
+
+    def __init__(self, size: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> None:
+        if size < 1 or batch_size < 1:
+            raise ValueError(f"need size >= 1 and batch_size >= 1, got {size}, {batch_size}")
+        self.size = size
+        self.batch_size = min(batch_size, size) if drop_last else batch_size
+        self.generator = generator
+        self.drop_last = drop_last
+        self.order: Tensor | None = None
+        self.cursor = 0
+        self.epoch = -1
+        self.epoch_started = False
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.drop_last:
+            return self.size // self.batch_size
+        return -(-self.size // self.batch_size)
+
+    @property
+    def epoch_finished(self) -> bool:
+        """True after the last batch of the current epoch was handed out."""
+        if self.order is None:
+            return False
+        if self.drop_last:
+            return self.cursor + self.batch_size > self.size
+        return self.cursor >= self.size
+
+    def next(self) -> Tensor:
+        """Row indices of the next batch (on the CPU); `epoch_started` tells if it opened an epoch."""
+        self.epoch_started = self.order is None or self.epoch_finished
+        if self.epoch_started:
+            self.order = torch.randperm(self.size, generator=self.generator, device=self.generator.device).cpu()
+            self.cursor = 0
+            self.epoch += 1
+        index = self.order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return index
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order, "cursor": self.cursor, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order, self.cursor, self.epoch = state["order"], state["cursor"], state["epoch"]
+
+
+def make_ema(model: nn.Module, decay: float) -> AveragedModel:
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+@dataclass
+class TrainState:
+    """A training run at one step (see the module docstring)."""
+
+    model: nn.Module
+    optimizers: dict[str, Any]
+    generators: dict[str, torch.Generator]
+    batches: ShuffledBatches
+    ema: AveragedModel | None = None
+    step: int = 0
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_steps: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    running: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Whatever else a loop carries across steps (e.g. a per-epoch cache of pseudo-features)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
+            "generators": {name: generator.get_state() for name, generator in self.generators.items()},
+            "batches": self.batches.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "step": self.step,
+            "epoch_sums": dict(self.epoch_sums),
+            "epoch_steps": self.epoch_steps,
+            "history": [dict(entry) for entry in self.history],
+            "running": dict(self.running),
+            "extra": dict(self.extra),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        for name, generator in self.generators.items():
+            generator.set_state(state["generators"][name])
+        self.batches.load_state_dict(state["batches"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step = state["step"]
+        self.epoch_sums = dict(state["epoch_sums"])
+        self.epoch_steps = state["epoch_steps"]
+        self.history = [dict(entry) for entry in state["history"]]
+        self.running = dict(state["running"])
+        self.extra = dict(state["extra"])
