@@ -5,6 +5,7 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,80 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def test_the_cli_and_config_import_no_torch():
+    """So a bad config or argument is reported before seconds of torch / scikit-learn imports."""
+    check = "import sys, featdiff.cli, featdiff.config; heavy = {'torch', 'sklearn'} & set(sys.modules); assert not heavy, heavy"
+    result = subprocess.run([sys.executable, "-c", check], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+BAD_CONFIGS = {
+    "unknown_key": ("diffusion:\n  lrr: 1\n", "unknown config key 'diffusion.lrr'"),
+    "wrong_type": ("seed: '3'\n", "config key 'seed' must be an integer"),
+    "e2e_faithful": ("method: e2e\ndiffusion:\n  faithful: true\n", "diffusion.scaling: standardize"),
+    "empty": ("# nothing here\n", "is empty"),
+    "malformed": ("name: run\n  method: e2e\n", "line 2, column 9"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_fails_fast_with_one_line(tmp_path, case):
+    text, fragment = BAD_CONFIGS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    started = time.perf_counter()
+    result = featdiff("run", str(path), "--out", str(tmp_path / "run"))
+    wall = time.perf_counter() - started
+    assert_one_line_error(result, fragment)
+    assert wall < 3, f"{wall:.1f} s: the config must be checked before torch is imported"
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_path_errors_from_the_command_line(tmp_path):
+    assert_one_line_error(featdiff("run", str(tmp_path)), "is a directory")
+    assert_one_line_error(featdiff("run", str(tmp_path / "nope.yaml")), "not found")
+    assert_one_line_error(featdiff("run", "configs/digits_ldmlr.yaml", "--set", "compute.threads=0"), "compute.threads")
+    assert_one_line_error(featdiff("run", "configs/digits_ldmlr.yaml", "--set", "seed"), "key=value")
+    assert_one_line_error(featdiff("run", "--resume", str(tmp_path), "--set", "seed=1"), "--resume DIR takes no CONFIG")
+
+
+def interrupt_run(monkeypatch, capsys, *args: str) -> tuple[int, str, list[int]]:
+    """Run `featdiff run ...` in this process with a pipeline that records torch's thread count and
+    then behaves as if Ctrl-C was pressed."""
+    import featdiff.pipeline
+    from featdiff.cli import main
+
+    threads = []
+
+    def pressed_ctrl_c(run):
+        threads.append(torch.get_num_threads())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(featdiff.pipeline, "execute", pressed_ctrl_c)
+    before = torch.get_num_threads()
+    try:
+        status = main(["run", *args])
+    finally:
+        torch.set_num_threads(before)
+    return status, capsys.readouterr().err, threads
+
+
+def test_ctrl_c_names_the_run_folder_to_resume(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    status, stderr, _ = interrupt_run(monkeypatch, capsys, str(PROJECT_ROOT / "configs" / "digits_ldmlr.yaml"), "--out", str(out))
+    assert status == 130
+    assert stderr.strip().splitlines()[-1] == f"featdiff: interrupted; continue with --resume {out}"
+    assert (out / "config.yaml").is_file()  # kept, so the hint works
+    status, stderr, _ = interrupt_run(monkeypatch, capsys, "--resume", str(out))
+    assert status == 130 and stderr.strip().endswith(f"--resume {out}")
+
+
+def test_compute_threads_sets_torch_threads_before_the_run(tmp_path, monkeypatch, capsys):
+    config = str(PROJECT_ROOT / "configs" / "digits_ldmlr.yaml")
+    status, _, threads = interrupt_run(monkeypatch, capsys, config, "--set", "compute.threads=3", "--out", str(tmp_path / "a"))
+    assert status == 130 and threads == [3]
 
 
 def test_unknown_config_key(tmp_path):

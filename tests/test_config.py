@@ -2,11 +2,22 @@ from pathlib import Path
 
 import pytest
 
-from featdiff.config import config_from_dict, dump_config, load_config, parse_overrides
+from featdiff.config import RunConfig, config_from_dict, config_to_dict, dump_config, load_config, parse_overrides
 from featdiff.errors import UserError
 
 SCRATCH = {"init": "scratch", "trainable": "all"}
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def rejects(values: dict, *fragments: str) -> str:
+    """The one-line message config_from_dict gives for `values`, checked to contain `fragments`."""
+    with pytest.raises(UserError) as error:
+        config_from_dict(values)
+    message = str(error.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -17,6 +28,39 @@ def test_shipped_configs_load_and_round_trip(path, tmp_path):
     assert load_config(saved) == config
 
 
+def test_a_config_with_every_section_changed_round_trips(tmp_path):
+    values = {
+        "name": "everything",
+        "method": "e2e",
+        "seed": 7,
+        "data": {"dataset": "cifar100", "imbalance_factor": 50, "validation_fraction": 0.1},
+        "encoder": {"milestones": [3, 5], "lr": "1e-2"},
+        "diffusion": {"faithful": True, "scaling": "standardize", "sample_steps": 20, "lr": 2e-4},
+        "generation": {"count_rule": "balanced", "floor": 0},
+        "filter": {"enabled": True, "radius": "rms", "aid_edge": 3},
+        "finetune": {"init": "scratch", "trainable": "all", "milestones": [160, 180], "augment_padding": 2},
+        "e2e": {"gamma_ge": 0.5, "clip_follows_encoder": True, "strategy": "C"},
+        "compute": {"threads": 1, "compile": True},
+    }
+    config = config_from_dict(values)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(config))
+    again = load_config(saved)
+    assert again == config
+    assert config_to_dict(again) == config_to_dict(config)
+    # Whole numbers given for float fields are stored (and dumped) as floats.
+    assert type(config.data.imbalance_factor) is float and type(config.filter.aid_edge) is float
+    assert config.diffusion.model_copy(update={"steps": 5}).steps == 5 and config.diffusion.steps == 3000
+
+
+def test_configs_are_immutable():
+    config = RunConfig()
+    with pytest.raises(Exception, match="frozen"):
+        config.seed = 3
+    with pytest.raises(Exception, match="frozen"):
+        config.diffusion.lr = 1.0
+
+
 def test_overrides_are_parsed_as_yaml_and_typed():
     config = config_from_dict({}, parse_overrides(["seed=3", "diffusion.lr=1e-4", "generation.count_rule=balanced"]))
     assert config.seed == 3
@@ -24,19 +68,104 @@ def test_overrides_are_parsed_as_yaml_and_typed():
     assert config.generation.count_rule == "balanced"
 
 
+def test_overrides_win_over_the_file_and_leave_the_callers_dict_alone():
+    values = {"diffusion": {"lr": 0.5, "steps": 10}}
+    config = config_from_dict(values, parse_overrides(["diffusion.steps=20", "compute.threads=2"]))
+    assert (config.diffusion.lr, config.diffusion.steps, config.compute.threads) == (0.5, 20, 2)
+    assert values == {"diffusion": {"lr": 0.5, "steps": 10}}
+    with pytest.raises(UserError, match="'seed' is not a section"):
+        config_from_dict({"seed": 1}, parse_overrides(["seed.x=1"]))
+    with pytest.raises(UserError, match="'diffusion.stepz'"):
+        config_from_dict({}, parse_overrides(["diffusion.stepz=3"]))
+
+
+def test_exponent_strings_are_numbers():
+    """YAML 1.1 reads `1e-4` (no dot) as a string; it must still be the number 1e-4."""
+    assert config_from_dict({"diffusion": {"lr": "1e-4"}}).diffusion.lr == 1e-4
+    assert config_from_dict({"e2e": {"gamma_ge": "2e-1"}}).e2e.gamma_ge == 0.2
+    rejects({"diffusion": {"lr": "fast"}}, "'diffusion.lr'", "must be a number", "'fast'")
+    rejects({"diffusion": {"lr": ".nan"}}, "'diffusion.lr'")
+    rejects({"diffusion": {"steps": "1e3"}}, "'diffusion.steps'", "must be an integer")
+
+
+def test_exponent_in_a_yaml_file(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("diffusion:\n  lr: 1e-4\nclassifier:\n  weight_decay: 5e-6\n")
+    config = load_config(path)
+    assert config.diffusion.lr == 1e-4 and config.classifier.weight_decay == 5e-6
+
+
+def test_unknown_keys_name_the_dotted_key_and_the_valid_ones():
+    message = rejects({"diffusion": {"lrr": 1}}, "unknown config key 'diffusion.lrr'", "valid keys:")
+    assert "lr" in message.split("valid keys:")[1] and "ema_decay" in message
+    rejects({"sede": 1}, "unknown config key 'sede'", "seed")
+    rejects({"compute": {"thread": 1}}, "unknown config key 'compute.thread'", "threads")
+
+
+@pytest.mark.parametrize(
+    "values, fragments",
+    [
+        ({"seed": "one"}, ("'seed'", "must be an integer", "'one'")),
+        ({"seed": "3"}, ("'seed'", "must be an integer")),  # no silent str -> int
+        ({"seed": 1.5}, ("'seed'", "must be an integer")),
+        ({"seed": True}, ("'seed'", "must be an integer", "true")),  # bool is not an int
+        ({"features": {"augmented_views": True}}, ("'features.augmented_views'", "must be an integer")),
+        ({"diffusion": {"lr": True}}, ("'diffusion.lr'", "must be a number")),
+        ({"diffusion": {"faithful": 1}}, ("'diffusion.faithful'", "must be true or false")),  # int is not a bool
+        ({"diffusion": {"faithful": "yes"}}, ("'diffusion.faithful'", "must be true or false")),
+        ({"name": 3}, ("'name'", "must be a string")),
+        ({"encoder": {"milestones": 20}}, ("'encoder.milestones'", "must be a list")),
+        ({"encoder": {"milestones": [20, "x"]}}, ("'encoder.milestones[1]'", "must be an integer")),
+        ({"diffusion": 3}, ("'diffusion'", "mapping")),
+        ({"method": "gan"}, ("'method'", "must be one of", "'ldmlr'", "'gan'")),
+        ({"diffusion": {"schedule": "quadratic"}}, ("'diffusion.schedule'", "'cosine'")),
+        ({"diffusion": {"prediction": "v"}}, ("'diffusion.prediction'", "'eps'")),
+    ],
+)
+def test_wrong_types_and_choices_name_their_key(values, fragments):
+    rejects(values, *fragments)
+
+
 @pytest.mark.parametrize(
     "values, key",
     [
-        ({"sede": 1}, "sede"),
-        ({"diffusion": {"lr_rate": 1}}, "diffusion.lr_rate"),
+        ({"name": ""}, "name"),
+        ({"name": "a/b"}, "name"),
         ({"data": {"imbalance_factor": 0.5}}, "data.imbalance_factor"),
-        ({"method": "gan"}, "method"),
-        ({"seed": "one"}, "seed"),
+        ({"data": {"validation_fraction": 1.0}}, "data.validation_fraction"),
+        ({"encoder": {"epochs": 0}}, "encoder.epochs"),
+        ({"encoder": {"lr": 0}}, "encoder.lr"),
+        ({"encoder": {"augment_padding": -1}}, "encoder.augment_padding"),
+        ({"features": {"augmented_views": -1}}, "features.augmented_views"),
         ({"classifier": {"epochs": 0}}, "classifier.epochs"),
+        ({"classifier": {"batch_size": 0}}, "classifier.batch_size"),
+        ({"diffusion": {"num_steps": 1}}, "diffusion.num_steps"),
+        ({"diffusion": {"width": 0}}, "diffusion.width"),
+        ({"diffusion": {"depth": 0}}, "diffusion.depth"),
+        ({"diffusion": {"lr": -1e-3}}, "diffusion.lr"),
+        ({"diffusion": {"ema_decay": 1}}, "diffusion.ema_decay"),
+        ({"diffusion": {"eta": -0.5}}, "diffusion.eta"),
         ({"diffusion": {"sampler": "ddim", "sample_steps": 5000}}, "diffusion.sample_steps"),
-        ({"features": {"augmented_views": True}}, "features.augmented_views"),
+        ({"diffusion": {"sample_steps": 0}}, "diffusion.sample_steps"),
+        ({"generation": {"ratio": -0.1}}, "generation.ratio"),
+        ({"generation": {"floor": -1}}, "generation.floor"),
+        ({"filter": {"id_edge": 0}}, "filter.id_edge"),
+        ({"filter": {"id_edge": 3, "aid_edge": 2}}, "filter.id_edge"),
+        ({"filter": {"ood_weight": -1}}, "filter.ood_weight"),
+        ({"finetune": {"batch_size": 1}}, "finetune.batch_size"),
+        ({"finetune": {"classifier_lr_scale": 0}}, "finetune.classifier_lr_scale"),
+        ({"finetune": {"warmup_epochs": -1}}, "finetune.warmup_epochs"),
+        ({"e2e": {"gamma_ge": -1}}, "e2e.gamma_ge"),
+        ({"e2e": {"prototype_momentum": 0}}, "e2e.prototype_momentum"),
+        ({"e2e": {"standardizer_momentum": 1.5}}, "e2e.standardizer_momentum"),
+        ({"e2e": {"pseudo_share": 1}}, "e2e.pseudo_share"),
+        ({"e2e": {"ge_every": 0}}, "e2e.ge_every"),
+        ({"e2e": {"denoiser_pretrain_steps": -1}}, "e2e.denoiser_pretrain_steps"),
+        ({"e2e": {"semantic_max_t": -1}}, "e2e.semantic_max_t"),
+        ({"compute": {"threads": 0}}, "compute.threads"),
         ({"method": "e2e", "finetune": {"init": "scratch"}}, "finetune.trainable"),
         ({"method": "ldmlr_stale", "finetune": SCRATCH}, "finetune.init"),
+        ({"data": {"dataset": "digits"}, "encoder": {"checkpoint": "x.safetensors"}}, "encoder.checkpoint"),
         (
             {"method": "e2e", "data": {"dataset": "cifar10"}, "encoder": {"checkpoint": "x.safetensors"}, "finetune": SCRATCH},
             "encoder.checkpoint",
@@ -44,9 +173,32 @@ def test_overrides_are_parsed_as_yaml_and_typed():
     ],
 )
 def test_bad_values_name_their_key(values, key):
-    with pytest.raises(UserError, match=f"'{key}'") as error:
-        config_from_dict(values)
-    assert "\n" not in str(error.value)
+    rejects(values, f"config key '{key}' ")
+
+
+def test_range_messages_say_the_bound_and_the_value():
+    rejects({"diffusion": {"lr": 0}}, "config key 'diffusion.lr' must be > 0", "got 0.0")
+    rejects({"classifier": {"epochs": 0}}, "config key 'classifier.epochs' must be >= 1, got 0")
+
+
+def test_compute_threads():
+    assert config_from_dict({}).compute.threads is None
+    assert config_from_dict({"compute": {"threads": 1}}).compute.threads == 1
+    assert config_from_dict({"compute": {"threads": None}}).compute.threads is None
+    rejects({"compute": {"threads": 0}}, "'compute.threads'", ">= 1")
+    rejects({"compute": {"threads": -2}}, "'compute.threads'")
+    rejects({"compute": {"threads": True}}, "'compute.threads'", "must be an integer")
+    rejects({"compute": {"threads": "2"}}, "'compute.threads'", "must be an integer")
+    rejects({"compute": {"threads": 1.5}}, "'compute.threads'", "must be an integer")
+
+
+def test_e2e_needs_standardized_diffusion_features():
+    """e2e standardises features with running statistics; the faithful preset's [0, 1] map is refused."""
+    rejects({"method": "e2e", "diffusion": {"faithful": True}}, "'diffusion.faithful'", "diffusion.scaling: standardize")
+    rejects({"method": "e2e", "diffusion": {"scaling": "unit_interval"}}, "'diffusion.scaling'", "'standardize'")
+    config = config_from_dict({"method": "e2e", "diffusion": {"faithful": True, "scaling": "standardize"}})
+    assert config.diffusion.resolved_scaling() == "standardize" and config.diffusion.resolved_prediction() == "x0"
+    assert config_from_dict({"method": "ldmlr", "diffusion": {"faithful": True}}).diffusion.resolved_scaling() == "unit_interval"
 
 
 def test_faithful_preset_fills_unset_fields_and_yields_to_explicit_ones():
@@ -63,3 +215,42 @@ def test_faithful_preset_fills_unset_fields_and_yields_to_explicit_ones():
 def test_bad_override_syntax():
     with pytest.raises(UserError, match="key=value"):
         parse_overrides(["seed"])
+    with pytest.raises(UserError, match="key=value"):
+        parse_overrides(["=3"])
+    with pytest.raises(UserError, match="not valid YAML"):
+        parse_overrides(["encoder.milestones=[1, 2"])
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(UserError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "null\n", "~\n"])
+def test_empty_config_file(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    assert f"config file {path} is empty" in load_error(path)
+
+
+def test_malformed_yaml_says_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: run\nmethod: ldmlr\ndiffusion:\n  lr: 1e-3\n   steps: 20\n")
+    message = load_error(path)
+    assert f"config file {path} is not valid YAML: line 5, column 9: " in message, message
+    path.write_text("name: run\nencoder:\n  milestones: [20, 25\n")
+    assert "line 4, column 1" in load_error(path)
+
+
+def test_config_file_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- name: run\n")
+    assert "must hold a mapping" in load_error(path)
+
+
+def test_config_path_that_is_a_directory_or_missing(tmp_path):
+    assert f"config path {tmp_path} is a directory" in load_error(tmp_path)
+    assert f"config file not found: {tmp_path / 'nope.yaml'}" in load_error(tmp_path / "nope.yaml")

@@ -1,12 +1,15 @@
 """The `featdiff` command: a thin layer that parses arguments and calls the library.
 
 Bad input (a UserError) prints one line and exits with status 2; anything else is a bug and keeps
-its traceback.
+its traceback. The config and the arguments are checked before torch, scikit-learn or any featdiff
+module that imports them is loaded (this module imports only featdiff.config, which imports no
+torch), so a typo fails in a fraction of a second instead of after seconds of imports.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -14,22 +17,42 @@ from pathlib import Path
 from featdiff.config import load_config, parse_overrides
 from featdiff.errors import UserError
 
+SAVED_CONFIG = "config.yaml"  # featdiff.runs.CONFIG_FILE, named here so checking it needs no torch
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run whose folder exists: `main` says how to continue it."""
+
+    def __init__(self, folder: Path):
+        super().__init__(str(folder))
+        self.folder = folder
+
 
 def _run(args: argparse.Namespace) -> None:
-    from featdiff.pipeline import execute
-    from featdiff.report import results_table
-    from featdiff.runs import Run
-
+    # Everything that can be checked without torch is checked before the heavy imports below.
     if args.resume is not None:
         if args.config is not None or args.set or args.out is not None:
             raise UserError("--resume DIR takes no CONFIG, --set or --out: the run's saved config.yaml is used")
-        run = Run.resume(Path(args.resume))
+        saved = Path(args.resume) / SAVED_CONFIG
+        if saved.is_file():
+            load_config(saved)  # a saved config the current rules reject fails here, fast; Run.resume checks the rest
     else:
         if args.config is None:
             raise UserError("featdiff run needs a CONFIG file (see configs/) or --resume DIR")
         config = load_config(Path(args.config), parse_overrides(args.set))
         out = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run = Run.create(out, config)
+        if out.exists():  # Run.create refuses it too; saying so here spares the imports
+            raise UserError(f"output folder {out} already exists: choose another --out, or continue it with --resume {out}")
+
+    import torch
+
+    from featdiff.pipeline import execute
+    from featdiff.report import results_table
+    from featdiff.runs import Run
+
+    run = Run.resume(Path(args.resume)) if args.resume is not None else Run.create(out, config)
+    if run.config.compute.threads is not None:
+        torch.set_num_threads(run.config.compute.threads)
     print(f"featdiff: run folder {run.directory}")
     try:
         results = execute(run)
@@ -37,6 +60,8 @@ def _run(args: argparse.Namespace) -> None:
         if args.resume is None:
             run.discard_if_unstarted()
         raise
+    except KeyboardInterrupt:
+        raise Interrupted(run.directory) from None
     rows = {**results["controls"], results["method"]: results}
     print(
         f"\n{results['dataset']}, imbalance factor {results['imbalance_factor']:g}, seed {results['seed']}, "
@@ -80,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"featdiff: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as interrupted:
+        print(f"featdiff: interrupted; continue with --resume {shlex.quote(str(interrupted.folder))}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("featdiff: interrupted; continue with --resume RUN_FOLDER", file=sys.stderr)
+        print("featdiff: interrupted", file=sys.stderr)
         return 130
     return 0
 

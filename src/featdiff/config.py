@@ -1,19 +1,26 @@
-"""Typed run configuration: YAML in, validated dataclasses out, saved with every run.
+"""Typed run configuration: YAML in, validated immutable models out, saved with every run.
 
 Every key is checked when the file is loaded, so a typo or an out-of-range value fails before any
-compute is spent, with the dotted key name in the message.
+compute is spent, with the dotted key name in a one-line message.
+
+Why pydantic: it is a validation library, so each field's type, default and allowed range are
+declared once, in one place (the annotation and its `Field`), instead of in a hand-written
+YAML-to-dataclass coercer plus a separate `validate()` per section that had to be kept in step.
+The models are strict (no silent "3" → 3, no true → 1, unknown keys rejected) and frozen; derive a
+changed copy with `config.model_copy(update={...})`. Rules that involve several fields live in
+`model_validator`s below. This module imports no torch, so the CLI can check a config before it
+pays for importing it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
+import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from featdiff.errors import UserError
 
@@ -21,90 +28,99 @@ Method = Literal["ce", "fc_retrain", "ldmlr", "ce_finetune", "ldmlr_stale", "ldm
 Dataset = Literal["digits", "cifar10", "cifar100"]
 
 
-@dataclass
-class DataConfig:
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number it obviously is, and
+    store whole numbers given for a float field as floats (so a dumped config reads back equal)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+"""A finite float that also takes YAML's dotless exponent strings (`1e-4`); bools are rejected."""
+
+
+class _Section(BaseModel):
+    # strict: no str→int or bool↔int coercion; forbid: a misspelt key is an error, not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _rule(ok: bool, field: str, requirement: str) -> None:
+    """A rule involving several fields; `field` (dotted, relative to the model) is the key to name."""
+    if not ok:
+        raise PydanticCustomError("config_rule", requirement, {"field": field})
+
+
+class DataConfig(_Section):
     dataset: Dataset = "digits"
-    imbalance_factor: float = 10.0
+    imbalance_factor: Float = Field(10.0, ge=1)
+    """n_max / n_min."""
     source: Literal["ldmlr-packed", "ldmlr-official", "ldam-official"] = "ldmlr-packed"
     root: str = "../shared/data/cifar-lt"
-    validation_fraction: float = 0.0
+    validation_fraction: Float = Field(0.0, ge=0, lt=1)
     """Share of each class's training images held out for validation (never the test set)."""
 
-    def validate(self) -> None:
-        _check(self.imbalance_factor >= 1, "data.imbalance_factor", "must be >= 1 (n_max / n_min)")
-        _check(0 <= self.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)")
 
-
-@dataclass
-class EncoderConfig:
+class EncoderConfig(_Section):
     checkpoint: str | None = None
     """A safetensors encoder to start from (e.g. LDMLR's shipped ResNet-32); None trains one."""
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: Float = Field(0.1, gt=0)
+    momentum: Float = 0.9
+    weight_decay: Float = 5e-4
     warmup_epochs: int = 5
-    milestones: list[int] = field(default_factory=lambda: [20, 25])
-    augment_padding: int = 4
-
-    def validate(self) -> None:
-        _check(self.epochs >= 1, "encoder.epochs", "must be >= 1")
-        _check(self.batch_size >= 1, "encoder.batch_size", "must be >= 1")
-        _check(self.lr > 0, "encoder.lr", "must be > 0")
-        _check(self.augment_padding >= 0, "encoder.augment_padding", "must be >= 0")
+    milestones: list[int] = Field(default_factory=lambda: [20, 25])
+    augment_padding: int = Field(4, ge=0)
 
 
-@dataclass
-class FeatureConfig:
+class FeatureConfig(_Section):
     style: Literal["eval", "ldmlr"] = "eval"
     """eval: BN in eval mode on clean images; ldmlr: LDMLR's train-mode BN, no stem ReLU."""
-    augmented_views: int = 0
+    augmented_views: int = Field(0, ge=0)
     """Extra augmented passes over the training images, added to the clean view (eval style)."""
 
-    def validate(self) -> None:
-        _check(self.augmented_views >= 0, "features.augmented_views", "must be >= 0")
 
-
-@dataclass
-class DiffusionConfig:
+class DiffusionConfig(_Section):
     faithful: bool = False
     """Preset LDMLR's choices: x0-prediction, SNR weight, [0,1] mapping with clipping, 1000-step DDPM.
 
     Fields left unset (null) take the preset's value; fields you set win over it.
     """
     schedule: Literal["linear", "cosine"] = "cosine"
-    num_steps: int = 1000
+    num_steps: int = Field(1000, ge=2)
     prediction: Literal["eps", "x0"] | None = None
     weighting: Literal["none", "snr", "min_snr"] | None = None
     scaling: Literal["standardize", "unit_interval"] | None = None
     sampler: Literal["ddim", "ddpm"] | None = None
-    sample_steps: int | None = None
-    eta: float = 1.0
+    sample_steps: Annotated[int, Field(ge=1)] | None = None
+    """DDIM steps when sampling; null: 50 (the ddpm sampler always takes num_steps)."""
+    eta: Float = Field(1.0, ge=0)
     """DDIM noise level; 1 (stochastic) keeps sample spread right where the denoiser is imperfect."""
     clip_x0: bool = True
     """Clamp x0 estimates while sampling to the training features' per-dimension range (scaled
     space). Without it, ε-errors at the noisiest steps (ᾱ ≈ 1e-9 under the cosine schedule) are
     amplified ~1e4× in the x0 estimate and samples diverge. The faithful preset clamps to [-1, 1]."""
-    width: int = 256
-    depth: int = 3
+    width: int = Field(256, ge=1)
+    depth: int = Field(3, ge=1)
     time_dim: int = 128
-    dropout: float = 0.0
-    steps: int = 3000
+    dropout: Float = 0.0
+    steps: int = Field(3000, ge=1)
     batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999
+    lr: Float = Field(1e-3, gt=0)
+    weight_decay: Float = 0.0
+    ema_decay: Float = Field(0.999, ge=0, lt=1)
 
-    def validate(self) -> None:
-        _check(self.num_steps >= 2, "diffusion.num_steps", "must be >= 2")
-        _check(self.steps >= 1, "diffusion.steps", "must be >= 1")
-        _check(self.width >= 1 and self.depth >= 1, "diffusion.width", "width and depth must be >= 1")
-        _check(self.lr > 0, "diffusion.lr", "must be > 0")
-        _check(0 <= self.ema_decay < 1, "diffusion.ema_decay", "must be in [0, 1)")
-        _check(self.eta >= 0, "diffusion.eta", "must be >= 0")
+    @model_validator(mode="after")
+    def _sample_steps_fit(self) -> DiffusionConfig:
         steps = self.resolved_sample_steps()
-        _check(1 <= steps <= self.num_steps, "diffusion.sample_steps", f"must be in [1, {self.num_steps}]")
+        _rule(1 <= steps <= self.num_steps, "sample_steps", f"must be in [1, {self.num_steps}] (diffusion.num_steps), got {steps}")
+        return self
 
     def resolved_prediction(self) -> Literal["eps", "x0"]:
         return self.prediction or ("x0" if self.faithful else "eps")
@@ -124,39 +140,26 @@ class DiffusionConfig:
         return self.sample_steps or 50
 
 
-@dataclass
-class GenerationConfig:
+class GenerationConfig(_Section):
     count_rule: Literal["ldmlr", "balanced"] = "ldmlr"
     """ldmlr: max(round(ratio * n_c), floor) per class; balanced: fill every class up to the head."""
-    ratio: float = 0.2
-    floor: int = 5
-    pseudo_weight: float = 1.0
+    ratio: Float = Field(0.2, ge=0)
+    floor: int = Field(5, ge=0)
+    pseudo_weight: Float = Field(1.0, ge=0)
     """Loss weight of a pseudo-feature relative to a real one in classifier retraining."""
 
-    def validate(self) -> None:
-        _check(self.ratio >= 0, "generation.ratio", "must be >= 0")
-        _check(self.floor >= 0, "generation.floor", "must be >= 0")
-        _check(self.pseudo_weight >= 0, "generation.pseudo_weight", "must be >= 0")
 
-
-@dataclass
-class ClassifierConfig:
+class ClassifierConfig(_Section):
     """LDMLR's stage-3 recipe: Adam 1e-3, wd 1e-5, batch 1024, fc initialised from the encoder's."""
 
-    epochs: int = 400
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
+    epochs: int = Field(400, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    lr: Float = Field(1e-3, gt=0)
+    weight_decay: Float = 1e-5
     init: Literal["encoder", "random"] = "encoder"
 
-    def validate(self) -> None:
-        _check(self.epochs >= 1, "classifier.epochs", "must be >= 1")
-        _check(self.batch_size >= 1, "classifier.batch_size", "must be >= 1")
-        _check(self.lr > 0, "classifier.lr", "must be > 0")
 
-
-@dataclass
-class PseudoFilterConfig:
+class PseudoFilterConfig(_Section):
     """DiffuLT-style AID/OOD filter: a pseudo-feature's distance to its class prototype in units
     of the class's real radius r_y puts it in a band: ID (d ≤ id_edge·r), AID (≤ aid_edge·r) or
     OOD; each band's samples get a loss weight (0 drops them)."""
@@ -164,23 +167,22 @@ class PseudoFilterConfig:
     enabled: bool = False
     radius: Literal["max", "rms"] = "max"
     """max: the largest real distance to the prototype (DiffuLT); rms: √tr(Σ_y)."""
-    id_edge: float = 1.0
-    aid_edge: float = 2.0
-    id_weight: float = 1.0
-    aid_weight: float = 1.0
-    ood_weight: float = 0.0
+    id_edge: Float = Field(1.0, gt=0)
+    aid_edge: Float = 2.0
+    id_weight: Float = Field(1.0, ge=0)
+    aid_weight: Float = Field(1.0, ge=0)
+    ood_weight: Float = Field(0.0, ge=0)
 
-    def validate(self) -> None:
-        _check(0 < self.id_edge <= self.aid_edge, "filter.id_edge", "must satisfy 0 < id_edge <= aid_edge")
-        for name in ("id_weight", "aid_weight", "ood_weight"):
-            _check(getattr(self, name) >= 0, f"filter.{name}", "must be >= 0")
+    @model_validator(mode="after")
+    def _edges_ordered(self) -> PseudoFilterConfig:
+        _rule(self.id_edge <= self.aid_edge, "id_edge", f"must satisfy 0 < id_edge <= aid_edge, got {self.id_edge} > {self.aid_edge}")
+        return self
 
 
-@dataclass
-class ComputeConfig:
+class ComputeConfig(_Section):
     """Speed settings for training the encoder on CUDA (every method's encoder stage, fine-tuning
     and end-to-end training). They are ignored on the CPU, where the runs here are fp32 and
-    contiguous."""
+    contiguous, except `threads`."""
 
     channels_last: bool = True
     bf16_autocast: bool = True
@@ -188,17 +190,19 @@ class ComputeConfig:
     the diffusion branch and sampling stay fp32."""
     compile: bool = False
     """torch.compile the encoder's forward (a minute of compilation, worth it for long runs)."""
+    threads: Annotated[int, Field(ge=1)] | None = None
+    """torch threads for this run (torch.set_num_threads); null keeps torch's default. Set 1 when
+    two runs share a 2-core machine, where two processes with default threads run 3–20× slower."""
 
 
-@dataclass
-class FinetuneConfig:
+class FinetuneConfig(_Section):
     """Fine-tuning the encoder and classifier (ce_finetune, and the encoder side of e2e)."""
 
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: Float = Field(0.01, gt=0)
+    momentum: Float = 0.9
+    weight_decay: Float = 5e-4
     init: Literal["encoder", "scratch"] = "encoder"
     """encoder: start from stage 1's encoder (a shipped checkpoint, or one trained first);
     scratch: from random weights (seeded), no stage 1; use it with trainable: all and the standard
@@ -206,81 +210,77 @@ class FinetuneConfig:
     schedule: Literal["cosine", "step"] = "cosine"
     """cosine: from lr to 0 over the budget; step: linear warm-up over warmup_epochs, then ×0.1 at
     each milestone (per epoch, as stage 1)."""
-    warmup_epochs: int = 0
-    milestones: list[int] = field(default_factory=list)
+    warmup_epochs: int = Field(0, ge=0)
+    milestones: list[int] = Field(default_factory=list)
     trainable: Literal["all", "last_stage"] = "last_stage"
     """last_stage: only layer3 and the fc train; earlier layers (and their BN statistics) stay frozen."""
     augment_padding: int | None = None
     """Random-crop padding; null uses encoder.augment_padding (4 for CIFAR, 1 for 8×8 digits)."""
-    classifier_lr_scale: float = 1.0
+    classifier_lr_scale: Float = Field(1.0, gt=0)
     """The classifier's learning rate relative to `lr`."""
     classifier_optimizer: Literal["sgd", "adam"] = "sgd"
     """adam: the classifier takes Adam steps (LDMLR's stage-3 optimizer, weight decay 1e-5) while
     the encoder keeps SGD. From features it already separates, a re-balancing loss has tiny
     gradients: SGD barely moves the classifier, Adam's normalised steps do."""
 
-    def validate(self) -> None:
-        _check(self.epochs >= 1, "finetune.epochs", "must be >= 1")
-        _check(self.batch_size >= 2, "finetune.batch_size", "must be >= 2")
-        _check(self.lr > 0, "finetune.lr", "must be > 0")
-        _check(self.classifier_lr_scale > 0, "finetune.classifier_lr_scale", "must be > 0")
-        _check(self.warmup_epochs >= 0, "finetune.warmup_epochs", "must be >= 0")
-        _check(self.init == "encoder" or self.trainable == "all", "finetune.trainable", "must be 'all' when finetune.init is 'scratch'")
+    @model_validator(mode="after")
+    def _scratch_trains_everything(self) -> FinetuneConfig:
+        _rule(self.init == "encoder" or self.trainable == "all", "trainable", "must be 'all' when finetune.init is 'scratch'")
+        return self
 
 
-@dataclass
-class EndToEndConfig:
+class EndToEndConfig(_Section):
     """Joint training of encoder E, classifier G and denoiser ε_θ (see featdiff.e2e).
 
     L_total = L_real + λ_sem·(L_LDM + η_p·L_proto + η_c·L_cov | η_r·L_rad) + γ_ge·L_ge.
     """
 
     strategy: Literal["A", "B", "C"] = "A"
-    lambda_sem: float = 1.0
-    gamma_ge: float | None = None
+    lambda_sem: Float = Field(1.0, ge=0)
+    gamma_ge: Annotated[Float, Field(ge=0)] | None = None
     """Weight of L_ge; null picks the weight that makes real plus pseudo class-balanced with
     `ge_labels: fill` (Σ_c (n_max − n_c) / Σ_c n_c, as LDMLR's balanced filling), else 1."""
-    eta_proto: float = 0.1
+    eta_proto: Float = Field(0.1, ge=0)
     semantic: Literal["cov", "rad", "none"] = "cov"
-    eta_cov: float = 0.01
-    eta_rad: float = 0.1
-    radius_kappa: float = 1.0
+    eta_cov: Float = Field(0.01, ge=0)
+    eta_rad: Float = Field(0.1, ge=0)
+    radius_kappa: Float = Field(1.0, ge=0)
     semantic_weighting: Literal["none", "alpha_bar", "min_snr"] = "alpha_bar"
-    semantic_max_t: int = 250
+    semantic_max_t: int = Field(250, ge=0)
     """Semantic terms only on timesteps t ≤ this (of diffusion.num_steps); cosine ᾱ_250 ≈ 0.85."""
-    semantic_warmup_epochs: float = 1.0
+    semantic_warmup_epochs: Float = 1.0
     """Strategy A: η_p, η_c, η_r ramp linearly from 0 over this many epochs."""
-    prototype_momentum: float = 0.05
-    pseudo_prototype_weight: float = 0.3
-    standardizer_momentum: float = 0.01
+    prototype_momentum: Float = Field(0.05, gt=0, le=1)
+    pseudo_prototype_weight: Float = 0.3
+    standardizer_momentum: Float = Field(0.01, gt=0, le=1)
     ldm_to_encoder: bool = False
     """Let L_LDM's gradient reach E. Off by default: the encoder could shrink its features until
     the noise is trivially predictable (collapse)."""
-    collapse_guard: float = 1.0
+    collapse_guard: Float = Field(1.0, ge=0)
     """Weight of the variance-floor penalty on E's features, active when ldm_to_encoder is on."""
-    collapse_floor: float = 0.5
+    collapse_floor: Float = Field(0.5, ge=0)
     """The floor, as a fraction of each dimension's std at the start of training."""
-    ge_every: int = 1
+    ge_every: int = Field(1, ge=1)
     """Strategy A: run the generation branch every k-th step."""
-    ge_sample_steps: int = 20
-    ge_eta: float = 1.0
+    ge_sample_steps: int = Field(20, ge=1)
+    ge_eta: Float = 1.0
     ge_to_denoiser: bool = False
     """Backpropagate L_ge through the (differentiable) DDIM sampler into ε_θ."""
-    pseudo_share: float = 0.3
+    pseudo_share: Float = Field(0.3, ge=0, lt=1)
     """Pseudo-features' share of the classifier's batch (strategies A and B; C ramps it)."""
-    pseudo_share_start: float = 0.1
+    pseudo_share_start: Float = Field(0.1, ge=0, lt=1)
     ge_labels: Literal["fill", "uniform"] = "fill"
     """fill: pseudo labels drawn ∝ (n_max − n_c), topping up the tail; uniform: every class alike."""
-    ratio_denoiser_steps: int = 1
+    ratio_denoiser_steps: int = Field(1, ge=1)
     """Strategy B: denoiser steps per encoder/classifier step (1 for 1:1, 2 for 2:1)."""
     cached_pseudo: bool = False
     """Strategy B: reuse one pseudo batch per epoch instead of sampling afresh each step."""
-    warmup_real_epochs: float = 1.0
+    warmup_real_epochs: Float = 1.0
     """Strategy C: epochs with L_real only."""
-    ldm_only_epochs: float = 1.0
+    ldm_only_epochs: Float = 1.0
     """Strategy C: epochs with L_real + L_LDM^sem before L_ge switches on."""
-    denoiser_lr: float = 1e-3
-    denoiser_pretrain_steps: int = 2000
+    denoiser_lr: Float = Field(1e-3, gt=0)
+    denoiser_pretrain_steps: int = Field(2000, ge=0)
     """Steps fitting ε_θ on the starting encoder's features before joint training."""
     clip_follows_encoder: bool | None = None
     """Few-step sampling clips x̂0 to each dimension's range in scaled space. false: the starting
@@ -295,126 +295,121 @@ class EndToEndConfig:
     as_trained: one augmented pass with the fine-tuned layers' BN in train mode, as ε_θ saw
     them during joint training (test features stay eval-mode either way)."""
 
-    def validate(self) -> None:
-        for name in ("lambda_sem", "eta_proto", "eta_cov", "eta_rad", "radius_kappa", "collapse_guard"):
-            _check(getattr(self, name) >= 0, f"e2e.{name}", "must be >= 0")
-        _check(self.gamma_ge is None or self.gamma_ge >= 0, "e2e.gamma_ge", "must be >= 0 or null")
-        _check(0 < self.prototype_momentum <= 1, "e2e.prototype_momentum", "must be in (0, 1]")
-        _check(0 < self.standardizer_momentum <= 1, "e2e.standardizer_momentum", "must be in (0, 1]")
-        _check(0 <= self.pseudo_share < 1, "e2e.pseudo_share", "must be in [0, 1)")
-        _check(0 <= self.pseudo_share_start < 1, "e2e.pseudo_share_start", "must be in [0, 1)")
-        _check(self.ge_every >= 1, "e2e.ge_every", "must be >= 1")
-        _check(self.ge_sample_steps >= 1, "e2e.ge_sample_steps", "must be >= 1")
-        _check(self.ratio_denoiser_steps >= 1, "e2e.ratio_denoiser_steps", "must be >= 1")
-        _check(self.collapse_floor >= 0, "e2e.collapse_floor", "must be >= 0")
-        _check(self.denoiser_pretrain_steps >= 0, "e2e.denoiser_pretrain_steps", "must be >= 0")
-        _check(self.denoiser_lr > 0, "e2e.denoiser_lr", "must be > 0")
-        _check(self.semantic_max_t >= 0, "e2e.semantic_max_t", "must be >= 0")
 
-
-@dataclass
-class RunConfig:
+class RunConfig(_Section):
     name: str = "run"
     method: Method = "ldmlr"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    filter: PseudoFilterConfig = field(default_factory=PseudoFilterConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    e2e: EndToEndConfig = field(default_factory=EndToEndConfig)
-    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    filter: PseudoFilterConfig = Field(default_factory=PseudoFilterConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    e2e: EndToEndConfig = Field(default_factory=EndToEndConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
-    def validate(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
-        sections = (self.data, self.encoder, self.features, self.diffusion, self.generation, self.classifier)
-        for section in (*sections, self.filter, self.finetune, self.e2e):
-            section.validate()
+    @model_validator(mode="after")
+    def _sections_agree(self) -> RunConfig:
+        _rule(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
         if self.data.dataset == "digits":
-            _check(self.encoder.checkpoint is None, "encoder.checkpoint", "digits has no shipped encoder; leave it null")
+            _rule(self.encoder.checkpoint is None, "encoder.checkpoint", "digits has no shipped encoder; leave it null")
         if self.finetune.init == "scratch":
-            _check(
+            _rule(
                 self.method in ("ce_finetune", "ldmlr_refit", "e2e"),
                 "finetune.init",
                 f"'scratch' has no starting encoder for method {self.method}; use ce_finetune, ldmlr_refit or e2e, or init: encoder",
             )
-            _check(self.encoder.checkpoint is None, "encoder.checkpoint", "must be null when finetune.init is 'scratch'")
+            _rule(self.encoder.checkpoint is None, "encoder.checkpoint", "must be null when finetune.init is 'scratch'")
+        if self.method == "e2e" and self.diffusion.resolved_scaling() == "unit_interval":
+            # e2e standardises features with running statistics (featdiff.e2e.statistics); a fixed
+            # [0, 1] map cannot follow an encoder that moves.
+            if self.diffusion.scaling is None:
+                _rule(
+                    False,
+                    "diffusion.faithful",
+                    "presets scaling 'unit_interval', which method e2e cannot use (it standardises features with running "
+                    "statistics); set diffusion.scaling: standardize, or faithful: false",
+                )
+            _rule(
+                False,
+                "diffusion.scaling",
+                "must be 'standardize' for method e2e (it standardises features with running statistics), got 'unit_interval'",
+            )
+        return self
 
 
-def _check(ok: bool, key: str, requirement: str) -> None:
-    if not ok:
-        raise UserError(f"config key '{key}' {requirement}")
+_TYPE_NAMES = {
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping of keys to values",
+    "model_attributes_type": "must be a mapping of keys to values",
+    "dict_type": "must be a mapping of keys to values",
+}
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Convert a YAML value to the annotated type, or fail naming the key."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
-        return _build(annotation, value, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+def _show(value: Any) -> str:
+    """A value as the user wrote it in YAML, shortened to keep the message on one line."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _dotted(loc: list[Any]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def _section_at(loc: list[Any]) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for option in options:
-            try:
-                return _coerce(value, option, key)
-            except UserError as error:
-                errors.append(str(error))
-        raise UserError(errors[0] if len(errors) == 1 else f"config key '{key}' has invalid value {value!r}")
-    if origin is Literal:
-        if value not in args:
-            choices = ", ".join(repr(a) for a in args)
-            raise UserError(f"config key '{key}' must be one of {choices}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"config key '{key}' must be a list, got {value!r}")
-        return [_coerce(item, args[0], f"{key}[{i}]") for i, item in enumerate(value)]
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):
-            value = _parse_float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise UserError(f"config key '{key}' must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+        model = field.annotation
+    return model
 
 
-def _parse_float(text: str) -> float | str:
-    """YAML 1.1 reads `1e-4` (no dot) as a string; accept it as the number it obviously is."""
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _build(cls: type, values: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise UserError(f"unknown config key '{prefix}{unknown[0]}' (valid keys: {', '.join(sorted(names))})")
-    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
-    return cls(**kwargs)
+def _user_error(error: ValidationError) -> UserError:
+    """pydantic's first complaint as one line naming the dotted key (never its multi-line dump)."""
+    detail = error.errors(include_url=False)[0]
+    loc = list(detail["loc"])
+    ctx = detail.get("ctx") or {}
+    kind, value = detail["type"], detail.get("input")
+    if kind == "config_rule":
+        return UserError(f"config key '{_dotted(loc + str(ctx['field']).split('.'))}' {detail['msg']}")
+    if kind == "invalid_key":
+        where = f" in '{_dotted(loc[:-1])}'" if len(loc) > 1 else ""
+        return UserError(f"config keys must be names{where}, got {_show(value)}")
+    key = _dotted(loc)
+    if kind == "extra_forbidden":
+        section = _section_at(loc[:-1])
+        valid = f" (valid keys: {', '.join(sorted(section.model_fields))})" if section else ""
+        return UserError(f"unknown config key '{key}'{valid}")
+    if kind == "literal_error":
+        return UserError(f"config key '{key}' must be one of {ctx['expected']}, got {_show(value)}")
+    if kind in _BOUNDS:
+        name, sign = _BOUNDS[kind]
+        return UserError(f"config key '{key}' must be {sign} {ctx[name]:g}, got {_show(value)}")
+    if kind in _TYPE_NAMES:
+        return UserError(f"config key '{key}' {_TYPE_NAMES[kind]}, got {_show(value)}")
+    message = " ".join(str(detail["msg"]).split())
+    return UserError(f"config key '{key}' is invalid: {message}, got {_show(value)}")
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -433,36 +428,60 @@ def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
     parsed = []
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UserError(f"--set expects key=value, got {pair!r} (e.g. --set seed=1)")
-        parsed.append((key.strip(), yaml.safe_load(raw)))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or "parse error"
+            raise UserError(f"--set {key.strip()}: value {raw!r} is not valid YAML ({problem})") from None
+        parsed.append((key.strip(), value))
     return parsed
 
 
 def config_from_dict(values: dict, overrides: list[tuple[str, Any]] = ()) -> RunConfig:
-    tree = dict(values)
+    tree = copy.deepcopy(values)  # overrides must not write into the caller's nested dicts
     for key, value in overrides:
         _set_dotted(tree, key, value)
-    config = _build(RunConfig, tree)
-    config.validate()
-    return config
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as error:
+        raise _user_error(error) from None
+
+
+def _read_yaml(path: Path) -> Any:
+    if path.is_dir():
+        raise UserError(f"config path {path} is a directory, not a YAML file (see configs/ for examples)")
+    if not path.exists():
+        raise UserError(f"config file not found: {path} (see configs/ for examples)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text") from None
+    except OSError as error:
+        raise UserError(f"config file {path} cannot be read: {error.strerror or error}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML: {where}{problem}") from None
 
 
 def load_config(path: Path, overrides: list[tuple[str, Any]] = ()) -> RunConfig:
-    if not path.is_file():
-        raise UserError(f"config file not found: {path} (see configs/ for examples)")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    path = Path(path)
+    values = _read_yaml(path)
+    if values is None:
+        raise UserError(f"config file {path} is empty (nothing but comments or null): give at least method and data, as configs/*.yaml do")
     if not isinstance(values, dict):
-        raise UserError(f"config file {path} must hold a mapping of keys to values")
+        raise UserError(f"config file {path} must hold a mapping of keys to values, got a {type(values).__name__}")
     return config_from_dict(values, overrides)
 
 
 def config_to_dict(config: RunConfig) -> dict:
-    return dataclasses.asdict(config)
+    return config.model_dump()
 
 
 def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
