@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from featdiff.data.bundle import load_dataset
-from featdiff.methods.end_to_end import diagnose_as_trained, finished_end_to_end_model
+from featdiff.methods.e2e.method import diagnose_as_trained, finished_end_to_end_model
 from featdiff.pipeline import stage_encoder
 from featdiff.runs import Run
 

@@ -230,7 +230,7 @@ class FinetuneConfig(_Section):
 
 
 class EndToEndConfig(_Section):
-    """Joint training of encoder E, classifier G and denoiser ε_θ (see featdiff.e2e).
+    """Joint training of encoder E, classifier G and denoiser ε_θ (see featdiff.methods.e2e).
 
     L_total = L_real + λ_sem·(L_LDM + η_p·L_proto + η_c·L_cov | η_r·L_rad) + γ_ge·L_ge.
     """
@@ -325,7 +325,7 @@ class RunConfig(_Section):
             )
             _rule(self.encoder.checkpoint is None, "encoder.checkpoint", "must be null when finetune.init is 'scratch'")
         if self.method == "e2e" and self.diffusion.resolved_scaling() == "unit_interval":
-            # e2e standardises features with running statistics (featdiff.e2e.statistics); a fixed
+            # e2e standardises features with running statistics (featdiff.diffusion.scaling.RunningStandardizer); a fixed
             # [0, 1] map cannot follow an encoder that moves.
             if self.diffusion.scaling is None:
                 _rule(
@@ -339,6 +339,10 @@ class RunConfig(_Section):
                 "diffusion.scaling",
                 "must be 'standardize' for method e2e (it standardises features with running statistics), got 'unit_interval'",
             )
+        if self.method == "e2e" and self.filter.enabled:
+            # The co-trained denoiser's classes are described by EMA prototypes and covariances;
+            # the largest distance of a moving encoder's features is not tracked.
+            _rule(self.filter.radius == "rms", "filter.radius", "must be 'rms' for method e2e (radii come from EMA covariances), got 'max'")
         return self
 
 
