@@ -8,6 +8,7 @@ several methods on one encoder extracts its features only once.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from featdiff.config import FeatureConfig
 from featdiff.data.bundle import DatasetBundle
 from featdiff.data.imageset import ImageSet
 from featdiff.evaluation.inference import encode
+from featdiff.io import TENSOR_READ_ERRORS, atomic_save_tensors, describe_error
 from featdiff.paths import cache_dir
-from featdiff.runs import atomic_save_tensors
+
+_CACHED_KEYS = ("train_x", "train_y", "test_x", "test_y")
 
 
 @dataclass
@@ -130,9 +133,8 @@ def encode_dataset(
         f"{config.style}|{config.augmented_views}|{seed}|{bundle.validation is not None}".encode(),
     )
     path = (cache or cache_dir()) / "features" / f"{key}.safetensors"
-    if path.exists():
-        stored = load_file(path)
-    else:
+    stored = _read_cache(path, with_validation=bundle.validation is not None)
+    if stored is None:
         train = _encode_views(model, bundle, bundle.train, config, seed, device)
         eval_config = FeatureConfig(style="eval", augmented_views=0)
         test = _encode_views(model, bundle, bundle.test, eval_config, seed, device)
@@ -147,3 +149,26 @@ def encode_dataset(
         test=FeatureSet(stored["test_x"], stored["test_y"]),
         validation=validation,
     )
+
+
+def _read_cache(path: Path, with_validation: bool) -> dict[str, torch.Tensor] | None:
+    """The cached features, or None when there are none; a damaged file is deleted so it gets rebuilt.
+
+    Cache files are written atomically, so damage means a disk problem or a hand-made copy: the
+    file is only a cache, and extracting again is always right.
+    """
+    if not path.is_file():
+        return None
+    try:
+        stored = load_file(path)
+    except TENSOR_READ_ERRORS as error:
+        problem = describe_error(error)
+    else:
+        needed = (*_CACHED_KEYS, "val_x", "val_y") if with_validation else _CACHED_KEYS
+        missing = [name for name in needed if name not in stored]
+        if not missing and len(stored["train_x"]) == len(stored["train_y"]) and len(stored["test_x"]) == len(stored["test_y"]):
+            return stored
+        problem = f"missing {', '.join(missing)}" if missing else "features and labels differ in length"
+    print(f"featdiff: feature cache {path} is damaged ({problem}); extracting the features again", file=sys.stderr)
+    path.unlink(missing_ok=True)
+    return None

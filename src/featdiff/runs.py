@@ -1,69 +1,43 @@
 """A run directory: the resolved config, a metrics log, stage checkpoints and the results.
 
 Runs are never overwritten: a new run refuses an existing folder, and `--resume` continues one from
-its last completed stage or its last in-stage checkpoint. Every file is written atomically (temp
-file, then rename), so a run killed at any moment leaves either the old file or the new one.
+its last completed stage or its last in-stage checkpoint. Every file is written atomically (see
+`featdiff.io`), so a run killed at any moment leaves either the old file or the new one, and a
+damaged file is a one-line error that says what to delete.
+
+The run's clock spans sessions: `timings.json` keeps the wall time of the earlier sessions and the
+per-name totals of `Run.timed` blocks, so a resumed run reports the time all its sessions took.
+Once results.json exists the training checkpoints are deleted: nothing can resume a finished run.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from featdiff.config import RunConfig, dump_config, load_config
 from featdiff.errors import UserError
+from featdiff.io import (
+    append_text,
+    atomic_save_tensors,
+    atomic_torch_save,
+    atomic_write_text,
+    describe_error,
+    load_tensors,
+    load_torch_state,
+)
 
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_torch_save(path: Path, state: dict[str, Any]) -> None:
-    """Training state (optimizer moments, RNG) that safetensors cannot hold; read with weights_only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+TIMINGS_FILE = "timings.json"
+CHECKPOINTS = "checkpoints"
 
 
 class Run:
@@ -72,16 +46,26 @@ class Run:
     def __init__(self, directory: Path, config: RunConfig):
         self.directory = directory
         self.config = config
-        self._started = time.perf_counter()
+        self._session_started = time.perf_counter()
+        self._earlier_s, self._stage_totals = self._read_timings()
+        self._open_blocks: dict[str, float] = {}
 
     @classmethod
     def create(cls, directory: Path, config: RunConfig) -> "Run":
-        if directory.exists():
+        if directory.exists() or directory.is_symlink():
             raise UserError(f"output folder {directory} already exists: choose another --out, or continue it with --resume {directory}")
-        directory.mkdir(parents=True)
-        run = cls(directory, config)
-        atomic_write_text(directory / CONFIG_FILE, dump_config(config))
-        return run
+        missing = [folder for folder in (directory, *directory.parents) if not (folder.exists() or folder.is_symlink())]
+        try:
+            directory.mkdir(parents=True)
+            atomic_write_text(directory / CONFIG_FILE, dump_config(config))
+        except BaseException as error:
+            _remove_created(directory, missing)
+            if isinstance(error, OSError):
+                raise UserError(
+                    f"cannot create output folder {directory} ({_creation_problem(directory, error)}): choose another --out"
+                ) from error
+            raise
+        return cls(directory, config)
 
     @classmethod
     def resume(cls, directory: Path) -> "Run":
@@ -102,24 +86,72 @@ class Run:
         if not stages.exists() or not any(stages.iterdir()):
             shutil.rmtree(self.directory)
 
+    # The clock, over all sessions of the run.
+
     @property
     def elapsed_s(self) -> float:
-        return time.perf_counter() - self._started
+        """Wall time of every earlier session (as last saved) plus this one so far."""
+        return self._earlier_s + time.perf_counter() - self._session_started
+
+    @property
+    def stage_seconds(self) -> dict[str, float]:
+        """Total seconds per `timed` name over all sessions, a block still running included."""
+        now = time.perf_counter()
+        totals = dict(self._stage_totals)
+        for name, started in self._open_blocks.items():
+            totals[name] = totals.get(name, 0.0) + now - started
+        return totals
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the block's wall time to the run's total for `name` (kept across `--resume`).
+
+        A block killed part-way keeps the time saved by its last log or checkpoint; when a later
+        session runs it again, both sessions' time counts.
+        """
+        if name in self._open_blocks:
+            raise ValueError(f"run.timed({name!r}) is already running")
+        self._open_blocks[name] = time.perf_counter()
+        try:
+            yield
+        finally:
+            started = self._open_blocks.pop(name)
+            self._stage_totals[name] = self._stage_totals.get(name, 0.0) + time.perf_counter() - started
+            self._save_timings()
+
+    def _read_timings(self) -> tuple[float, dict[str, float]]:
+        path = self.directory / TIMINGS_FILE
+        if not path.is_file():
+            return 0.0, {}
+        try:
+            stored = json.loads(path.read_text())
+            return float(stored["elapsed_s"]), {str(name): float(seconds) for name, seconds in stored["stage_s"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise UserError(f"cannot read {path} ({describe_error(error)}): delete it to count this run's time from zero") from error
+
+    def _save_timings(self) -> None:
+        if not self.directory.is_dir():  # discarded: never bring the folder back
+            return
+        timings = {"elapsed_s": self.elapsed_s, "stage_s": self.stage_seconds}
+        atomic_write_text(self.directory / TIMINGS_FILE, json.dumps(timings, indent=1))
+
+    # What the stages leave.
 
     def path(self, name: str) -> Path:
         return self.directory / name
 
     def log(self, stage: str, **values: Any) -> None:
-        """Append one JSON line to metrics.jsonl (appends are atomic enough for a log)."""
+        """Append one JSON line to metrics.jsonl; `time_s` is on the run's clock over all sessions."""
         record = {"stage": stage, "time_s": round(self.elapsed_s, 3), **values}
-        with open(self.directory / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_text(self.directory / "metrics.jsonl", json.dumps(record) + "\n")
+        self._save_timings()
 
     def stage_done(self, stage: str) -> bool:
         return (self.directory / "stages" / f"{stage}.done").exists()
 
     def mark_done(self, stage: str, **info: Any) -> None:
         atomic_write_text(self.directory / "stages" / f"{stage}.done", json.dumps(info))
+        self._save_timings()
 
     def stage_info(self, stage: str) -> dict:
         return json.loads((self.directory / "stages" / f"{stage}.done").read_text())
@@ -127,17 +159,52 @@ class Run:
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         atomic_save_tensors(self.directory / name, tensors)
 
-    def load_tensors(self, name: str) -> dict[str, torch.Tensor]:
-        return load_file(self.directory / name)
+    def load_tensors(self, name: str, stage: str | None = None) -> dict[str, torch.Tensor]:
+        """A safetensors file of the run; `stage`, the stage that wrote it, makes a damaged file's message exact."""
+        marker = (
+            self.directory / "stages" / f"{stage}.done" if stage else f"{self.directory / 'stages'}/<stage>.done of the stage that wrote it"
+        )
+        others = [str(marker)]
+        if (self.directory / RESULTS_FILE).exists():
+            others.append(str(self.directory / RESULTS_FILE))
+        fix = f"delete it and {' and '.join(others)}, then continue the run with --resume {self.directory}"
+        return load_tensors(self.directory / name, fix)
 
     def save_checkpoint(self, stage: str, state: dict[str, Any]) -> None:
-        atomic_torch_save(self.directory / "checkpoints" / f"{stage}.pt", state)
+        atomic_torch_save(self.directory / CHECKPOINTS / f"{stage}.pt", state)
+        self._save_timings()
 
     def load_checkpoint(self, stage: str) -> dict[str, Any] | None:
-        path = self.directory / "checkpoints" / f"{stage}.pt"
+        path = self.directory / CHECKPOINTS / f"{stage}.pt"
         if not path.exists():
             return None
-        return torch.load(path, weights_only=True)
+        fix = f"delete it to restart the {stage} stage from its beginning, then continue with --resume {self.directory}"
+        return load_torch_state(path, fix)
 
     def write_results(self, results: dict[str, Any]) -> None:
+        """results.json, then (never before) the training checkpoints go: a finished run cannot resume."""
+        self._save_timings()
         atomic_write_text(self.directory / RESULTS_FILE, json.dumps(results, indent=2))
+        shutil.rmtree(self.directory / CHECKPOINTS, ignore_errors=True)
+
+
+def _creation_problem(directory: Path, error: OSError) -> str:
+    """Why a folder could not be made: a file where a folder must be, or the system's words."""
+    for ancestor in directory.parents:
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                return f"{ancestor} is a file, not a folder"
+            break
+    return error.strerror or describe_error(error)
+
+
+def _remove_created(directory: Path, created: list[Path]) -> None:
+    """Undo a failed `Run.create`: the run folder and any parent it made, deepest first."""
+    for folder in created:
+        if folder == directory:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # not empty (someone else's now) or never made

@@ -156,3 +156,28 @@ def test_unknown_file_name_is_rejected(tmp_path):
     with pytest.raises(UserError, match="cifar10_lt_if50_train.npz") as caught:
         load_packed(stray)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("damaged", "keep"), [("images.npy", 0.5), ("labels.npy", 0.5), ("classes.npy", 0.0), ("names.npy", 0.1)])
+def test_a_truncated_decoded_cache_is_rebuilt(data_root, tmp_path, monkeypatch, capsys, damaged, keep):
+    decodes = []
+
+    def counted_fake(webp, offsets, desc=""):
+        decodes.append(desc)
+        return fake_decoded(webp, offsets, desc)
+
+    monkeypatch.setattr(packed, "decode_webp", counted_fake)
+    first = load_packed(data_root / "cifar10_test.npz", cache=tmp_path)
+    (folder,) = (tmp_path / "decoded").iterdir()
+    path = folder / damaged
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+    capsys.readouterr()
+
+    again = load_packed(data_root / "cifar10_test.npz", cache=tmp_path)
+    assert len(decodes) == 2, "the damaged cache was served instead of being rebuilt"
+    assert f"decoded cache {folder} is damaged" in capsys.readouterr().err
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    assert again.names == first.names and again.classes == first.classes
+    assert [p.name for p in (tmp_path / "decoded").iterdir()] == [folder.name]
+    assert load_packed(data_root / "cifar10_test.npz", cache=tmp_path).labels.shape == (10_000,)
+    assert len(decodes) == 2  # the rebuilt cache is served

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 
 from featdiff.data.imageset import ImageSet
 from featdiff.errors import UserError
+from featdiff.io import describe_error
 from featdiff.paths import cache_dir
 from featdiff.progress import progress
 
@@ -70,9 +72,14 @@ def load_packed(path: Path, cache: Path | None = None) -> ImageSet:
             f"{path} does not match LDMLR's published file (sha256 {actual}, expected {expected}): re-copy it from the shared data folder"
         )
     folder = (cache or cache_dir()) / "decoded" / actual
-    if not _is_complete(folder):
+    arrays = _read_cache(folder)
+    if arrays is None:
         _write_atomically(folder, _decode_file(path))
-    arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in _CACHED_ARRAYS}
+        arrays = _read_cache(folder)
+    if arrays is None:
+        raise UserError(
+            f"the decoded cache {folder} cannot be read back after writing it: check that disk, or set FEATDIFF_CACHE to another folder"
+        )
     return ImageSet(
         images=torch.from_numpy(arrays["images"]),
         labels=torch.from_numpy(arrays["labels"]),
@@ -124,6 +131,25 @@ def _write_atomically(folder: Path, arrays: dict[str, np.ndarray]) -> None:
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when there are none; a damaged cache (a truncated or garbled
+    `.npy`, arrays that disagree) is deleted so that it gets decoded again."""
+    if not _is_complete(folder):
+        return None
+    try:
+        arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in _CACHED_ARRAYS}
+    except (ValueError, EOFError, OSError) as error:  # what np.load raises for a short or garbled file
+        problem = describe_error(error)
+    else:
+        images, labels = arrays["images"], arrays["labels"]
+        if images.ndim == 4 and images.dtype == np.uint8 and labels.ndim == 1 and len(images) == len(labels):
+            return arrays
+        problem = f"images {images.shape} {images.dtype} do not fit labels {labels.shape}"
+    print(f"featdiff: decoded cache {folder} is damaged ({problem}); decoding the file again", file=sys.stderr)
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def _is_complete(folder: Path) -> bool:

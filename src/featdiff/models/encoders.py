@@ -8,18 +8,17 @@ LDMLR's shipped encoders, so ours and theirs load through the same function.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from featdiff.errors import UserError
+from featdiff.io import atomic_save_tensors
 from featdiff.models.resnet_cifar import ResNetCifar, resnet32
 
 
@@ -89,15 +88,5 @@ def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Te
 
 
 def save_encoder(model: nn.Module, path: Path) -> None:
-    """Write the state dict as safetensors via a temp file and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(state, temp_name)
-        os.replace(temp_name, path)
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
+    """Write the state dict as safetensors, atomically (see `featdiff.io`): a crash never leaves half a file."""
+    atomic_save_tensors(Path(path), model.state_dict())

@@ -1,0 +1,117 @@
+"""Every file featdiff writes, written atomically, and every stored tensor file, read with a clear error.
+
+A writer puts the bytes into a temp file beside the target, flushes them to disk, gives the file
+the one mode every featdiff file has (`FILE_MODE`, whatever the umask or `mkstemp`'s private 0600),
+and renames it over the target: a process killed at any moment leaves the old file or the new one,
+never half of one, and a failed write removes its temp file.
+
+The readers turn a damaged or truncated file into a one-line `UserError` that names the file and
+what to do about it, instead of a traceback from deep inside safetensors or the unpickler.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from featdiff.errors import UserError
+
+FILE_MODE = 0o644
+
+# What reading a damaged, truncated or unreadable file can raise (and nothing a caller's bug would).
+TENSOR_READ_ERRORS: tuple[type[BaseException], ...] = (SafetensorError, OSError)
+TORCH_READ_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError,  # "PytorchStreamReader failed reading zip archive" for a truncated file
+    EOFError,
+    pickle.UnpicklingError,  # also what the weights_only unpickler raises for a foreign object
+    zipfile.BadZipFile,
+    ValueError,
+    OSError,
+)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temp)` for a temp file in `path`'s folder, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        write(temp)
+        with open(temp, "rb+") as stream:  # the data must be on disk before the rename makes it the file
+            os.fsync(stream.fileno())
+        os.chmod(temp, FILE_MODE)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda temp: temp.write_bytes(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Tensors as safetensors (no pickle: reading the file cannot run code), copied to the CPU first."""
+    contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    _atomic_write(path, lambda temp: save_file(contiguous, temp, metadata=metadata))
+
+
+def atomic_torch_save(path: Path, state: dict[str, Any]) -> None:
+    """Training state (optimizer moments, RNG states) that safetensors cannot hold; read it with `load_torch_state`."""
+    _atomic_write(path, lambda temp: torch.save(state, temp))
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append to a log (an append is atomic enough for a log); a new log gets `FILE_MODE` like every other file."""
+    handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        status = os.fstat(handle)
+        if status.st_size == 0 and status.st_mode & 0o777 != FILE_MODE:
+            os.fchmod(handle, FILE_MODE)
+        os.write(handle, text.encode())
+    finally:
+        os.close(handle)
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception as a few words on one line, for a message that must stay one line."""
+    words = " ".join(str(error).split()).split(". ")[0]  # torch's first sentence says it; the rest is advice for torch users
+    if len(words) > 160:
+        words = words[:157] + "..."
+    return f"{type(error).__name__}: {words}" if words else type(error).__name__
+
+
+def load_tensors(path: Path, fix: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a missing, damaged or truncated file is a UserError ending in `fix`."""
+    path = Path(path)
+    try:
+        return load_file(path)
+    except TENSOR_READ_ERRORS as error:
+        raise UserError(f"cannot read {path} ({describe_error(error)}): {fix}") from error
+
+
+def load_torch_state(path: Path, fix: str) -> dict[str, Any]:
+    """A state written by `atomic_torch_save`, unpickled with weights_only=True (no code can run).
+
+    A missing, damaged or truncated file is a UserError ending in `fix`.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, weights_only=True)
+    except TORCH_READ_ERRORS as error:
+        raise UserError(f"cannot read {path} ({describe_error(error)}): {fix}") from error
