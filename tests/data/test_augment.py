@@ -84,11 +84,28 @@ def test_normalize_constants_are_ldmlrs():
     np.testing.assert_allclose(np.array(CIFAR_STD) * 255, [63.0, 62.1, 66.7])
 
 
-def test_throughput_is_reported():
+def per_image_reference(images: torch.Tensor, padding: int, seed: int) -> torch.Tensor:
+    """The same augmentation by slicing one image at a time, replaying the draws in their order
+    (the offsets (2, N), then the flips (N,), from one generator)."""
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(0, 2 * padding + 1, (2, len(images)), generator=generator)
+    flips = torch.randint(0, 2, (len(images),), generator=generator).bool()
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    height, width = images.shape[2:]
+    out = torch.empty_like(images)
+    for i, (dy, dx, flipped) in enumerate(zip(offsets[0].tolist(), offsets[1].tolist(), flips.tolist(), strict=True)):
+        crop = padded[i, :, dy : dy + height, dx : dx + width]
+        out[i] = crop.flip(-1) if flipped else crop
+    return out
+
+
+def test_full_batch_equals_the_per_image_reference_and_reports_throughput():
+    """A CIFAR-sized batch: every image is exactly the crop (and flip) its own draws ask for."""
     images = random_images(8192)
-    generator = torch.Generator().manual_seed(0)
-    random_crop_flip(images[:64], generator=generator)
+    random_crop_flip(images[:64], generator=torch.Generator().manual_seed(0))  # warm-up
     start = time.perf_counter()
-    random_crop_flip(images, generator=generator)
+    augmented = random_crop_flip(images, generator=torch.Generator().manual_seed(0))
     elapsed = time.perf_counter() - start
     print(f"random_crop_flip on {images.device}: {len(images) / elapsed:,.0f} images/s")
+    assert augmented.shape == images.shape and augmented.dtype == torch.uint8
+    assert torch.equal(augmented, per_image_reference(images, 4, seed=0))

@@ -1,4 +1,5 @@
-"""FeatureDenoiser: embedding, initialisation, the unique-timestep shortcut, and learning."""
+"""FeatureDenoiser: embedding, initialisation, the forward against a spelled-out reference, leading
+shapes, and learning."""
 
 import math
 
@@ -7,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from featdiff.diffusion.losses import diffusion_loss_per_sample
+from featdiff.diffusion.objective import denoising_loss, draw_timesteps_and_noise
 from featdiff.diffusion.sampling import ddpm_sample
 from featdiff.diffusion.schedules import make_schedule
 from featdiff.models.denoiser import FeatureDenoiser, sinusoidal_embedding
+from featdiff.seeding import reset_parameters
 
 
 @pytest.mark.parametrize("dim", [8, 9])
@@ -58,27 +60,47 @@ def _naive_forward(model: FeatureDenoiser, x: torch.Tensor, t: torch.Tensor, y: 
     return normed @ model.output.weight.T + model.output.bias
 
 
+def _random_denoiser(seed: int) -> FeatureDenoiser:
+    """Float64, default initialisation everywhere (the zero-initialised layers too), so no path is hidden."""
+    model = FeatureDenoiser(6, 7, width=32, depth=3, time_dim=16)
+    reset_parameters(model, torch.Generator().manual_seed(seed))
+    return model.double()
+
+
 @pytest.mark.parametrize("pattern", ["shared_t", "few_pairs", "all_distinct"])
-def test_unique_conditioning_equals_per_sample(pattern: str) -> None:
-    torch.manual_seed(0)
-    model = FeatureDenoiser(6, 7, width=32, depth=3, time_dim=16).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
+def test_forward_equals_the_spelled_out_reference(pattern: str) -> None:
+    model = _random_denoiser(0)
     b = 64
     gen = torch.Generator().manual_seed(1)
-    if pattern == "shared_t":  # as in sampling: one t, many labels -> sum table
+    if pattern == "shared_t":  # as in sampling: one t, many labels
         t = torch.full((b,), 421)
         y = torch.randint(0, 8, (b,), generator=gen)
     elif pattern == "few_pairs":
         t = torch.tensor([3, 999, 500])[torch.randint(0, 3, (b,), generator=gen)]
         y = torch.randint(0, 2, (b,), generator=gen)
-    else:  # as in training: t all over the place -> two gathers
+    else:  # as in training: t all over the place
         t = torch.randperm(1000, generator=gen)[:b]
         y = torch.randint(0, 8, (b,), generator=gen)
     x = torch.randn(b, 6, generator=gen, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model(x, t, y), _naive_forward(model, x, t, y), rtol=1e-10, atol=1e-10)
+
+
+def test_leading_shapes_give_the_same_rows() -> None:
+    """(B, K, D) inputs with (B, K) timesteps and labels are K draws per example: each row equals
+    the (B·K, D) forward of the same row."""
+    model = _random_denoiser(2)
+    gen = torch.Generator().manual_seed(3)
+    b, k = 10, 4
+    x = torch.randn(b, k, 6, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 1000, (b, k), generator=gen)
+    y = torch.randint(0, 8, (b, 1), generator=gen).expand(b, k)
+    with torch.no_grad():
+        nested = model(x, t, y)
+        flat = model(x.reshape(b * k, 6), t.reshape(-1), y.reshape(-1))
+        assert nested.shape == (b, k, 6)
+        torch.testing.assert_close(nested.reshape(b * k, 6), flat, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(flat, _naive_forward(model, x.reshape(b * k, 6), t.reshape(-1), y.reshape(-1)), rtol=1e-10, atol=1e-10)
 
 
 MIX_MU = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.0]])
@@ -103,7 +125,8 @@ def test_trained_denoiser_regenerates_a_gaussian_mixture() -> None:
     for _ in range(steps):
         y = torch.randint(0, 3, (batch,), generator=gen)
         x0 = MIX_MU[y] + (chol[y] @ torch.randn(batch, 2, 1, generator=gen))[:, :, 0]
-        loss = diffusion_loss_per_sample(model, x0, y, schedule, "eps", generator=gen).mean()
+        t, noise = draw_timesteps_and_noise(batch, 2, schedule.num_steps, generator=gen)
+        loss = denoising_loss(model, x0, y, t, noise, schedule, "eps").mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
