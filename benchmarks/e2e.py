@@ -31,10 +31,12 @@ import torch
 
 from featdiff.config import config_from_dict
 from featdiff.data.bundle import load_dataset
-from featdiff.methods.end_to_end import diagnose_as_trained, finished_end_to_end_model
+from featdiff.io import atomic_write_text
+from featdiff.methods.e2e.method import diagnose_as_trained, finished_end_to_end_model
+from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import execute, resolve_device, stage_encoder
 from featdiff.report import GROUPS, fmt_mean_std
-from featdiff.runs import Run, atomic_write_text
+from featdiff.runs import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar-lt"
@@ -236,11 +238,11 @@ def markdown(tables: dict, epochs: int, device: str) -> str:
         lines += [f"| dataset | method | n | {header} | s/epoch | × ce_finetune |"]
         lines += ["|---|---|---|" + "---|" * (2 * len(GROUPS) + 4)]
         for dataset, methods in datasets.items():
-            control = [o["stage_s"]["seconds_per_epoch"] for o in methods.get("ce_finetune", [])]
+            control = [o["seconds_per_epoch"] for o in methods.get("ce_finetune", [])]
             for label, outcomes in methods.items():
                 plain = [fmt_mean_std([accuracy(o, g) for o in outcomes]) for g in (*GROUPS, "tail")]
                 adjusted = [fmt_mean_std([accuracy(o, g, adjusted=True) for o in outcomes]) for g in (*GROUPS, "tail")]
-                per_epoch = [o["stage_s"]["seconds_per_epoch"] for o in outcomes]
+                per_epoch = [o["seconds_per_epoch"] for o in outcomes]
                 ratio = f"{statistics.mean(per_epoch) / statistics.mean(control):.2f}" if control else "–"
                 cells = " | ".join(plain + adjusted)
                 lines.append(f"| {dataset} | {label} | {len(outcomes)} | {cells} | {fmt_mean_std(per_epoch)} | {ratio} |")
@@ -275,7 +277,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "e2e_cpu", help="results path without suffix (.json and .md)")
     parser.add_argument("--report", action="store_true", help="only rewrite the results from the finished runs; run nothing")
     parser.add_argument("--clouds", action="store_true", help="diagnose finished e2e runs against as-trained features; train nothing")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (recorded in the device column)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    keep_torch_caches_in_featdiff_cache()
     seeds = args.seeds or {"main": [0, 1], "ablations": [0], "best": [0, 1, 2]}[args.phase]
     if args.phase == "best" and not args.best:
         parser.error("--phase best needs --best METHOD METHOD METHOD (the main table's best three)")

@@ -24,10 +24,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from featdiff.config import config_from_dict
-from featdiff.methods import ldmlr
+from featdiff.generation.pseudo import build_denoiser
+from featdiff.io import atomic_write_text
+from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import execute
 from featdiff.report import GROUPS, fmt_mean_std
-from featdiff.runs import Run, atomic_write_text
+from featdiff.runs import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar-lt"
@@ -55,7 +57,7 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
 
 def denoiser_flops_per_sample(config) -> float:
     """FLOPs of one denoiser evaluation per sample, counted by PyTorch's flop counter."""
-    model = ldmlr.build_denoiser(64, 10, config.diffusion).eval()
+    model = build_denoiser(64, 10, config.diffusion).eval()
     batch = 4096
     x, t, y = torch.randn(batch, 64), torch.full((batch,), 500), torch.randint(0, 10, (batch,))
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
@@ -162,8 +164,10 @@ def main() -> None:
         help="training-feature extraction: LDMLR's (train-mode BN, one augmented pass) or clean eval-mode",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "ldmlr_frozen")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (recorded in the device column)")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(args.threads)
+    keep_torch_caches_in_featdiff_cache()
     workdir = Path(tempfile.mkdtemp(prefix="featdiff-bench-"))
     report = {
         "device": "",

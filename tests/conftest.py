@@ -6,6 +6,7 @@ import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FEATDIFF_CACHE", str(PROJECT_ROOT / ".cache" / "featdiff"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(PROJECT_ROOT / ".cache" / "featdiff" / "torchinductor"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from featdiff.config import load_config, parse_overrides
 from featdiff.errors import UserError
+from featdiff.paths import keep_torch_caches_in_featdiff_cache
 
 SAVED_CONFIG = "config.yaml"  # featdiff.runs.CONFIG_FILE, named here so checking it needs no torch
 
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_torch_caches_in_featdiff_cache()
     try:
         args.handler(args)
     except UserError as error:

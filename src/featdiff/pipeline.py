@@ -60,7 +60,7 @@ def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.M
     if starts_from_scratch(config):
         return model.eval()
     if run.stage_done("encoder"):
-        model.load_state_dict(run.load_tensors("encoder.safetensors"))
+        model.load_state_dict(run.load_tensors("encoder.safetensors", stage="encoder"))
         return model.eval()
     state = encoder_state(model, len(bundle.train.labels), config.encoder, stage_generator(config.seed, "encoder"))
     resume = run.load_checkpoint("encoder")

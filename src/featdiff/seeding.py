@@ -38,8 +38,9 @@ def stage_generator(seed: int, stage: str, device: torch.device | str = "cpu") -
 
 @torch.no_grad()
 def reset_parameters(module: nn.Module, generator: torch.Generator) -> None:
-    """PyTorch's default initialisation of every Linear, convolution and Embedding in `module`
-    (in registration order), drawn from `generator`.
+    """PyTorch's default initialisation of every Linear, Conv1d/Conv2d and Embedding (without
+    padding row) in a freshly built `module`, in registration order, drawn from `generator`;
+    normalisation layers have no random state and are left as built.
 
     The draws are those `reset_parameters` makes from the global generator, in the same order,
     so a model built under `torch.manual_seed(s)` and one reset from a generator seeded with s
@@ -54,6 +55,15 @@ def reset_parameters(module: nn.Module, generator: torch.Generator) -> None:
                 nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
         elif isinstance(layer, nn.Embedding):
             nn.init.normal_(layer.weight, generator=generator)
+
+
+@torch.no_grad()
+def he_normal_(module: nn.Module, generator: torch.Generator | None = None) -> None:
+    """He-normal weights for every convolution and linear layer of `module`: the initialisation
+    of the CIFAR ResNets (and of featdiff's digits CNN)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, generator=generator)
 
 
 def initialise(module: nn.Module, generator: torch.Generator) -> nn.Module:

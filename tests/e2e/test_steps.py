@@ -137,7 +137,9 @@ def test_collapse_guard_pushes_a_shrunken_encoder_back_and_is_silent_above_the_f
         model.encoder.body[1].weight.mul_(0.02)
     shrunk = spread(model)
     assert bool((shrunk < 0.5 * model.feature_floor).all()), (shrunk, model.feature_floor)
-    guard_only = {name: g - without_g for (name, g), without_g in zip(encoder_gradient(1.0).items(), encoder_gradient(0.0).values(), strict=True)}
+    guard_only = {
+        name: g - without_g for (name, g), without_g in zip(encoder_gradient(1.0).items(), encoder_gradient(0.0).values(), strict=True)
+    }
     assert any(bool(g.abs().sum() > 0) for g in guard_only.values())
     trial = copy.deepcopy(model)
     with torch.no_grad():

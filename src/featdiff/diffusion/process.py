@@ -58,7 +58,7 @@ def posterior_mean_variance(x0: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseS
 
 
 def snr(t: Tensor, schedule: NoiseSchedule) -> Tensor:
-    """ᾱ_t / (1 - ᾱ_t) in float64, shape (B,): loss weights span ~13 orders of magnitude over a
+    """ᾱ_t / (1 - ᾱ_t) in float64, shaped like t: loss weights span ~13 orders of magnitude over a
     cosine schedule, so the caller decides when to drop precision."""
     alphas_cumprod = schedule.alphas_cumprod.to(t.device)[t]
     return alphas_cumprod / (1.0 - alphas_cumprod)

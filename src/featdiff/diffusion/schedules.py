@@ -102,7 +102,9 @@ class NoiseSchedule:
         draws per example), cast to its dtype and device only after indexing in float64."""
         values = getattr(self, name_or_tensor) if isinstance(name_or_tensor, str) else name_or_tensor
         if t.ndim < 1 or t.ndim > like.ndim or tuple(like.shape[: t.ndim]) != tuple(t.shape):
-            raise ValueError(f"t must have shape {tuple(like.shape[:1])} or another leading part of {tuple(like.shape)}, got {tuple(t.shape)}")
+            raise ValueError(
+                f"t must have shape {tuple(like.shape[:1])} or another leading part of {tuple(like.shape)}, got {tuple(t.shape)}"
+            )
         picked = values.to(device=t.device)[t]
         return picked.to(dtype=like.dtype, device=like.device).reshape(*t.shape, *([1] * (like.ndim - t.ndim)))
 

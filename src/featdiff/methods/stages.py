@@ -99,7 +99,7 @@ def retrain_classifier(context: MethodContext, stage: str, encoder: nn.Module, d
     if config.classifier.init == "random":
         reset_parameters(classifier, stage_generator(config.seed, stage))
     if run.stage_done(stage):
-        classifier.load_state_dict(run.load_tensors(f"{stage}.safetensors"))
+        classifier.load_state_dict(run.load_tensors(f"{stage}.safetensors", stage=stage))
         return classifier
     state = classifier_state(classifier, len(data), config.classifier, stage_generator(config.seed, stage))
     resume = run.load_checkpoint(stage)
@@ -124,7 +124,9 @@ def fit_feature_generator(context: MethodContext, features: FeatureSet) -> Featu
     diffusion, device = config.diffusion, context.device
     scaler = make_scaler(features.features, diffusion)
     scaled = scaler.encode(features.features)
-    model = initialise(build_denoiser(features.features.shape[1], context.bundle.num_classes, diffusion), stage_generator(config.seed, "denoiser"))
+    model = initialise(
+        build_denoiser(features.features.shape[1], context.bundle.num_classes, diffusion), stage_generator(config.seed, "denoiser")
+    )
     schedule = schedule_for(diffusion)
     state = denoiser_state(model.to(device), len(features.labels), diffusion, stage_generator(config.seed, "denoiser", device))
     resume = run.load_checkpoint("denoiser")
@@ -150,13 +152,15 @@ def stage_pseudo_features(context: MethodContext, features: FeatureSet, counts: 
     """Fit the denoiser on `features` and sample counts[c] pseudo-features of class c (stored)."""
     run, config = context.run, context.config
     if run.stage_done("generation"):
-        stored = run.load_tensors("pseudo_features.safetensors")
+        stored = run.load_tensors("pseudo_features.safetensors", stage="generation")
         return stored["features"], stored["labels"]
     with run.timed("denoiser_s"):
         generator = fit_feature_generator(context, features)
     run.save_tensors("denoiser.safetensors", generator.tensors())
     with run.timed("generation_s"):
-        pseudo, labels = generator.generate(counts, SamplerSettings.of(config.diffusion), stage_generator(config.seed, "generation", context.device))
+        pseudo, labels = generator.generate(
+            counts, SamplerSettings.of(config.diffusion), stage_generator(config.seed, "generation", context.device)
+        )
     run.save_tensors("pseudo_features.safetensors", {"features": pseudo, "labels": labels})
     run.mark_done("generation")
     return pseudo, labels
@@ -208,7 +212,7 @@ def stage_finetune(context: MethodContext) -> tuple[nn.Module, list[dict]]:
     run, config, bundle, device = context.run, context.config, context.bundle, context.device
     tuned = copy.deepcopy(context.encoder).to(device)
     if run.stage_done("finetune"):
-        tuned.load_state_dict(run.load_tensors("finetune.safetensors"))
+        tuned.load_state_dict(run.load_tensors("finetune.safetensors", stage="finetune"))
         return tuned.eval(), run.stage_info("finetune")["history"]
     state = finetune_state(tuned, len(bundle.train.labels), config.finetune, stage_generator(config.seed, "finetune"))
     resume = run.load_checkpoint("finetune")

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featdiff.seeding import he_normal_
+
 
 def option_a_shortcut(x: torch.Tensor, out_channels: int) -> torch.Tensor:
     """Identity shortcut for a block that halves resolution and widens: subsample, zero-pad.
@@ -65,11 +67,8 @@ class ResNetCifar(nn.Module):
         self.init_weights()
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """He-normal weights for every convolution and linear layer (drawn from `generator`, or
-        the global one at construction)."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight, generator=generator)
+        """He-normal weights (drawn from `generator`, or the global one at construction)."""
+        he_normal_(self, generator)
 
     @staticmethod
     def _stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:

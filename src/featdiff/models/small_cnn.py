@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from featdiff.seeding import he_normal_
+
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
@@ -38,11 +40,8 @@ class SmallCNN(nn.Module):
         self.init_weights()
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """He-normal weights for every convolution and linear layer (drawn from `generator`, or
-        the global one at construction)."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight, generator=generator)
+        """He-normal weights (drawn from `generator`, or the global one at construction)."""
+        he_normal_(self, generator)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, H, W) → (B, feature_dim)."""

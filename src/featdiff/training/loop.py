@@ -114,4 +114,3 @@ def _due(state: TrainState, finished_epoch: bool, every_steps: int | None, every
 def cosine_lr(step: int, total: int, lr: float, floor: float = 0.0) -> float:
     """Cosine decay from lr at step 0 to `floor` at step `total`."""
     return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-

@@ -99,7 +99,9 @@ def _pretrain_denoiser(model: EndToEndModel, encoded: EncodedDataset, run: Run, 
     model.denoiser.load_state_dict(state.ema.module.state_dict())
 
 
-def e2e_pseudo_features(model: EndToEndModel, counts: torch.Tensor, settings: EndToEndSettings, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def e2e_pseudo_features(
+    model: EndToEndModel, counts: torch.Tensor, settings: EndToEndSettings, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`counts[c]` pseudo-features of class c as the classifier sees them during training (few-step DDIM)."""
     config = settings.e2e
     labels = torch.arange(len(counts)).repeat_interleave(counts.cpu())
@@ -113,7 +115,7 @@ def finished_end_to_end_model(run: Run, bundle: DatasetBundle, encoder: nn.Modul
     config = run.config
     e2e_config = resolved_e2e_config(config, bundle.train.class_counts())
     model = new_end_to_end_model(config, e2e_config, encoder, bundle.num_classes).to(device)
-    model.load_state_dict(run.load_tensors("end_to_end.safetensors"))
+    model.load_state_dict(run.load_tensors("end_to_end.safetensors", stage="end_to_end"))
     return model.eval()
 
 
@@ -124,7 +126,9 @@ def diagnose_as_trained(run: Run, bundle: DatasetBundle, model: EndToEndModel, d
     with clean eval-mode features instead, which the BN and augmentation shift moves away."""
     config = run.config
     settings = settings_for(config, resolved_e2e_config(config, bundle.train.class_counts()))
-    real = features_as_trained(model.encoder, bundle, config.finetune, augment_padding(config), stage_generator(config.seed, "features"), device)
+    real = features_as_trained(
+        model.encoder, bundle, config.finetune, augment_padding(config), stage_generator(config.seed, "features"), device
+    )
     generator = stage_generator(config.seed, "diagnostics", device)
     pseudo, pseudo_labels = e2e_pseudo_features(model, diagnostic_counts(bundle.num_classes), settings, generator)
     return compare(real.features, real.labels, pseudo, pseudo_labels, bundle.num_classes)
@@ -153,6 +157,7 @@ def stage_end_to_end(context: MethodContext, starting: EncodedDataset) -> tuple[
         report = compare(real, bundle.train.labels, pseudo, pseudo_labels, bundle.num_classes)
         run.log("end_to_end", **logged, diagnostics=report)
         state.extra["diagnostics"] = [*state.extra.get("diagnostics", []), {"epoch": epoch, **report}]
+
     with accelerated(model.encoder, config.compute, device):
         history = train_end_to_end(
             state,
@@ -197,7 +202,9 @@ def run(context: MethodContext) -> MethodResult:
     if not config.e2e.rebalance_classifier:
         return MethodResult(joint, extra, {})
     counts = pseudo_counts(context.train_counts, config.generation)
-    pseudo_x, pseudo_y = e2e_pseudo_features(model, counts, settings_for(config, e2e_config), stage_generator(config.seed, "generation", device))
+    pseudo_x, pseudo_y = e2e_pseudo_features(
+        model, counts, settings_for(config, e2e_config), stage_generator(config.seed, "generation", device)
+    )
     if config.e2e.rebalance_features == "as_trained":
         generator = stage_generator(config.seed, "features")
         as_trained = features_as_trained(model.encoder, bundle, config.finetune, augment_padding(config), generator, device)

@@ -242,7 +242,9 @@ def encoder_step(
     return {name: value.detach() for name, value in logged.items()}, features
 
 
-def frozen_pseudo(model: EndToEndModel, count: int, settings: EndToEndSettings, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def frozen_pseudo(
+    model: EndToEndModel, count: int, settings: EndToEndSettings, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Pseudo-features from a frozen ε_θ (no graph), for strategy B's step B or its cache."""
     return generate_pseudo(model, count, settings, differentiable=False, generator=generator)
 

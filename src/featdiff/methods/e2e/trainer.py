@@ -25,17 +25,14 @@ Augment = Callable[[Tensor, torch.Generator], Tensor]
 Normalize = Callable[[Tensor], Tensor]
 
 
-def make_denoiser_optimizer(model: EndToEndModel, settings: EndToEndSettings) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.denoiser.parameters(), lr=settings.e2e.denoiser_lr, weight_decay=0.0)
-
-
 def end_to_end_state(model: EndToEndModel, size: int, settings: EndToEndSettings, generator: torch.Generator) -> TrainState:
     """E's trainable scope and optimizer as `finetune` sets them, AdamW for ε_θ, and the two generators."""
     configure_trainable(model.encoder, settings.finetune.trainable)
     device = model.feature_floor.device
+    denoiser_optimizer = torch.optim.AdamW(model.denoiser.parameters(), lr=settings.e2e.denoiser_lr, weight_decay=0.0)
     return TrainState(
         model=model,
-        optimizers={"encoder": make_encoder_optimizer(model.encoder, settings.finetune), "denoiser": make_denoiser_optimizer(model, settings)},
+        optimizers={"encoder": make_encoder_optimizer(model.encoder, settings.finetune), "denoiser": denoiser_optimizer},
         generators={"data": generator, "sampling": torch.Generator(device=device)},
         batches=ShuffledBatches(size, settings.finetune.batch_size, generator),
     )
@@ -79,7 +76,9 @@ def train_end_to_end(
         weights = term_weights(config, epoch + within / per_epoch, finetune.epochs)
         set_train_mode(model.encoder, finetune.trainable)
         if config.strategy == "B":
-            return _alternating_step(model, optimizers, batch, labels[index], settings, weights, state.extra["pseudo_cache"], within, sampling)
+            return _alternating_step(
+                model, optimizers, batch, labels[index], settings, weights, state.extra["pseudo_cache"], within, sampling
+            )
         return e2e_steps.joint_step(
             model,
             optimizers,
