@@ -56,12 +56,13 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
 
 
 def denoiser_flops_per_sample(config) -> float:
-    """FLOPs of one denoiser evaluation per sample, counted by PyTorch's flop counter."""
+    """FLOPs of one sampling step's denoiser evaluation per sample (the shared-timestep path that
+    sampling runs), counted by PyTorch's flop counter."""
     model = build_denoiser(64, 10, config.diffusion).eval()
     batch = 4096
-    x, t, y = torch.randn(batch, 64), torch.full((batch,), 500), torch.randint(0, 10, (batch,))
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x, t, y)
+    x, y = torch.randn(batch, 64), torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        model.forward_shared_timestep(x, 500, y)
     return counter.get_total_flops() / batch
 
 

@@ -177,8 +177,41 @@ def test_digits_run_end_to_end_then_resume_after_a_crash(tmp_path):
     again = json.loads((crashed / "results.json").read_text())
     assert again["acc"] == results["acc"] and again["per_class"] == results["per_class"]
 
+    # Timings add up over sessions: the resumed session retrained the classifier once more.
+    assert again["wall_s"] > results["wall_s"]
+    assert again["stage_s"]["classifier_s"] > results["stage_s"]["classifier_s"]
+    assert again["stage_s"]["denoiser_s"] == pytest.approx(results["stage_s"]["denoiser_s"])
+    assert not (straight / "checkpoints").exists(), "a finished run drops its training checkpoints"
+
     complete = featdiff("run", "--resume", str(straight))
     assert_one_line_error(complete, "already complete")
+
+    # Damaged files in a run folder: one line naming the file and the fix, exit 2, nothing changed.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(crashed, damaged)
+    for name in ("results.json", "stages/classifier.done"):
+        (damaged / name).unlink()
+    encoder = damaged / "encoder.safetensors"
+    encoder.write_bytes(encoder.read_bytes()[:100])
+    before = snapshot(damaged)
+    assert_one_line_error(featdiff("run", "--resume", str(damaged)), "encoder.safetensors", "--resume")
+    assert snapshot(damaged) == before
+    shutil.copyfile(straight / "encoder.safetensors", encoder)
+    checkpoint = damaged / "checkpoints" / "classifier.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"model": torch.zeros(100)}, checkpoint)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:50])
+    before = snapshot(damaged)
+    assert_one_line_error(featdiff("run", "--resume", str(damaged)), "classifier.pt", "delete it")
+    assert snapshot(damaged) == before
+
+
+def test_out_under_a_regular_file_creates_nothing(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = featdiff("run", "configs/digits_ldmlr.yaml", "--out", str(blocker / "run"))
+    assert_one_line_error(result, "a-file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
 def test_digits_e2e_with_rebalanced_classifier_then_resume(tmp_path):

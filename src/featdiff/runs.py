@@ -114,10 +114,15 @@ class Run:
         self._open_blocks[name] = time.perf_counter()
         try:
             yield
+        except UserError:
+            # Bad input (a damaged file, say) did no work: the run folder stays as it was.
+            self._open_blocks.pop(name)
+            raise
         finally:
-            started = self._open_blocks.pop(name)
-            self._stage_totals[name] = self._stage_totals.get(name, 0.0) + time.perf_counter() - started
-            self._save_timings()
+            if name in self._open_blocks:
+                started = self._open_blocks.pop(name)
+                self._stage_totals[name] = self._stage_totals.get(name, 0.0) + time.perf_counter() - started
+                self._save_timings()
 
     def _read_timings(self) -> tuple[float, dict[str, float]]:
         path = self.directory / TIMINGS_FILE

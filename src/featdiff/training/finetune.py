@@ -95,11 +95,6 @@ def make_encoder_optimizer(encoder: nn.Module, config: FinetuneConfig) -> Encode
     return torch.optim.SGD([g for g in groups if g["params"]], **sgd)
 
 
-def set_learning_rates(optimizer: EncoderOptimizer, fraction: float, config: FinetuneConfig) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = finetune_lr(fraction, config) * group["lr_scale"]
-
-
 def finetune_lr(fraction: float, config: FinetuneConfig) -> float:
     """The learning rate after `fraction` (in [0, 1]) of the budget: cosine decay from lr to 0,
     or stage 1's warm-up and step decay, changed once per epoch."""
