@@ -47,10 +47,12 @@ def _run(args: argparse.Namespace) -> None:
 
     import torch
 
-    from featdiff.pipeline import execute
+    from featdiff.pipeline import execute, preflight
     from featdiff.report import results_table
     from featdiff.runs import Run
 
+    if args.resume is None:
+        preflight(config)  # e.g. a privacy budget the config cannot meet: refused before anything is written
     run = Run.resume(Path(args.resume)) if args.resume is not None else Run.create(out, config)
     if run.config.compute.threads is not None:
         torch.set_num_threads(run.config.compute.threads)
@@ -72,6 +74,29 @@ def _run(args: argparse.Namespace) -> None:
     print(f"\nresults: {run.directory / 'results.json'}  ({results['wall_s']:.1f} s)")
 
 
+def _privacy(args: argparse.Namespace) -> None:
+    """What a private run will spend, printed before any training."""
+    config = load_config(Path(args.config), parse_overrides(args.set))
+    from featdiff.methods.ldmlr_dp import plan_for_config
+
+    plan = plan_for_config(config)
+    privacy = config.privacy
+    print(f"{config.data.dataset}, N = {plan.dataset_size} records, δ = {plan.delta:g}, {privacy.adjacency.replace('_', ' ')} adjacency")
+    print(f"records clipped to R = {privacy.norm_bound:g}, scaled by √D/R = {plan.feature_scale:.3g}; Δ = {plan.sensitivity:.3g}")
+    print(f"split S = {privacy.split_timestep} (ᾱ_S = {plan.alpha_bar:.3g}); K = {privacy.draws} draws, clip C = {privacy.clip_norm:g}\n")
+    print("| phase | noise multiplier | sampling rate | steps | ε (dp-promise CLT) | ε (tight, PRV) |")
+    print("|---|---|---|---|---|---|")
+    table = plan.table()
+    for name, phase in (("I (t >= S)", plan.phase_one), ("II (t < S)", plan.phase_two), ("total", None)):
+        key = {"I (t >= S)": "phase_one", "II (t < S)": "phase_two", "total": "total"}[name]
+        cells = ["–", "–", "–"] if phase is None else [f"{phase.noise_multiplier:.4g}", f"{phase.sample_rate:.4g}", str(phase.steps)]
+        eps = [("∞" if value is None else f"{value:.3f}") for value in (table[key]["clt"], table[key]["prv"])]
+        print(f"| {name} | " + " | ".join(cells + eps) + " |")
+    target = "∞ (not private)" if privacy.epsilon is None else f"{privacy.epsilon:g}"
+    claim = "∞" if not plan.private else f"{plan.epsilon:.3f}"
+    print(f"\ntarget ε {target}; claimed ({privacy.accountant}) {claim}")
+
+
 def _download(args: argparse.Namespace) -> None:
     from featdiff.data.download import download_cifar
 
@@ -89,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="new run folder (default runs/NAME-TIMESTAMP); never overwritten")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
     run.set_defaults(handler=_run)
+
+    privacy = commands.add_parser("privacy", help="print what a private config spends (ε per phase, calibrated σ) without training")
+    privacy.add_argument("config", help="YAML config with a privacy section")
+    privacy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    privacy.set_defaults(handler=_privacy)
 
     data = commands.add_parser("data", help="dataset utilities")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from featdiff.errors import UserError
 
-Method = Literal["ce", "fc_retrain", "ldmlr", "ce_finetune", "ldmlr_stale", "ldmlr_refit", "e2e"]
+Method = Literal["ce", "fc_retrain", "ldmlr", "ce_finetune", "ldmlr_stale", "ldmlr_refit", "e2e", "ldmlr_dp"]
 Dataset = Literal["digits", "cifar10", "cifar100"]
 
 
@@ -296,6 +296,54 @@ class EndToEndConfig(_Section):
     them during joint training (test features stay eval-mode either way)."""
 
 
+class PrivacyConfig(_Section):
+    """Differentially private training of the feature denoiser in dp-promise's two phases
+    (method `ldmlr_dp`; see featdiff.privacy and the README's threat model).
+
+    Every training feature vector is clipped to L2 norm `norm_bound` (R) and scaled by √D/R, both
+    fixed a priori (never computed from the private features). Phase I trains on t ∈ [S, T),
+    label-free, Poisson-sampled, one noise draw per visit, unclipped and unnoised: the forward
+    noise is its Gaussian mechanism. Phase II trains on t ∈ [0, S) with DP-SGD: Poisson
+    sampling, `draws` (K) noise draws per example averaged before clipping to `clip_norm` (C),
+    Gaussian noise σ·C."""
+
+    epsilon: Annotated[Float, Field(gt=0)] | None = None
+    """Target ε at `delta`; null: not private (ε = ∞), the same two phases without clipping or noise."""
+    delta: Float = Field(1e-5, gt=0, lt=1)
+    """Must be below 1/N for the N training records (checked when the data is known)."""
+    adjacency: Literal["replace_one", "add_remove_one"] = "replace_one"
+    """Neighbouring datasets differ in one record replaced (sensitivity 2R, dp-promise's choice)
+    or one record added or removed (R)."""
+    norm_bound: Float = Field(8.0, gt=0)
+    """R: every feature vector is clipped to this L2 norm (ResNet-32 features have norms ~4–8)."""
+    split_timestep: int = Field(900, ge=1)
+    """S: Phase I covers t ∈ [S, T), Phase II t ∈ [0, S) (of diffusion.num_steps). Phase I's
+    privacy rests on ᾱ_S being tiny: 900 is dp-promise's value for its linear schedule
+    (ᾱ ≈ 2.8e-4); under the cosine schedule ᾱ falls that low only near t ≈ 0.985·T."""
+    phase_one_batch: int = Field(256, ge=1)
+    """Expected Poisson batch of Phase I."""
+    phase_one_epochs: Float = Field(20.0, ge=0)
+    phase_two_batch: int = Field(1024, ge=1)
+    """Expected Poisson batch of Phase II; the noisy gradient sum is divided by it."""
+    phase_two_epochs: Float = Field(50.0, gt=0)
+    clip_norm: Float = Field(1.0, gt=0)
+    """C: per-example gradient norm bound of Phase II."""
+    noise_multiplier: Annotated[Float, Field(gt=0)] | None = None
+    """σ of Phase II; null: calibrated so that both phases together spend `epsilon`."""
+    draws: int = Field(4, ge=1)
+    """K noise draws (t, ε) per example in Phase II, averaged before clipping."""
+    accountant: Literal["prv", "clt"] = "prv"
+    """prv: tight accounting of both phases (Opacus's PRV), what featdiff claims; clt: dp-promise's
+    GDP central-limit formula, which under-reports ε (kept to reproduce the paper)."""
+    gradients: Literal["ghost", "functorch", "opacus"] = "ghost"
+    """How per-example gradients are clipped: ghost norms (no per-example gradients), torch.func,
+    or Opacus's hooks (the reference); all give the same clipped sum."""
+    lr: Float = Field(1e-3, gt=0)
+    """Adam learning rate of both phases (constant)."""
+    release_per_class: int = Field(500, ge=1)
+    """Pseudo-features released per class: a fixed number, never derived from private counts."""
+
+
 class RunConfig(_Section):
     name: str = "run"
     method: Method = "ldmlr"
@@ -311,6 +359,7 @@ class RunConfig(_Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     e2e: EndToEndConfig = Field(default_factory=EndToEndConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:
@@ -339,6 +388,11 @@ class RunConfig(_Section):
                 "diffusion.scaling",
                 "must be 'standardize' for method e2e (it standardises features with running statistics), got 'unit_interval'",
             )
+        _rule(
+            self.privacy.split_timestep < self.diffusion.num_steps,
+            "privacy.split_timestep",
+            f"must be below diffusion.num_steps ({self.diffusion.num_steps}), got {self.privacy.split_timestep}",
+        )
         if self.method == "e2e" and self.filter.enabled:
             # The co-trained denoiser's classes are described by EMA prototypes and covariances;
             # the largest distance of a moving encoder's features is not tracked.

@@ -20,9 +20,7 @@ from featdiff.errors import UserError
 from featdiff.features import encode_dataset
 from featdiff.methods.registry import method_named
 from featdiff.methods.stages import MethodContext, evaluate_all
-from featdiff.models.encoders import load_encoder, save_encoder
-from featdiff.models.resnet_cifar import resnet32
-from featdiff.models.small_cnn import SmallCNN
+from featdiff.models.encoders import encoder_for, load_encoder, save_encoder
 from featdiff.runs import Run
 from featdiff.seeding import initialise, stage_generator
 from featdiff.training.acceleration import accelerated
@@ -39,10 +37,7 @@ def resolve_device(name: str) -> torch.device:
 
 def new_encoder(bundle: DatasetBundle, seed: int) -> nn.Module:
     """A randomly initialised encoder for the dataset, drawn from the encoder stage's generator."""
-    if bundle.name == "digits":
-        model = SmallCNN(bundle.num_classes, in_channels=bundle.train.images.shape[1])
-    else:
-        model = resnet32(bundle.num_classes)
+    model = encoder_for(bundle.name, bundle.num_classes, bundle.train.images.shape[1])
     return initialise(model, stage_generator(seed, "encoder"))
 
 
@@ -82,6 +77,13 @@ def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.M
     return model.eval()
 
 
+def preflight(config: RunConfig) -> None:
+    """The method's checks that need the data but no training (before a run folder exists)."""
+    method = method_named(config.method)
+    if method.preflight is not None:
+        method.preflight(config)
+
+
 def execute(run: Run) -> dict:
     """Run every stage the config's method needs and write results.json."""
     config = run.config
@@ -97,7 +99,7 @@ def execute(run: Run) -> dict:
     context = MethodContext(run, bundle, encoder, encoded, device, controls={})
     if not starts_from_scratch(config):  # a random encoder's accuracy is no control
         context.controls["ce"] = evaluate_all(encoder.fc, encoded, context.real_prior, context)
-    outcome = method(context)
+    outcome = method.run(context)
     controls = context.controls | outcome.controls
     results = {
         "method": config.method,

@@ -22,6 +22,9 @@ STAGE_SEEDS = {
     "finetune": 7,
     "end_to_end": 8,
     "diagnostics": 9,
+    "dp_phase_two": 10,
+    "dp_pseudo_classifier": 11,
+    "ldmlr_classifier": 12,
 }
 
 

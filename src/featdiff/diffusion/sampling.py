@@ -26,7 +26,9 @@ from featdiff.diffusion.process import eps_from_x0, x0_from_eps
 from featdiff.diffusion.schedules import NoiseSchedule
 from featdiff.progress import progress as progress_bar
 
-Clip = tuple[float | Tensor, float | Tensor] | None
+Clip = tuple[float | Tensor, float | Tensor] | float | None
+"""Where x̂0 is confined at every step: a (low, high) box, per dimension or scalar; a bare float
+is the radius of an L2 ball (a public norm bound, for private training); None leaves x̂0 free."""
 Method = Literal["ddpm", "ddim"]
 
 
@@ -119,7 +121,9 @@ def x0_and_eps_at_step(
         x0 = model_output
     else:
         raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'x0'")
-    if clip is not None:
+    if isinstance(clip, float):
+        x0 = x0 * (clip / x0.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+    elif clip is not None:
         x0 = x0.clamp(*clip)
     return x0, eps_from_x0(x_t, x0, sqrt_recip_ac, sqrt_recipm1_ac)
 
@@ -205,10 +209,11 @@ def ddpm_sample(
     clip: Clip = None,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
+    differentiable: bool = False,
 ) -> Tensor:
     """Ancestral sampling over all T steps (LDMLR's sampler, with clip=(-1, 1))."""
     x = _initial_noise(y, feature_dim, generator, noise)
-    return _run(model, y, x, ancestral_plan(schedule), prediction, clip, generator, False)
+    return _run(model, y, x, ancestral_plan(schedule), prediction, clip, generator, differentiable)
 
 
 def ddim_sample(
@@ -256,12 +261,15 @@ def sample_features(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if method not in ("ddpm", "ddim"):
         raise ValueError(f"unknown method {method!r}; expected 'ddpm' or 'ddim'")
-    plan = ancestral_plan(schedule) if method == "ddpm" else ddim_plan(schedule, steps, eta)
     chunks = []
     bar = progress_bar(total=labels.shape[0], unit="feat", desc=f"sampling ({method})", disable=not progress)
     with bar:
         for y in labels.split(chunk_size):
-            x = _initial_noise(y, feature_dim, generator, None)
-            chunks.append(_run(model, y, x, plan, prediction, clip, generator, differentiable))
+            if method == "ddpm":
+                chunks.append(ddpm_sample(model, y, feature_dim, schedule, prediction, clip, generator, differentiable=differentiable))
+            else:
+                chunks.append(
+                    ddim_sample(model, y, feature_dim, schedule, steps, eta, prediction, clip, generator, differentiable=differentiable)
+                )
             bar.update(y.shape[0])
     return torch.cat(chunks) if chunks else torch.empty((0, feature_dim), device=labels.device)

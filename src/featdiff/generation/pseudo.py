@@ -119,6 +119,8 @@ class FeatureGenerator:
         """Everything needed to sample again, as safetensors-ready tensors."""
         state = {f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()}
         state |= {f"scaler.{k}": v for k, v in self.scaler.state_dict().items()}
-        if self.clip is not None:
+        if isinstance(self.clip, float):
+            state["clip.radius"] = torch.tensor(self.clip)
+        elif self.clip is not None:
             state |= {f"clip.{name}": torch.as_tensor(bound) for name, bound in zip(("low", "high"), self.clip, strict=True)}
         return state

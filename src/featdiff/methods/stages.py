@@ -92,11 +92,14 @@ def evaluate_all(classifier: nn.Module, encoded: EncodedDataset, prior: torch.Te
     return result
 
 
-def retrain_classifier(context: MethodContext, stage: str, encoder: nn.Module, data: WeightedFeatures) -> nn.Linear:
-    """LDMLR's stage-3 recipe on `data`, from the encoder's fc (or a seeded random one)."""
+def retrain_classifier(
+    context: MethodContext, stage: str, encoder: nn.Module, data: WeightedFeatures, random_init: bool = False
+) -> nn.Linear:
+    """LDMLR's stage-3 recipe on `data`, from the encoder's fc (or a seeded random one, with
+    `classifier.init: random` or `random_init`)."""
     run, config = context.run, context.config
     classifier = copy.deepcopy(encoder.fc).to(context.device)
-    if config.classifier.init == "random":
+    if random_init or config.classifier.init == "random":
         reset_parameters(classifier, stage_generator(config.seed, stage))
     if run.stage_done(stage):
         classifier.load_state_dict(run.load_tensors(f"{stage}.safetensors", stage=stage))

@@ -20,6 +20,7 @@ from torch import nn
 from featdiff.errors import UserError
 from featdiff.io import atomic_save_tensors
 from featdiff.models.resnet_cifar import ResNetCifar, resnet32
+from featdiff.models.small_cnn import SmallCNN
 
 
 class Encoder(Protocol):
@@ -47,6 +48,13 @@ class Encoder(Protocol):
     def modules(self) -> Iterator[nn.Module]: ...
 
     def named_buffers(self) -> Iterator[tuple[str, torch.Tensor]]: ...
+
+
+def encoder_for(dataset: str, num_classes: int, in_channels: int) -> nn.Module:
+    """The architecture featdiff trains for a dataset: the digits CNN, or ResNet-32 for CIFAR."""
+    if dataset == "digits":
+        return SmallCNN(num_classes, in_channels=in_channels)
+    return resnet32(num_classes)
 
 
 def load_encoder(path: Path, num_classes: int) -> ResNetCifar:

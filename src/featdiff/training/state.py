@@ -72,6 +72,42 @@ class ShuffledBatches:
         self.order, self.cursor, self.epoch = state["order"], state["cursor"], state["epoch"]
 
 
+class PoissonBatches:
+    """Poisson sampling: every batch takes each of `size` rows independently with probability
+    `rate` (the sampling DP accountants assume; a batch may be empty). An "epoch" is round(1/q)
+    batches, for logging only."""
+
+    def __init__(self, size: int, rate: float, generator: torch.Generator) -> None:
+        if size < 1 or not 0 < rate <= 1:
+            raise ValueError(f"need size >= 1 and rate in (0, 1], got {size}, {rate}")
+        self.size = size
+        self.rate = rate
+        self.generator = generator
+        self.steps_per_epoch = max(1, round(1 / rate))
+        self.steps_in_epoch = 0
+        self.epoch = -1
+        self.epoch_started = False
+
+    @property
+    def epoch_finished(self) -> bool:
+        return self.steps_in_epoch == self.steps_per_epoch
+
+    def next(self) -> Tensor:
+        self.epoch_started = self.epoch < 0 or self.epoch_finished
+        if self.epoch_started:
+            self.epoch += 1
+            self.steps_in_epoch = 0
+        self.steps_in_epoch += 1
+        chosen = torch.rand(self.size, generator=self.generator, device=self.generator.device) < self.rate
+        return torch.nonzero(chosen).flatten().cpu()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps_in_epoch": self.steps_in_epoch, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_in_epoch, self.epoch = state["steps_in_epoch"], state["epoch"]
+
+
 def make_ema(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
@@ -83,7 +119,7 @@ class TrainState:
     model: nn.Module
     optimizers: dict[str, Any]
     generators: dict[str, torch.Generator]
-    batches: ShuffledBatches
+    batches: ShuffledBatches | PoissonBatches
     ema: AveragedModel | None = None
     step: int = 0
     epoch_sums: dict[str, float] = field(default_factory=dict)

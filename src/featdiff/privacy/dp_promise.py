@@ -1,0 +1,143 @@
+"""dp-promise's two-phase training of the feature denoiser (Wang et al., USENIX Security 2024),
+on the shared training core.
+
+- `private_records`: each feature vector clipped to L2 norm R and scaled by √D/R, both fixed a
+  priori, so a record's sensitivity is known without looking at the data.
+- Phase I (t ∈ [S, T)): label-free (the null class), Poisson batches, one noise draw per visit,
+  plain gradients: the forward noise at t ≥ S is the Gaussian mechanism the plan accounts for.
+- Phase II (t ∈ [0, S)): DP-SGD with K draws per example averaged before clipping to C, noise
+  σ·C on the sum, divided by the expected batch; the optimizer's step is the plain Adam step.
+  Not private (σ = None): the same phase with the plain mean gradient.
+
+Each phase is a `TrainState` run by the shared loop, so it checkpoints and resumes bit for bit;
+Phase I ends by copying its EMA weights into the model (as dp-promise does), Phase II keeps a
+fresh EMA, which is post-processing and costs no privacy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from featdiff.config import DiffusionConfig, PrivacyConfig
+from featdiff.diffusion.objective import denoising_loss, draw_timesteps_and_noise
+from featdiff.diffusion.schedules import NoiseSchedule
+from featdiff.privacy.dp_sgd import PATHS, apply_private_gradients, clipped_sum, noised_mean, trainable
+from featdiff.privacy.ghost import ghost_clipped_sum
+from featdiff.privacy.plan import PrivacyPlan
+from featdiff.training.loop import apply_update, run_steps
+from featdiff.training.state import PoissonBatches, TrainState, make_ema
+
+
+def clip_to_norm(features: Tensor, norm_bound: float) -> Tensor:
+    """x·min(1, R/‖x‖): every row in the L2 ball of radius R."""
+    return features * (norm_bound / features.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+
+
+def private_records(features: Tensor, norm_bound: float) -> Tensor:
+    """x·min(1, R/‖x‖)·√D/R: every record in the L2 ball of radius √D, whatever the data."""
+    return clip_to_norm(features, norm_bound) * (features.shape[1] ** 0.5 / norm_bound)
+
+
+def phase_state(
+    model: nn.Module, size: int, batch: int, privacy: PrivacyConfig, ema_decay: float, generator: torch.Generator
+) -> TrainState:
+    return TrainState(
+        model=model,
+        optimizers={"denoiser": torch.optim.Adam(model.parameters(), lr=privacy.lr)},
+        generators={"data": generator},
+        batches=PoissonBatches(size, min(1.0, batch / size), generator),
+        ema=make_ema(model, ema_decay),
+    )
+
+
+def train_phase_one(
+    state: TrainState,
+    records: Tensor,
+    schedule: NoiseSchedule,
+    privacy: PrivacyConfig,
+    diffusion: DiffusionConfig,
+    plan: PrivacyPlan,
+    checkpoint: Callable[[dict], None] | None = None,
+) -> TrainState:
+    """Phase I to its planned step count; the model ends with its EMA weights."""
+    model, generator = state.model, state.generators["data"]
+    device = next(model.parameters()).device
+    records = records.to(device)
+    optimizer = state.optimizers["denoiser"]
+    null = torch.tensor(model.null_class, device=device)
+
+    def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
+        x0 = records[index.to(device)]
+        t, noise = draw_timesteps_and_noise(
+            len(x0), x0.shape[1], schedule.num_steps, 1, generator, device, x0.dtype, low=privacy.split_timestep
+        )
+        if len(x0) == 0:
+            return {}
+        losses = denoising_loss(
+            model, x0, null.expand(len(x0)), t, noise, schedule, diffusion.resolved_prediction(), diffusion.resolved_weighting()
+        )
+        apply_update(losses.sum() / privacy.phase_one_batch, optimizer)
+        return {"loss": losses.mean().detach()}
+
+    steps = plan.phase_one.steps if plan.phase_one is not None else 0
+    run_steps(state, steps, step, checkpoint=checkpoint, checkpoint_every_steps=500, desc="dp-promise phase I")
+    if state.step > 0:
+        model.load_state_dict(state.ema.module.state_dict())
+    return state
+
+
+def train_phase_two(
+    state: TrainState,
+    records: Tensor,
+    labels: Tensor,
+    schedule: NoiseSchedule,
+    privacy: PrivacyConfig,
+    diffusion: DiffusionConfig,
+    plan: PrivacyPlan,
+    checkpoint: Callable[[dict], None] | None = None,
+) -> TrainState:
+    """Phase II to its planned step count (DP-SGD when the plan is private); sample from the EMA."""
+    model, generator = state.model, state.generators["data"]
+    device = next(model.parameters()).device
+    records, labels = records.to(device), labels.to(device)
+    optimizer = state.optimizers["denoiser"]
+    prediction, weighting = diffusion.resolved_prediction(), diffusion.resolved_weighting()
+    expected_batch = privacy.phase_two_batch
+
+    def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
+        index = index.to(device)
+        x0, y = records[index], labels[index]
+        t, noise = draw_timesteps_and_noise(
+            len(x0), x0.shape[1], schedule.num_steps, privacy.draws, generator, device, x0.dtype, high=privacy.split_timestep
+        )
+        if plan.phase_two is None:
+            if len(x0) == 0:
+                return {}
+            losses = denoising_loss(model, x0, y, t, noise, schedule, prediction, weighting)
+            apply_update(losses.sum() / expected_batch, optimizer)
+            return {"loss": losses.mean().detach()}
+        summed, norms = _clipped_sum(model, x0, y, t, noise, schedule, privacy, prediction, weighting)
+        private = noised_mean(summed, privacy.clip_norm, plan.phase_two.noise_multiplier, expected_batch, generator)
+        apply_private_gradients(model, private, optimizer)
+        return {"clipped_share": (norms > privacy.clip_norm).float().mean()} if len(norms) else {}
+
+    steps = plan.phase_two.steps if plan.phase_two is not None else _steps(privacy, plan.dataset_size)
+    run_steps(state, steps, step, checkpoint=checkpoint, checkpoint_every_steps=100, desc="dp-promise phase II")
+    return state
+
+
+def _steps(privacy: PrivacyConfig, size: int) -> int:
+    return -(-int(privacy.phase_two_epochs * size) // privacy.phase_two_batch)
+
+
+def _clipped_sum(model, x0, y, t, noise, schedule, privacy, prediction, weighting) -> tuple[dict[str, Tensor], Tensor]:
+    """Σ_i clip_C(∇L_i) by the configured path; an empty batch contributes zeros."""
+    if len(x0) == 0:
+        return {name: torch.zeros_like(p) for name, p in trainable(model).items()}, x0.new_zeros(0)
+    if privacy.gradients == "ghost":
+        return ghost_clipped_sum(model, lambda: denoising_loss(model, x0, y, t, noise, schedule, prediction, weighting), privacy.clip_norm)
+    gradients = PATHS[privacy.gradients](model, x0, y, t, noise, schedule, prediction, weighting)
+    return clipped_sum(gradients, privacy.clip_norm)

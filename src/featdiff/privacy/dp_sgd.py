@@ -1,0 +1,117 @@
+"""DP-SGD for the denoiser: per-example gradients of the denoising objective, clipped, summed,
+noised — and the optimizer's step left unchanged, as Opacus's `make_private` does.
+
+An example's K noise draws are one record's contribution: its loss is the mean over its draws
+(`featdiff.diffusion.objective`), so its gradient is averaged over the draws *before* clipping,
+and the clipped contribution has norm ≤ C whatever K is. Treating the K draws as K examples would
+make the sensitivity K·C while the accountant assumes C.
+
+Two ways to the per-example gradients, which a test shows equal:
+- `functorch_gradients`: `torch.func.vmap(grad(...))` over examples, the fast path on a CPU;
+- `opacus_gradients`: Opacus's `GradSampleModule` hooks on one call over the (B, K, D) batch
+  (its Linear and Embedding samplers sum each example's K rows), the reference.
+
+Noise is added to the clipped sum with std σ·C and the result divided by the *expected* batch
+size q·N, not the realised one (dividing by the realised size leaks beyond the accounting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from featdiff.diffusion.objective import Weighting, denoising_loss
+from featdiff.diffusion.parameterization import Prediction
+from featdiff.diffusion.schedules import NoiseSchedule
+
+Gradients = dict[str, Tensor]
+"""Parameter name -> per-example gradients (B, *shape), or a summed gradient (*shape)."""
+
+
+def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def functorch_gradients(
+    model: nn.Module,
+    x0: Tensor,
+    y: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    schedule: NoiseSchedule,
+    prediction: Prediction = "eps",
+    weighting: Weighting = "none",
+) -> Gradients:
+    """Per-example gradients (B, ...) of `denoising_loss` (each example's mean over its K draws)."""
+    params = {name: p.detach() for name, p in trainable(model).items()}
+    frozen = {name: p.detach() for name, p in model.named_parameters() if name not in params}
+    buffers = dict(model.named_buffers())
+
+    def single(params: Gradients, x0: Tensor, y: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        def denoiser(x_t: Tensor, t_: Tensor, y_: Tensor) -> Tensor:
+            return functional_call(model, (params, frozen, buffers), (x_t, t_, y_))
+
+        return denoising_loss(denoiser, x0[None], y[None], t[None], noise[None], schedule, prediction, weighting)[0]
+
+    return vmap(grad(single), in_dims=(None, 0, 0, 0, 0))(params, x0, y, t, noise)
+
+
+def opacus_gradients(
+    model: nn.Module,
+    x0: Tensor,
+    y: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    schedule: NoiseSchedule,
+    prediction: Prediction = "eps",
+    weighting: Weighting = "none",
+) -> Gradients:
+    """The same per-example gradients through Opacus's hooks (one forward over (B, K, D))."""
+    from opacus import GradSampleModule
+
+    wrapped = GradSampleModule(model, loss_reduction="sum")
+    try:
+        wrapped.zero_grad(set_to_none=True)
+        denoising_loss(wrapped, x0, y, t, noise, schedule, prediction, weighting).sum().backward()
+        return {name: p.grad_sample.detach().clone() for name, p in trainable(model).items()}
+    finally:
+        wrapped.zero_grad(set_to_none=True)
+        wrapped.to_standard_module()
+
+
+def per_example_norms(gradients: Gradients) -> Tensor:
+    """‖g_i‖ over all parameters, (B,)."""
+    return torch.sqrt(sum(g.flatten(1).square().sum(1) for g in gradients.values()))
+
+
+def clipped_sum(gradients: Gradients, clip_norm: float) -> tuple[Gradients, Tensor]:
+    """Σ_i g_i·min(1, C/‖g_i‖) and the per-example norms before clipping."""
+    norms = per_example_norms(gradients)
+    factors = (clip_norm / (norms + 1e-6)).clamp(max=1.0)
+    return {name: torch.einsum("b,b...->...", factors, g) for name, g in gradients.items()}, norms
+
+
+def noised_mean(
+    summed: Gradients, clip_norm: float, noise_multiplier: float, expected_batch: float, generator: torch.Generator | None
+) -> Gradients:
+    """(Σ clipped + N(0, σ²C²·I)) / (q·N): the private gradient."""
+    return {
+        name: (g + noise_multiplier * clip_norm * torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device))
+        / expected_batch
+        for name, g in summed.items()
+    }
+
+
+def apply_private_gradients(model: nn.Module, gradients: Gradients, optimizer: torch.optim.Optimizer) -> None:
+    """Set every trainable parameter's .grad to the private gradient and take the optimizer's step."""
+    for name, parameter in trainable(model).items():
+        parameter.grad = gradients[name].to(parameter.dtype)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+PerExampleGradients = Callable[..., Gradients]
+PATHS: dict[str, PerExampleGradients] = {"functorch": functorch_gradients, "opacus": opacus_gradients}
