@@ -231,12 +231,24 @@ def test_time_adds_up_over_a_killed_and_resumed_session(tmp_path, clock):
     assert reopened.elapsed_s == pytest.approx(17.0)
 
 
-def test_timed_block_that_raises_still_counts_and_is_saved(run, clock):
+def test_a_killed_block_keeps_its_time_up_to_its_last_record_of_progress(run, clock):
     clock.now = 150.0
     with pytest.raises(KeyboardInterrupt), run.timed("encoder_s"):
+        clock.now = 152.0
+        run.log("encoder", epoch=1)
         clock.now = 152.5
         raise KeyboardInterrupt
-    assert Run.resume(run.directory).stage_seconds == pytest.approx({"encoder_s": 2.5})
+    assert Run.resume(run.directory).stage_seconds == pytest.approx({"encoder_s": 2.0})
+
+
+def test_a_session_that_fails_before_any_progress_changes_nothing(run, clock):
+    run.mark_done("encoder")
+    before = (run.directory / "timings.json").read_bytes()
+    resumed = Run.resume(run.directory)
+    clock.now += 3.0
+    with pytest.raises(UserError), resumed.timed("features_s"):
+        raise UserError("a damaged file")
+    assert (run.directory / "timings.json").read_bytes() == before
 
 
 def test_a_name_cannot_be_timed_twice_at_once(run):
@@ -248,6 +260,7 @@ def test_real_clock_sums_two_sessions(tmp_path):
     first = Run.create(tmp_path / "run", RunConfig(name="test"))
     with first.timed("denoiser_s"):
         torch.zeros(1)
+    first.mark_done("denoiser")
     one = first.stage_seconds["denoiser_s"]
     second = Run.resume(tmp_path / "run")
     with second.timed("denoiser_s"):

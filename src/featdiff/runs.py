@@ -106,23 +106,20 @@ class Run:
     def timed(self, name: str) -> Iterator[None]:
         """Add the block's wall time to the run's total for `name` (kept across `--resume`).
 
-        A block killed part-way keeps the time saved by its last log or checkpoint; when a later
-        session runs it again, both sessions' time counts.
+        Totals are written with the run's next record of progress (a log line, a checkpoint, a
+        finished stage, the results), never on their own: a session that fails on bad input
+        before making progress leaves the run folder exactly as it was. A block killed part-way
+        keeps the time saved by its last log or checkpoint; when a later session runs it again,
+        both sessions' time counts.
         """
         if name in self._open_blocks:
             raise ValueError(f"run.timed({name!r}) is already running")
         self._open_blocks[name] = time.perf_counter()
         try:
             yield
-        except UserError:
-            # Bad input (a damaged file, say) did no work: the run folder stays as it was.
-            self._open_blocks.pop(name)
-            raise
         finally:
-            if name in self._open_blocks:
-                started = self._open_blocks.pop(name)
-                self._stage_totals[name] = self._stage_totals.get(name, 0.0) + time.perf_counter() - started
-                self._save_timings()
+            started = self._open_blocks.pop(name)
+            self._stage_totals[name] = self._stage_totals.get(name, 0.0) + time.perf_counter() - started
 
     def _read_timings(self) -> tuple[float, dict[str, float]]:
         path = self.directory / TIMINGS_FILE

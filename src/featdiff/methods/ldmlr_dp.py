@@ -121,10 +121,11 @@ def ledger(plan: PrivacyPlan, context: MethodContext) -> dict:
     privacy = context.config.privacy
     table = plan.table()
     encoder = context.config.encoder.checkpoint or "trained in this run"
+    # ε is null for a run without noise (ε = ∞; JSON has no infinity).
     return {
         "mechanism": "dp-promise: Phase I Poisson-subsampled Gaussian by the forward noise (t >= S), Phase II DP-SGD (t < S)",
         "private": plan.private,
-        "epsilon": plan.epsilon,
+        "epsilon": plan.epsilon if plan.private else None,
         "delta": plan.delta,
         "accountant": plan.accountant,
         "epsilon_by_accountant": table,

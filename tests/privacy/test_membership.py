@@ -1,0 +1,90 @@
+"""Membership-inference metrics against closed forms, DP ceilings, and the attacks' mechanics."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binomtest, norm
+
+from featdiff.diffusion.schedules import make_schedule
+from featdiff.models.denoiser import FeatureDenoiser
+from featdiff.privacy.membership import (
+    attack_metrics,
+    auc_bound,
+    clopper_pearson,
+    denoiser_loss_scores,
+    distance_scores,
+    offline_lira_scores,
+    tpr_bound,
+)
+
+
+def test_metrics_of_gaussian_scores_match_the_closed_forms():
+    rng = np.random.default_rng(0)
+    mu = 1.0
+    members, non_members = rng.normal(mu, 1, 20_000), rng.normal(0, 1, 20_000)
+    metrics = attack_metrics(members, non_members, resamples=200)
+    true_auc = norm.cdf(mu / math.sqrt(2))
+    low, high = metrics["auc_ci"]
+    assert low <= true_auc <= high and high - low < 0.02
+    for fpr in (0.01, 0.001):
+        truth = norm.cdf(norm.ppf(fpr) + mu)
+        entry = metrics[f"tpr_at_{fpr:g}"]
+        # The threshold is itself estimated from 20,000 non-members: allow its sampling error too.
+        assert entry["ci"][0] - 0.01 <= truth <= entry["ci"][1] + 0.01, (fpr, entry, truth)
+
+
+def test_clopper_pearson_matches_scipy_exact_interval():
+    for successes, trials in ((0, 50), (7, 50), (50, 50), (312, 1000)):
+        reference = binomtest(successes, trials).proportion_ci(confidence_level=0.95, method="exact")
+        assert clopper_pearson(successes, trials) == pytest.approx((reference.low, reference.high), abs=1e-9)
+
+
+def test_dp_ceilings():
+    for epsilon in (0.5, 1.0, 3.0):
+        assert auc_bound(epsilon, 0.0) == pytest.approx(math.exp(epsilon) / (1 + math.exp(epsilon)), abs=1e-6)
+    assert tpr_bound(1.0, 1e-5, 0.01) == pytest.approx(math.e * 0.01 + 1e-5)
+    assert tpr_bound(1.0, 0.0, 0.9) == pytest.approx(1 - math.exp(-1.0) * 0.1)
+    assert auc_bound(1.0, 1e-5) > auc_bound(1.0, 0.0) and auc_bound(math.inf, 1e-5) == 1.0
+
+
+def test_offline_lira_calibrates_record_difficulty():
+    """Records differ in how well any model fits them; scores relative to shadow models that
+    never saw a record separate members better than raw scores."""
+    rng = np.random.default_rng(1)
+    records, shadows = 2000, 16
+    difficulty = rng.normal(0, 3, records)
+    member = rng.random(records) < 0.5
+    shadow_mask = rng.random((shadows, records)) < 0.5
+    shadow_mask[0] = False  # every record has at least one shadow model that did not train on it
+    shadow_scores = difficulty + rng.normal(0, 1, (shadows, records)) + 1.0 * shadow_mask
+    target = difficulty + rng.normal(0, 1, records) + 1.0 * member
+    raw = attack_metrics(target[member], target[~member], resamples=50)["auc"]
+    lira = offline_lira_scores(target, shadow_scores, shadow_mask)
+    calibrated = attack_metrics(lira[member], lira[~member], resamples=50)["auc"]
+    assert calibrated > raw + 0.1, (raw, calibrated)
+    with pytest.raises(ValueError, match="more shadow models"):
+        offline_lira_scores(target, shadow_scores, np.ones_like(shadow_mask))
+
+
+def test_denoiser_loss_scores_share_noise_and_ignore_batching():
+    schedule = make_schedule("cosine", 100)
+    torch.manual_seed(0)
+    model = FeatureDenoiser(4, 3, width=16, depth=1, time_dim=8)
+    torch.nn.init.normal_(model.output.weight, std=0.3)
+    records = torch.randn(10, 4)
+    records[3] = records[7]
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 2])
+    whole = denoiser_loss_scores(model, records, labels, schedule, [10, 50], draws=3, seed=5)
+    small = denoiser_loss_scores(model, records, labels, schedule, [10, 50], draws=3, seed=5, batch_size=3)
+    torch.testing.assert_close(whole, small)
+    assert whole[3] == whole[7], "the same record must get the same score: members and non-members share the draws"
+    assert not torch.equal(whole, denoiser_loss_scores(model, records, labels, schedule, [10, 50], draws=3, seed=6))
+
+
+def test_distance_scores_against_brute_force():
+    generator = torch.Generator().manual_seed(2)
+    records, released = torch.randn(30, 5, generator=generator), torch.randn(40, 5, generator=generator)
+    brute = torch.stack([-(released - r).norm(dim=1).min() for r in records])
+    torch.testing.assert_close(distance_scores(records, released, batch_size=7), brute)
