@@ -69,6 +69,11 @@ class DataConfig(_Section):
 class EncoderConfig(_Section):
     checkpoint: str | None = None
     """A safetensors encoder to start from (e.g. LDMLR's shipped ResNet-32); None trains one."""
+    public: bool = False
+    """The checkpoint was trained on other data than this run's (e.g. the CIFAR-100-LT encoder for
+    CIFAR-10-LT): only its features are used, its classifier is replaced by a fresh one for this
+    dataset's classes, and `ce` (the encoder as it is) is not evaluated. With it, ldmlr_dp's
+    guarantee covers the whole pipeline from the training images on."""
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: Float = Field(0.1, gt=0)
@@ -366,6 +371,7 @@ class RunConfig(_Section):
         _rule(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
         if self.data.dataset == "digits":
             _rule(self.encoder.checkpoint is None, "encoder.checkpoint", "digits has no shipped encoder; leave it null")
+        _rule(not self.encoder.public or self.encoder.checkpoint is not None, "encoder.public", "needs encoder.checkpoint")
         if self.finetune.init == "scratch":
             _rule(
                 self.method in ("ce_finetune", "ldmlr_refit", "e2e"),

@@ -50,7 +50,8 @@ def starts_from_scratch(config: RunConfig) -> bool:
 def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.Module:
     config = run.config
     if config.encoder.checkpoint is not None:
-        return load_encoder(Path(config.encoder.checkpoint), bundle.num_classes).to(device).eval()
+        new_head = stage_generator(config.seed, "encoder") if config.encoder.public else None
+        return load_encoder(Path(config.encoder.checkpoint), bundle.num_classes, new_head).to(device).eval()
     model = new_encoder(bundle, config.seed).to(device)
     if starts_from_scratch(config):
         return model.eval()
@@ -97,7 +98,7 @@ def execute(run: Run) -> dict:
         encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
 
     context = MethodContext(run, bundle, encoder, encoded, device, controls={})
-    if not starts_from_scratch(config):  # a random encoder's accuracy is no control
+    if not starts_from_scratch(config) and not config.encoder.public:  # a random classifier's accuracy is no control
         context.controls["ce"] = evaluate_all(encoder.fc, encoded, context.real_prior, context)
     outcome = method.run(context)
     controls = context.controls | outcome.controls

@@ -120,7 +120,8 @@ def ledger(plan: PrivacyPlan, context: MethodContext) -> dict:
     """What the guarantee is, under which assumptions, and what it does not cover."""
     privacy = context.config.privacy
     table = plan.table()
-    encoder = context.config.encoder.checkpoint or "trained in this run"
+    encoder = context.config.encoder
+    source = f"{encoder.checkpoint}, trained on other data" if encoder.public else (encoder.checkpoint or "trained in this run")
     # ε is null for a run without noise (ε = ∞; JSON has no infinity).
     return {
         "mechanism": "dp-promise: Phase I Poisson-subsampled Gaussian by the forward noise (t >= S), Phase II DP-SGD (t < S)",
@@ -143,13 +144,13 @@ def ledger(plan: PrivacyPlan, context: MethodContext) -> dict:
         "released_per_class": privacy.release_per_class,
         "covers": (
             "the released denoiser and pseudo-features (and the dp_pseudo_only classifier), with respect to the "
-            f"training feature records given the encoder ({encoder})"
+            f"training feature records given the encoder ({source})"
+            + ("; the encoder never saw these images, so this extends to the training images themselves" if encoder.public else "")
         ),
         "does_not_cover": (
-            "the encoder, which saw the same images unless it was trained elsewhere: the pipeline is DP end to end only "
-            "with a public encoder; the classifiers trained on real features; the class labels' distribution used for "
-            "anything but the fixed release counts; Phase I's regression target, which depends on the clean record and "
-            "is covered only by dp-promise's argument on x_t (audited separately)"
+            ("" if encoder.public else "the encoder, trained without privacy on the same images (DP end to end needs a public encoder); ")
+            + "the classifiers trained on real features (the method's own result, fc_retrain, ldmlr); Phase I's regression "
+            "target, which depends on the clean record and is covered only by dp-promise's argument on x_t (to be audited)"
         ),
     }
 

@@ -21,6 +21,7 @@ from featdiff.errors import UserError
 from featdiff.io import atomic_save_tensors
 from featdiff.models.resnet_cifar import ResNetCifar, resnet32
 from featdiff.models.small_cnn import SmallCNN
+from featdiff.seeding import reset_parameters
 
 
 class Encoder(Protocol):
@@ -57,11 +58,13 @@ def encoder_for(dataset: str, num_classes: int, in_channels: int) -> nn.Module:
     return resnet32(num_classes)
 
 
-def load_encoder(path: Path, num_classes: int) -> ResNetCifar:
+def load_encoder(path: Path, num_classes: int, new_head: torch.Generator | None = None) -> ResNetCifar:
     """A ResNet-32 with the weights in `path`, every key and shape checked (strict loading).
 
-    A silently partial load would evaluate a half-random network, so any missing, unexpected or
-    mis-shaped tensor is a UserError that names the file and the first offending key.
+    With `new_head` (a generator), the checkpoint is an encoder trained on other data (a public
+    one): it is loaded with its own number of classes and its classifier is replaced by a fresh,
+    seeded one for `num_classes`. A silently partial load would evaluate a half-random network,
+    so any missing, unexpected or mis-shaped tensor is a UserError naming the file and the key.
     """
     path = Path(path)
     if not path.is_file():
@@ -70,14 +73,18 @@ def load_encoder(path: Path, num_classes: int) -> ResNetCifar:
         state = load_file(path)
     except SafetensorError as error:
         raise UserError(f"{path} is not a readable safetensors file ({error}): re-copy or re-train the encoder") from error
-    model = resnet32(num_classes)
+    classes = state["fc.weight"].shape[0] if new_head is not None and "fc.weight" in state else num_classes
+    model = resnet32(classes)
     problem = _state_mismatch(model.state_dict(), state)
     if problem:
         raise UserError(
-            f"{path} does not fit a ResNet-32 with {num_classes} classes ({problem}): "
-            "use the encoder trained on this dataset, or set the dataset that matches the encoder"
+            f"{path} does not fit a ResNet-32 with {classes} classes ({problem}): "
+            "use the encoder trained on this dataset, or set the dataset that matches the encoder (or encoder.public: true)"
         )
     model.load_state_dict(state, strict=True)
+    if new_head is not None:
+        model.fc = nn.Linear(model.feature_dim, num_classes)
+        reset_parameters(model.fc, new_head)
     return model
 
 

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from featdiff.config import DiffusionConfig, PrivacyConfig
-from featdiff.diffusion.objective import denoising_loss, draw_timesteps_and_noise
+from featdiff.diffusion.objective import Weighting, denoising_loss, draw_timesteps_and_noise
+from featdiff.diffusion.parameterization import Prediction
 from featdiff.diffusion.schedules import NoiseSchedule
-from featdiff.privacy.dp_sgd import PATHS, apply_private_gradients, clipped_sum, noised_mean, trainable
+from featdiff.privacy.dp_sgd import apply_private_gradients, chunked_clipped_sum, noised_mean, trainable
 from featdiff.privacy.ghost import ghost_clipped_sum
 from featdiff.privacy.plan import PrivacyPlan
 from featdiff.training.loop import apply_update, run_steps
@@ -133,11 +134,20 @@ def _steps(privacy: PrivacyConfig, size: int) -> int:
     return -(-int(privacy.phase_two_epochs * size) // privacy.phase_two_batch)
 
 
-def _clipped_sum(model, x0, y, t, noise, schedule, privacy, prediction, weighting) -> tuple[dict[str, Tensor], Tensor]:
+def _clipped_sum(
+    model: nn.Module,
+    x0: Tensor,
+    y: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    schedule: NoiseSchedule,
+    privacy: PrivacyConfig,
+    prediction: Prediction,
+    weighting: Weighting,
+) -> tuple[dict[str, Tensor], Tensor]:
     """Σ_i clip_C(∇L_i) by the configured path; an empty batch contributes zeros."""
     if len(x0) == 0:
         return {name: torch.zeros_like(p) for name, p in trainable(model).items()}, x0.new_zeros(0)
     if privacy.gradients == "ghost":
         return ghost_clipped_sum(model, lambda: denoising_loss(model, x0, y, t, noise, schedule, prediction, weighting), privacy.clip_norm)
-    gradients = PATHS[privacy.gradients](model, x0, y, t, noise, schedule, prediction, weighting)
-    return clipped_sum(gradients, privacy.clip_norm)
+    return chunked_clipped_sum(privacy.gradients, model, x0, y, t, noise, schedule, prediction, weighting, privacy.clip_norm)

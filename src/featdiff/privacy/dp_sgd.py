@@ -115,3 +115,30 @@ def apply_private_gradients(model: nn.Module, gradients: Gradients, optimizer: t
 
 PerExampleGradients = Callable[..., Gradients]
 PATHS: dict[str, PerExampleGradients] = {"functorch": functorch_gradients, "opacus": opacus_gradients}
+
+
+def chunked_clipped_sum(
+    path: str,
+    model: nn.Module,
+    x0: Tensor,
+    y: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    schedule: NoiseSchedule,
+    prediction: Prediction,
+    weighting: Weighting,
+    clip_norm: float,
+    chunk: int = 128,
+) -> tuple[Gradients, Tensor]:
+    """The clipped sum through materialised per-example gradients, `chunk` examples at a time
+    (B × P floats at once would be gigabytes for the default denoiser and a batch of 1024)."""
+    total: Gradients = {name: torch.zeros_like(p) for name, p in trainable(model).items()}
+    norms = []
+    for start in range(0, len(x0), chunk):
+        part = slice(start, start + chunk)
+        gradients = PATHS[path](model, x0[part], y[part], t[part], noise[part], schedule, prediction, weighting)
+        summed, part_norms = clipped_sum(gradients, clip_norm)
+        for name in total:
+            total[name] += summed[name]
+        norms.append(part_norms)
+    return total, torch.cat(norms) if norms else x0.new_zeros(0)
