@@ -2,15 +2,25 @@
 
 import pytest
 import torch
+from torch import Tensor
 
 from featdiff.diffusion.process import (
-    posterior_mean_variance,
     predict_eps_from_x0,
     predict_x0_from_eps,
     q_sample,
     snr,
 )
-from featdiff.diffusion.schedules import make_schedule
+from featdiff.diffusion.schedules import NoiseSchedule, make_schedule
+
+
+def posterior_mean_variance(x0: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> tuple[Tensor, Tensor, Tensor]:
+    """q(x_{t-1} | x_t, x0): the Gaussian that ancestral sampling draws from once x0 is replaced by
+    the model's estimate. Variance and log-variance come back shaped (B, 1, ...) for broadcasting;
+    the log-variance is clipped at t=0, where the true variance is 0."""
+    mean = schedule.gather("posterior_mean_coef1", t, x_t) * x0 + schedule.gather("posterior_mean_coef2", t, x_t) * x_t
+    variance = schedule.gather("posterior_variance", t, x_t)
+    log_variance = schedule.gather("posterior_log_variance_clipped", t, x_t)
+    return mean, variance, log_variance
 
 
 def _alphas_cumprod_reference(schedule) -> torch.Tensor:

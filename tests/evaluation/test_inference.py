@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from featdiff.data.augment import normalize
-from featdiff.evaluation.inference import encode, predict_logits
+from featdiff.evaluation.inference import encode
 from featdiff.models.resnet_cifar import resnet32
 
 MEAN = (0.49, 0.48, 0.45)
@@ -80,12 +80,3 @@ def test_augment_sees_uint8_batches_before_normalisation(model, images):
     out = encode(model, images, MEAN, STD, batch_size=5, device="cpu", augment=flip)
     assert seen == [(torch.uint8, 5), (torch.uint8, 5), (torch.uint8, 2)]
     assert torch.allclose(out, encode(model, images.flip(-1), MEAN, STD, device="cpu"), atol=1e-5)
-
-
-def test_predict_logits_is_eval_forward(model, images):
-    logits = predict_logits(model, images, MEAN, STD, batch_size=5, device="cpu")
-    reference = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        expected = reference(manual_normalize(images))
-    assert logits.shape == (12, 10) and torch.allclose(logits, expected, atol=1e-5)
-    assert model.training  # a fresh module is in train mode and stays so

@@ -47,16 +47,6 @@ def predict_eps_from_x0(x_t: Tensor, t: Tensor, x0: Tensor, schedule: NoiseSched
     )
 
 
-def posterior_mean_variance(x0: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> tuple[Tensor, Tensor, Tensor]:
-    """q(x_{t-1} | x_t, x0): the Gaussian that ancestral sampling draws from once x0 is replaced by
-    the model's estimate. Variance and log-variance come back shaped (B, 1, ...) for broadcasting;
-    the log-variance is clipped at t=0, where the true variance is 0."""
-    mean = schedule.gather("posterior_mean_coef1", t, x_t) * x0 + schedule.gather("posterior_mean_coef2", t, x_t) * x_t
-    variance = schedule.gather("posterior_variance", t, x_t)
-    log_variance = schedule.gather("posterior_log_variance_clipped", t, x_t)
-    return mean, variance, log_variance
-
-
 def snr(t: Tensor, schedule: NoiseSchedule) -> Tensor:
     """ᾱ_t / (1 - ᾱ_t) in float64, shaped like t: loss weights span ~13 orders of magnitude over a
     cosine schedule, so the caller decides when to drop precision."""

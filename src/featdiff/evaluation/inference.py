@@ -78,20 +78,6 @@ def encode(
         return _batched(model, extract, model.feature_dim, images, mean, std, batch_size, device, augment, progress)
 
 
-def predict_logits(
-    model: Encoder,
-    images: torch.Tensor,
-    mean: Sequence[float] | torch.Tensor,
-    std: Sequence[float] | torch.Tensor,
-    batch_size: int = 1000,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Eval-mode logits (N, num_classes), float32 on the CPU; the model's mode is left as it was."""
-    with preserved_state(model):
-        model.eval()
-        return _batched(model, model, model.fc.out_features, images, mean, std, batch_size, device, None, False)
-
-
 def _batched(
     model: Encoder,
     apply: Callable[[torch.Tensor], torch.Tensor],
