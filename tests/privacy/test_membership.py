@@ -88,3 +88,16 @@ def test_distance_scores_against_brute_force():
     records, released = torch.randn(30, 5, generator=generator), torch.randn(40, 5, generator=generator)
     brute = torch.stack([-(released - r).norm(dim=1).min() for r in records])
     torch.testing.assert_close(distance_scores(records, released, batch_size=7), brute)
+
+
+def test_experiment_splits_and_canaries():
+    from featdiff.privacy.experiments import halves_per_class, make_canaries
+
+    labels = torch.tensor([0] * 10 + [1] * 7 + [2] * 2)
+    chosen = halves_per_class(labels, torch.Generator().manual_seed(0))
+    assert [int(chosen[labels == c].sum()) for c in range(3)] == [5, 3, 1]
+    again = halves_per_class(labels, torch.Generator().manual_seed(0))
+    assert torch.equal(chosen, again)
+    features, classes = make_canaries(200, 16, 5, 8.0, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(features.norm(dim=1), torch.full((200,), 8.0))
+    assert set(classes.tolist()) == set(range(5))

@@ -11,13 +11,10 @@ accountants, steps and sampling rates per phase, σ, C, R, S, K, and what the gu
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from featdiff.config import RunConfig
 from featdiff.data.bundle import load_dataset
-from featdiff.diffusion.scaling import Standardizer
 from featdiff.features import EncodedDataset, FeatureSet
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, build_denoiser, pseudo_counts, schedule_for
 from featdiff.methods.stages import (
@@ -30,7 +27,7 @@ from featdiff.methods.stages import (
     stage_pseudo_features,
 )
 from featdiff.models.encoders import encoder_for
-from featdiff.privacy.dp_promise import clip_to_norm, phase_state, private_records, train_phase_one, train_phase_two
+from featdiff.privacy.dp_promise import clip_to_norm, generator_for, phase_state, private_records, train_phase_one, train_phase_two
 from featdiff.privacy.plan import PrivacyPlan, plan_privacy
 from featdiff.seeding import initialise, stage_generator
 from featdiff.training.classifier import WeightedFeatures
@@ -100,10 +97,7 @@ def stage_private_generator(context: MethodContext, plan: PrivacyPlan) -> Featur
             )
         run.save_tensors("dp_denoiser.safetensors", state.ema.module.state_dict())
         run.mark_done("dp_phase_two")
-    scaler = Standardizer(records.shape[1])
-    scaler.std.fill_(1 / plan.feature_scale)
-    radius = math.sqrt(records.shape[1])
-    return FeatureGenerator(state.ema.module.eval(), scaler, radius, schedule, diffusion.resolved_prediction())
+    return generator_for(state.ema.module, plan, schedule, diffusion.resolved_prediction())
 
 
 def clipped_to_bound(encoded: EncodedDataset, norm_bound: float) -> EncodedDataset:

@@ -16,6 +16,7 @@ fresh EMA, which is post-processing and costs no privacy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -24,10 +25,13 @@ from torch import Tensor, nn
 from featdiff.config import DiffusionConfig, PrivacyConfig
 from featdiff.diffusion.objective import Weighting, denoising_loss, draw_timesteps_and_noise
 from featdiff.diffusion.parameterization import Prediction
+from featdiff.diffusion.scaling import Standardizer
 from featdiff.diffusion.schedules import NoiseSchedule
+from featdiff.generation.pseudo import FeatureGenerator, build_denoiser, schedule_for
 from featdiff.privacy.dp_sgd import apply_private_gradients, chunked_clipped_sum, noised_mean, trainable
 from featdiff.privacy.ghost import ghost_clipped_sum
 from featdiff.privacy.plan import PrivacyPlan
+from featdiff.seeding import initialise, stage_generator
 from featdiff.training.loop import apply_update, run_steps
 from featdiff.training.state import PoissonBatches, TrainState, make_ema
 
@@ -99,8 +103,11 @@ def train_phase_two(
     diffusion: DiffusionConfig,
     plan: PrivacyPlan,
     checkpoint: Callable[[dict], None] | None = None,
+    noise_off: bool = False,
 ) -> TrainState:
-    """Phase II to its planned step count (DP-SGD when the plan is private); sample from the EMA."""
+    """Phase II to its planned step count (DP-SGD when the plan is private); sample from the EMA.
+    `noise_off` keeps the clipping but adds no noise: the audit's negative control, which claims
+    the plan's ε while breaking it."""
     model, generator = state.model, state.generators["data"]
     device = next(model.parameters()).device
     records, labels = records.to(device), labels.to(device)
@@ -121,7 +128,8 @@ def train_phase_two(
             apply_update(losses.sum() / expected_batch, optimizer)
             return {"loss": losses.mean().detach()}
         summed, norms = _clipped_sum(model, x0, y, t, noise, schedule, privacy, prediction, weighting)
-        private = noised_mean(summed, privacy.clip_norm, plan.phase_two.noise_multiplier, expected_batch, generator)
+        sigma = 0.0 if noise_off else plan.phase_two.noise_multiplier
+        private = noised_mean(summed, privacy.clip_norm, sigma, expected_batch, generator)
         apply_private_gradients(model, private, optimizer)
         return {"clipped_share": (norms > privacy.clip_norm).float().mean()} if len(norms) else {}
 
@@ -151,3 +159,39 @@ def _clipped_sum(
     if privacy.gradients == "ghost":
         return ghost_clipped_sum(model, lambda: denoising_loss(model, x0, y, t, noise, schedule, prediction, weighting), privacy.clip_norm)
     return chunked_clipped_sum(privacy.gradients, model, x0, y, t, noise, schedule, prediction, weighting, privacy.clip_norm)
+
+
+def generator_for(model: nn.Module, plan: PrivacyPlan, schedule: NoiseSchedule, prediction: Prediction) -> FeatureGenerator:
+    """The trained denoiser as a pseudo-feature generator in the encoder's (clipped) feature space:
+    decoding undoes the fixed scale, and x̂0 is confined to the public ball of radius √D."""
+    feature_dim = model.feature_dim
+    scaler = Standardizer(feature_dim)
+    scaler.std.fill_(1 / plan.feature_scale)
+    return FeatureGenerator(model.eval(), scaler, math.sqrt(feature_dim), schedule, prediction)
+
+
+def fit_private_generator(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    privacy: PrivacyConfig,
+    diffusion: DiffusionConfig,
+    plan: PrivacyPlan,
+    seed: int,
+    device: torch.device,
+    noise_off: bool = False,
+) -> FeatureGenerator:
+    """Both phases on `features`, in memory (no run folder): what membership experiments and audits
+    train, with the method's recipe and seeding."""
+    schedule = schedule_for(diffusion)
+    records = private_records(features, privacy.norm_bound)
+    model = initialise(build_denoiser(records.shape[1], num_classes, diffusion), stage_generator(seed, "denoiser")).to(device)
+    first = phase_state(
+        model, len(labels), privacy.phase_one_batch, privacy, diffusion.ema_decay, stage_generator(seed, "denoiser", device)
+    )
+    train_phase_one(first, records, schedule, privacy, diffusion, plan)
+    second = phase_state(
+        model, len(labels), privacy.phase_two_batch, privacy, diffusion.ema_decay, stage_generator(seed, "dp_phase_two", device)
+    )
+    train_phase_two(second, records, labels, schedule, privacy, diffusion, plan, noise_off=noise_off)
+    return generator_for(second.ema.module, plan, schedule, diffusion.resolved_prediction())
