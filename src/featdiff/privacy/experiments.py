@@ -15,9 +15,9 @@ timesteps) than under a reference run without canaries; ε_lo by Steinke et al.'
 A phase is audited alone (the other phase does not run), and the negative control trains with
 the noise off while claiming the same ε.
 
-Status: on long-tailed digits the negative control does not yet show power (200 canaries, 200
-epochs of Phase II without noise: 71 of 100 guesses right, ε_lo 0.42 below the claimed 1.0), so
-the audit cannot yet tell a broken implementation from a correct one; see the README.
+Measured on long-tailed digits (`benchmarks/privacy_audit.py`, 200 canaries, default denoiser,
+Phase II 200 epochs at lr 3e-3): the negative control gives ε_lo 2.77 above the claimed 1.0 (the
+audit has power there); the private run and Phase I alone give ε_lo 0.
 """
 
 from __future__ import annotations
