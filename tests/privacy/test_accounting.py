@@ -10,12 +10,19 @@ from featdiff.privacy.accounting import (
     SubsampledGaussian,
     calibrate_noise_multiplier,
     clt_epsilon,
-    fixed_batch_phase,
     gdp_delta,
     gdp_epsilon,
     phase_one_noise_multiplier,
     tight_epsilon,
 )
+
+
+def fixed_batch_phase(noise_multiplier: float, dataset_size: int, batch_size: int, epochs: float) -> SubsampledGaussian:
+    """dp-promise's convention for a phase of `epochs` over N records in batches of B:
+    q = 1/⌈N/B⌉ and n = epochs·⌈N/B⌉ steps."""
+    batches = math.ceil(dataset_size / batch_size)
+    return SubsampledGaussian(noise_multiplier, 1 / batches, round(epochs * batches))
+
 
 # dp-promise's configs (configs/dp_promise/<dataset>/eps*/config.yaml): DDPM, linear β 1e-4..0.02
 # over T = 1000; pixels in [-1, 1], so replace-one sensitivity 2·√d; Phase I batch B₁ for E₁

@@ -135,13 +135,6 @@ def calibrate_noise_multiplier(
     return high
 
 
-def fixed_batch_phase(noise_multiplier: float, dataset_size: int, batch_size: int, epochs: float) -> SubsampledGaussian:
-    """dp-promise's convention for a phase of `epochs` over N records in batches of B:
-    q = 1/⌈N/B⌉ and n = epochs·⌈N/B⌉ steps."""
-    batches = math.ceil(dataset_size / batch_size)
-    return SubsampledGaussian(noise_multiplier, 1 / batches, round(epochs * batches))
-
-
 def poisson_phase(noise_multiplier: float, dataset_size: int, expected_batch: int, epochs: float) -> SubsampledGaussian:
     """featdiff's convention: Poisson sampling at q = B/N, ⌈epochs·N/B⌉ steps."""
     return SubsampledGaussian(noise_multiplier, expected_batch / dataset_size, math.ceil(epochs * dataset_size / expected_batch))
