@@ -347,6 +347,9 @@ class PrivacyConfig(_Section):
     """Adam learning rate of both phases (constant)."""
     release_per_class: int = Field(500, ge=1)
     """Pseudo-features released per class: a fixed number, never derived from private counts."""
+    ldmlr_control: bool = True
+    """Also fit non-private LDMLR in the same run as a control (a full LDMLR fit); a sweep over ε
+    turns it off in all but one run per seed (`benchmarks/privacy.py`)."""
 
 
 class RunConfig(_Section):

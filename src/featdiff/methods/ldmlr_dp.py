@@ -3,9 +3,9 @@
 
 Reported: the classifier retrained on real + DP pseudo-features (the LDMLR use: the classifier
 itself saw the private features, so only the denoiser and the pseudo-features are private), and
-as controls `fc_retrain`, non-private `ldmlr` from the same run, and `dp_pseudo_only`, a
-classifier trained on the released pseudo-features alone (randomly initialised), which is as
-private as the release. `privacy` in results.json is the ledger: mechanism, (ε, δ) under both
+as controls `fc_retrain`, non-private `ldmlr` from the same run (`privacy.ldmlr_control`), and
+`dp_pseudo_only`, a classifier trained on the released pseudo-features alone (randomly
+initialised), which is as private as the release. `privacy` in results.json is the ledger: mechanism, (ε, δ) under both
 accountants, steps and sampling rates per phase, σ, C, R, S, K, and what the guarantee covers.
 """
 
@@ -153,8 +153,9 @@ def run(context: MethodContext) -> MethodResult:
     config, bundle = context.config, context.bundle
     plan = privacy_plan(context)
     controls = {"fc_retrain": fc_retrain_control(context)}
-    ldmlr_pseudo = stage_pseudo_features(context, context.encoded.train, pseudo_counts(context.train_counts, config.generation))
-    controls["ldmlr"], _ = retrain_with_pseudo(context, "ldmlr_classifier", context.encoder, context.encoded, *ldmlr_pseudo)
+    if config.privacy.ldmlr_control:
+        ldmlr_pseudo = stage_pseudo_features(context, context.encoded.train, pseudo_counts(context.train_counts, config.generation))
+        controls["ldmlr"], _ = retrain_with_pseudo(context, "ldmlr_classifier", context.encoder, context.encoded, *ldmlr_pseudo)
     generator = stage_private_generator(context, plan)
     if context.run.stage_done("dp_generation"):
         stored = context.run.load_tensors("dp_pseudo_features.safetensors", stage="dp_generation")
