@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.featdiff-installed
 
-.PHONY: run test setup benchmark-ldmlr-frozen benchmark-e2e clean
+.PHONY: run test setup benchmark-ldmlr-frozen benchmark-e2e benchmark-privacy clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ benchmark-e2e: $(STAMP)
 	$(PY) benchmarks/e2e.py --phase ablations
 	$(PY) benchmarks/e2e.py --phase best --best ldmlr_refit ldmlr_stale e2e_A
 	$(PY) benchmarks/e2e.py --clouds
+
+benchmark-privacy: $(STAMP)
+	$(PY) benchmarks/privacy_step_cost.py
+	$(PY) benchmarks/privacy.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
