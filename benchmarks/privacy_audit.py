@@ -1,5 +1,5 @@
-"""Benchmark: one-run audits of the private denoiser on long-tailed digits (a first check of the
-audit's power; the CIFAR audits belong to benchmarks/privacy.py, not built yet).
+"""Benchmark: one-run audits of the private denoiser on long-tailed digits (a small, quick check
+of the audit's power; the CIFAR audits are part of benchmarks/privacy.py).
 
 Three audits with m canaries each (random directions at norm R, random labels, each included
 with probability ½), scored against a canary-free reference run:
@@ -83,7 +83,7 @@ def main() -> None:
         f"Device: {report['device']}. {report['records']} training records plus {args.canaries} canaries, each included with "
         f"probability ½; Phase II {args.epochs:g} epochs at Adam lr {args.lr:g}; default denoiser; 95 % confidence, "
         "Bonferroni over the three guess counts; scores: the drop of each canary's denoising loss against a canary-free "
-        "reference run, at the audited phase's five least noisy timesteps.",
+        "reference run, at t = 100–700 for Phase II and S + 1…50 for Phase I (featdiff.privacy.experiments).",
         "",
         "| audit | claimed ε | ε_lo | guesses | correct | s |",
         "|---|---|---|---|---|---|",
