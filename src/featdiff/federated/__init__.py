@@ -1,0 +1,1 @@
+"""Federated LDMLR: long-tailed clients, FedDDPM / FedDDPM+ and a progressive auxiliary bank, on Flower."""
