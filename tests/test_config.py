@@ -254,3 +254,15 @@ def test_config_file_that_is_not_a_mapping(tmp_path):
 def test_config_path_that_is_a_directory_or_missing(tmp_path):
     assert f"config path {tmp_path} is a directory" in load_error(tmp_path)
     assert f"config file not found: {tmp_path / 'nope.yaml'}" in load_error(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "federated, fragments",
+    [
+        ({"alpha": 0}, ("federated.alpha", "> 0")),
+        ({"clients": 0}, ("federated.clients", ">= 1")),
+        ({"clients": 5, "clients_per_round": 8}, ("federated.clients_per_round", "<= federated.clients = 5", "got 8")),
+    ],
+)
+def test_federated_settings_name_their_key(federated, fragments):
+    rejects({"federated": federated}, *fragments)

@@ -352,6 +352,28 @@ class PrivacyConfig(_Section):
     turns it off in all but one run per seed (`benchmarks/privacy.py`)."""
 
 
+class FederatedConfig(_Section):
+    """Federated LDMLR (featdiff.federated): LDMLR's long-tailed training split spread over
+    `clients` by a per-class Dirichlet(`alpha`), seeded by the run's seed; `clients_per_round`
+    of them train in each round (the Fed-LT protocol: 20 clients, 8 per round, α = 0.5)."""
+
+    clients: int = Field(20, ge=1)
+    alpha: Float = Field(0.5, gt=0)
+    """Dirichlet concentration: small α puts most of a class on a few clients."""
+    min_client_records: int = Field(1, ge=1)
+    """A split that leaves a client with fewer records is redrawn."""
+    clients_per_round: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _round_fits(self) -> FederatedConfig:
+        _rule(
+            self.clients_per_round <= self.clients,
+            "clients_per_round",
+            f"must be <= federated.clients = {self.clients}, got {self.clients_per_round}",
+        )
+        return self
+
+
 class RunConfig(_Section):
     name: str = "run"
     method: Method = "ldmlr"
@@ -368,6 +390,7 @@ class RunConfig(_Section):
     e2e: EndToEndConfig = Field(default_factory=EndToEndConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    federated: FederatedConfig = Field(default_factory=FederatedConfig)
 
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:
