@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from featdiff.config import DiffusionConfig
 from featdiff.diffusion.objective import denoising_loss, draw_timesteps_and_noise
 from featdiff.diffusion.schedules import NoiseSchedule
-from featdiff.training.loop import apply_update, cosine_lr, run_steps
+from featdiff.training.loop import StepFunction, apply_update, cosine_lr, run_steps
 from featdiff.training.state import ShuffledBatches, TrainState, make_ema
 
 
@@ -51,6 +51,23 @@ def denoiser_loss(
     return denoising_loss(model, x0, labels, t, noise, schedule, config.resolved_prediction(), config.resolved_weighting())
 
 
+def denoiser_step(state: TrainState, features: Tensor, labels: Tensor, schedule: NoiseSchedule, config: DiffusionConfig) -> StepFunction:
+    """One optimiser step of the shared objective on a batch of rows of `features` (already
+    scaled), with (t, ε) drawn from the state's data generator."""
+    device = next(state.model.parameters()).device
+    features, labels = features.to(device), labels.to(device)
+    generator = state.generators["data"]
+    optimizer = state.optimizers["denoiser"]
+
+    def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
+        index = index.to(device)
+        loss = denoiser_loss(state.model, features[index], labels[index], schedule, config, generator).mean()
+        apply_update(loss, optimizer)
+        return {"loss": loss.detach()}
+
+    return step
+
+
 def train_denoiser(
     state: TrainState,
     features: Tensor,
@@ -63,21 +80,10 @@ def train_denoiser(
 ) -> TrainState:
     """Run `state` to `config.steps` optimiser steps on `features` (already scaled); sample from
     `state.ema.module` afterwards."""
-    device = next(state.model.parameters()).device
-    features, labels = features.to(device), labels.to(device)
-    generator = state.generators["data"]
-    optimizer = state.optimizers["denoiser"]
-
-    def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
-        index = index.to(device)
-        loss = denoiser_loss(state.model, features[index], labels[index], schedule, config, generator).mean()
-        apply_update(loss, optimizer)
-        return {"loss": loss.detach()}
-
     return run_steps(
         state,
         config.steps,
-        step,
+        denoiser_step(state, features, labels, schedule, config),
         lr_at=lambda s: cosine_lr(s, config.steps, config.lr, floor=0.1 * config.lr),
         checkpoint=checkpoint,
         checkpoint_every_steps=checkpoint_every,
