@@ -35,7 +35,7 @@ from featdiff.io import atomic_write_text
 from featdiff.methods.e2e.method import diagnose_as_trained, finished_end_to_end_model
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import execute, resolve_device, stage_encoder
-from featdiff.report import GROUPS, fmt_mean_std
+from featdiff.report import GROUPS, fmt_mean_std, write_report
 from featdiff.runs import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,9 +292,7 @@ def main() -> None:
     tables = summarize_runs(args.workdir)
     device = " / ".join(sorted({o["device"] for t in tables.values() for d in t.values() for runs in d.values() for o in runs}))
     report = {"epochs": args.epochs, "device": device, "command": "python " + " ".join(sys.argv), "tables": tables}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
-    atomic_write_text(args.out.with_suffix(".md"), markdown(report["tables"], args.epochs, device))
+    write_report(args.out, report, markdown(report["tables"], args.epochs, device))
     copy_plots(args.workdir, args.out)
     print(markdown(report["tables"], args.epochs, device))
 

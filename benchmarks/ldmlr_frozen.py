@@ -12,7 +12,6 @@ Writes benchmarks/results/ldmlr_frozen.json and benchmarks/results/ldmlr_frozen.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import sys
@@ -25,10 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from featdiff.config import config_from_dict
 from featdiff.generation.pseudo import build_denoiser
-from featdiff.io import atomic_write_text
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import execute
-from featdiff.report import GROUPS, fmt_mean_std
+from featdiff.report import GROUPS, fmt_mean_std, write_report
 from featdiff.runs import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,9 +220,7 @@ def main() -> None:
             "fraction_of_peak": achieved / peak,
             "machine": platform.processor() or platform.machine(),
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
-        atomic_write_text(args.out.with_suffix(".md"), markdown(report))
+        write_report(args.out, report, markdown(report))
         print(markdown(report))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -41,13 +41,13 @@ from featdiff.config import RunConfig, config_from_dict, config_to_dict, load_co
 from featdiff.data.bundle import load_dataset
 from featdiff.evaluation.diagnostics import compare
 from featdiff.features import EncodedDataset, encode_dataset
-from featdiff.io import atomic_write_bytes, atomic_write_text, load_tensors
+from featdiff.io import atomic_write_bytes, load_tensors
 from featdiff.models.encoders import load_encoder
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import execute
 from featdiff.privacy.dp_promise import clip_to_norm
 from featdiff.privacy.experiments import audit_reference, canary_audit, membership_attacks
-from featdiff.report import GROUPS, fmt_mean_std
+from featdiff.report import GROUPS, fmt, fmt_mean_std, write_report
 from featdiff.runs import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,10 +266,6 @@ def seconds_of(runs: list[dict], *stages: str) -> float:
     return statistics.fmean(sum(r["stage_s"][stage] for stage in stages) for r in runs)
 
 
-def number(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
 def privacy_lines(report: dict, epsilons: list[float]) -> list[str]:
     lines = [
         "## Privacy cost, release quality and wall time (seed means)",
@@ -289,8 +285,8 @@ def privacy_lines(report: dict, epsilons: list[float]) -> list[str]:
                 continue
             first = matching[0]
             lines.append(
-                f"| {name} | {epsilon_label(epsilon)} | {number(first['epsilon_prv'])} | {number(first['epsilon_clt'])} | "
-                f"{number(first['epsilon_phase_one_prv'])} | {number(first['noise_multiplier'])} | "
+                f"| {name} | {epsilon_label(epsilon)} | {fmt(first['epsilon_prv'], 3)} | {fmt(first['epsilon_clt'], 3)} | "
+                f"{fmt(first['epsilon_phase_one_prv'], 3)} | {fmt(first['noise_multiplier'], 3)} | "
                 f"{fmt_mean_std([r['release_frechet'] for r in matching])} | {entry['real_train_frechet']:.2f} | "
                 f"{seconds_of(matching, 'dp_phase_one_s'):.0f} | {seconds_of(matching, 'dp_phase_two_s'):.0f} | "
                 f"{seconds_of(matching, 'dp_generation_s'):.1f} | {seconds_of(matching, 'classifier_s', 'dp_pseudo_classifier_s'):.1f} |"
@@ -492,9 +488,7 @@ def main() -> None:
         "",
         f"Command: `{report['command']}`",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
-    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_report(args.out, report, "\n".join(lines) + "\n")
     plot(report, args.out.with_suffix(".png"))
     print("\n".join(lines))
 

@@ -16,7 +16,6 @@ Writes benchmarks/results/privacy_audit.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -27,10 +26,10 @@ import torch
 from featdiff.config import load_config
 from featdiff.data.bundle import load_dataset
 from featdiff.features import encode_dataset
-from featdiff.io import atomic_write_text
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import new_encoder
 from featdiff.privacy.experiments import canary_audit
+from featdiff.report import write_report
 from featdiff.seeding import stage_generator
 from featdiff.training.encoder import encoder_state, train_encoder
 
@@ -95,9 +94,7 @@ def main() -> None:
         "",
         f"Command: `{report['command']}`",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
-    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_report(args.out, report, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

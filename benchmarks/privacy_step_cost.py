@@ -12,7 +12,6 @@ Writes benchmarks/results/privacy_step_cost.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -24,10 +23,10 @@ import torch
 from featdiff.config import config_from_dict
 from featdiff.diffusion.objective import denoising_loss, draw_timesteps_and_noise
 from featdiff.generation.pseudo import build_denoiser, schedule_for
-from featdiff.io import atomic_write_text
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.privacy.dp_sgd import apply_private_gradients, chunked_clipped_sum, noised_mean
 from featdiff.privacy.ghost import ghost_clipped_sum
+from featdiff.report import write_report
 from featdiff.seeding import initialise
 from featdiff.training.loop import apply_update
 
@@ -105,9 +104,7 @@ def main() -> None:
         "",
         f"Command: `{report['command']}`",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=1))
-    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_report(args.out, report, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -1,14 +1,18 @@
-"""Results tables in markdown, shared by the CLI and the benchmarks."""
+"""Results tables in markdown, shared by the CLI and the benchmarks, and the benchmarks' writer."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
+
+from featdiff.io import atomic_write_text
 
 GROUPS = ("overall", "many", "medium", "few")
 
 
-def fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def fmt_mean_std(values: Sequence[float | None]) -> str:
@@ -31,3 +35,10 @@ def results_table(rows: dict[str, dict]) -> str:
         adjusted = [fmt(summary["acc_adjusted"][g]) for g in GROUPS]
         lines.append(f"| {name} | " + " | ".join(plain + adjusted) + " |")
     return "\n".join(lines)
+
+
+def write_report(out: Path, report: dict, markdown: str) -> None:
+    """A benchmark's results: `out`.json and `out`.md, each written atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=1))
+    atomic_write_text(out.with_suffix(".md"), markdown)

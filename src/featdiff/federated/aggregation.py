@@ -22,14 +22,14 @@ def weighted_average(states: Sequence[dict[str, Tensor]], weights: Sequence[floa
     total = float(sum(weights))
     if total <= 0:
         raise ValueError("the weights must have a positive sum")
+    shares = torch.tensor(weights, dtype=torch.float64) / total
     averaged = {}
     for name, first in states[0].items():
         if not first.is_floating_point():
             averaged[name] = first.clone()
             continue
         stacked = torch.stack([state[name].to(torch.float64) for state in states])
-        w = torch.tensor(weights, dtype=torch.float64).view(-1, *([1] * first.ndim))
-        averaged[name] = ((stacked * w).sum(0) / total).to(first.dtype)
+        averaged[name] = torch.tensordot(shares, stacked, dims=1).to(first.dtype)
     return averaged
 
 
