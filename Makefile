@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.featdiff-installed
 
-.PHONY: run test setup benchmark-ldmlr-frozen benchmark-e2e benchmark-privacy clean
+.PHONY: run test setup benchmark-ldmlr-frozen benchmark-e2e benchmark-privacy benchmark-federated clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ benchmark-e2e: $(STAMP)
 benchmark-privacy: $(STAMP)
 	$(PY) benchmarks/privacy_step_cost.py
 	$(PY) benchmarks/privacy.py
+
+benchmark-federated: $(STAMP)
+	$(PY) benchmarks/federated.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

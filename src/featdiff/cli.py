@@ -97,6 +97,52 @@ def _privacy(args: argparse.Namespace) -> None:
     print(f"\ntarget ε {target}; claimed ({privacy.accountant}) {claim}")
 
 
+def _encode(args: argparse.Namespace) -> None:
+    config = load_config(Path(args.config), parse_overrides(args.set))
+    out = Path(args.out)
+    if out.exists():
+        raise UserError(f"{out} already exists: choose another OUT (a features file is never overwritten)")
+    from featdiff.pipeline import export_features
+
+    sizes = export_features(config, out)
+    print(f"{out}: {sizes['train']} training and {sizes['test']} test features of dimension {sizes['dim']}")
+
+
+def _federated(args: argparse.Namespace) -> None:
+    """Federated LDMLR: prepare (or reopen) the run folder, check, then start the engine."""
+    if args.resume is not None:
+        if args.config is not None or args.set or args.out is not None:
+            raise UserError("--resume DIR takes no CONFIG, --set or --out: the run's saved config.yaml is used")
+        folder = Path(args.resume)
+        if not (folder / SAVED_CONFIG).is_file():
+            raise UserError(f"{folder} is not a featdiff run folder: no {SAVED_CONFIG} there; pass the folder a run wrote")
+        config = load_config(folder / SAVED_CONFIG)
+    else:
+        if args.config is None:
+            raise UserError("featdiff federated needs a CONFIG file (see configs/federated_cifar10_lt.yaml) or --resume DIR")
+        config = load_config(Path(args.config), parse_overrides(args.set))
+        folder = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if folder.exists():
+            raise UserError(f"output folder {folder} already exists: choose another --out, or continue it with --resume {folder}")
+    if args.superlink is None and args.root_certificates is not None:
+        raise UserError("--root-certificates needs --superlink HOST:PORT")
+    from featdiff.federated.launch import check_reachable, preflight, run_deployed, run_here, settings_for
+    from featdiff.runs import Run
+
+    preflight(config)
+    if args.superlink is not None:
+        check_reachable(args.superlink)
+    if args.resume is None:
+        Run.create(folder, config)
+    settings = settings_for(folder, resume=args.resume is not None)
+    print(f"featdiff: run folder {folder}")
+    if args.superlink is not None:
+        run_deployed(settings, args.superlink, args.root_certificates)
+    else:
+        run_here(settings, config.federated.clients, args.engine)
+    print(f"results: {folder / 'results.json'}")
+
+
 def _download(args: argparse.Namespace) -> None:
     from featdiff.data.download import download_cifar
 
@@ -119,6 +165,27 @@ def build_parser() -> argparse.ArgumentParser:
     privacy.add_argument("config", help="YAML config with a privacy section")
     privacy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     privacy.set_defaults(handler=_privacy)
+
+    encode = commands.add_parser("encode", help="write a config's training and test features (shipped encoder) to one file")
+    encode.add_argument("config", help="YAML config with data and encoder.checkpoint")
+    encode.add_argument("out", help="new .safetensors file (never overwritten)")
+    encode.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    encode.set_defaults(handler=_encode)
+
+    federated = commands.add_parser("federated", help="federated LDMLR (FedDDPM / FedDDPM+ / progressive bank, baselines) on Flower")
+    federated.add_argument("config", nargs="?", help="YAML config with a federated section, e.g. configs/federated_cifar10_lt.yaml")
+    federated.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    federated.add_argument("--out", help="new run folder (default runs/NAME-TIMESTAMP); never overwritten")
+    federated.add_argument("--resume", metavar="DIR", help="continue a killed run from its last finished round")
+    federated.add_argument(
+        "--engine",
+        choices=["inprocess", "simulation"],
+        default="inprocess",
+        help="inprocess: every client called in this process (fast on few cores); simulation: Flower's Ray engine",
+    )
+    federated.add_argument("--superlink", metavar="HOST:PORT", help="run on a SuperLink and its SuperNodes instead (see README)")
+    federated.add_argument("--root-certificates", metavar="CA.crt", help="TLS: the CA that signed the SuperLink's certificate")
+    federated.set_defaults(handler=_federated)
 
     data = commands.add_parser("data", help="dataset utilities")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -363,6 +363,77 @@ class FederatedConfig(_Section):
     min_client_records: int = Field(1, ge=1)
     """A split that leaves a client with fewer records is redrawn."""
     clients_per_round: int = Field(8, ge=1)
+    features: str = ""
+    """A safetensors file of encoded features (train_features, train_labels, test_features,
+    test_labels), written by `featdiff encode`; clients hold their Dirichlet share of the training
+    rows, the server evaluates on the test rows."""
+    algorithm: Literal["fedavg", "feddpm", "feddpm_plus", "progressive", "fedavg_head", "creff"] = "feddpm"
+    """fedavg: FedAvg of the denoiser, no correction; feddpm: τ server steps on the auxiliary set
+    every round; feddpm_plus: QUICK-TEST, then one early-stopped fine-tune, then stop; progressive:
+    feddpm whose auxiliary bank is refreshed from well-scored models. fedavg_head and creff are the
+    classifier-only baselines (no denoiser)."""
+    rounds: int = Field(30, ge=1)
+    local_steps: int = Field(20, ge=1)
+    """E: optimiser steps each sampled client takes per round (constant lr, fresh optimizer)."""
+    class_rows: Literal["size", "class_counts"] = "class_counts"
+    """How FedAvg weights the class-embedding rows: by client size (plain FedAvg) or, row c, by each
+    client's count of class c (featdiff's default, so a tail row is not diluted by non-holders)."""
+    warmup_steps: int = Field(400, ge=0)
+    """Local denoiser steps of each client before the rounds (non-private); private clients run
+    the privacy section's two phases instead."""
+    warmup_upload: Literal["model", "features"] = "features"
+    """What a client uploads after warm-up: its denoiser, or its share of pseudo-features drawn from it."""
+    warmup_from: str = ""
+    """A run folder whose finished warm-up (auxiliary set, bytes) this run reuses instead of asking
+    the clients again: algorithms compared on one federation share one warm-up. Its saved config
+    must agree on everything the warm-up depends on."""
+    aux_per_class: int = Field(100, ge=1)
+    """Auxiliary-set size per class, split over the holders of the class in proportion to their counts."""
+    server_steps: int = Field(20, ge=0)
+    """τ: correction steps on the auxiliary set after each aggregation (feddpm, progressive)."""
+    server_lr: Float = Field(2e-4, gt=0)
+    server_batch: int = Field(256, ge=1)
+    quick_test_holdout: Float = Field(0.2, gt=0, lt=1)
+    """Share of the auxiliary set held out for QUICK-TEST's fixed loss (never trained on)."""
+    quick_test_threshold: Float = Field(0.01, ge=0)
+    """ε of QUICK-TEST: a relative improvement of the held-out loss below it counts as slow."""
+    quick_test_patience: int = Field(2, ge=1)
+    """P: slow rounds in a row that trigger FedDDPM+'s fine-tune."""
+    finetune_max_steps: int = Field(400, ge=1)
+    finetune_eval_every: int = Field(25, ge=1)
+    finetune_patience: int = Field(3, ge=1)
+    """FedDDPM+'s fine-tune stops after this many evaluations without a held-out improvement."""
+    refresh_score_ratio: Float = Field(1.0, gt=0)
+    """Progressive: refresh when the candidates' mean per-class Fréchet distance to the federation's
+    statistics is at most this times the bank's own."""
+    refresh_share: Float = Field(0.25, ge=0, le=1)
+    """r: at most this share of the bank replaced per refresh (oldest non-anchor rows first)."""
+    anchor_share: Float = Field(0.5, ge=0, le=1)
+    """Share of the warm-up auxiliary set that is never replaced."""
+    refresh_every: int = Field(5, ge=1)
+    refresh_loss_slack: Float = Field(0.05, ge=0)
+    """Progressive: the clients' loss on their real records may exceed its value at the last refresh by this share."""
+    probe_every: int = Field(5, ge=1)
+    """Every this many rounds (and at the last), sample `probe_per_class` pseudo-features per class
+    and report their Fréchet distance to the test features and a head's accuracy on them."""
+    probe_per_class: int = Field(50, ge=2)
+    probe_epochs: int = Field(30, ge=1)
+    pseudo_per_class: int = Field(500, ge=1)
+    """Pseudo-features per class sampled from the final denoiser for the server's classifier."""
+    head_rounds: int = Field(10, ge=0)
+    """FedAvg rounds of the linear head (the fedavg_head baseline, CReFF, and the refinement of
+    the server's classifier; 0 skips the refinement)."""
+    head_local_epochs: int = Field(2, ge=1)
+    head_lr: Float = Field(1e-3, gt=0)
+    head_loss: Literal["ce", "logit_adjusted"] = "logit_adjusted"
+    """Local loss of FedAvg head rounds: plain cross-entropy, or logit-adjusted by the client's own prior."""
+    creff_features_per_class: int = Field(100, ge=1)
+    creff_match_steps: int = Field(100, ge=1)
+    creff_match_lr: Float = Field(0.1, gt=0)
+    drop_rate: Float = Field(0.0, ge=0, lt=1)
+    """Simulated failures: the share of sampled clients that do not answer a round (seeded)."""
+    round_timeout: Annotated[Float, Field(gt=0)] | None = None
+    """Seconds the server waits for a round's replies; null waits for every reply."""
 
     @model_validator(mode="after")
     def _round_fits(self) -> FederatedConfig:

@@ -18,6 +18,7 @@ from featdiff.config import RunConfig, config_to_dict
 from featdiff.data.bundle import DatasetBundle, load_dataset
 from featdiff.errors import UserError
 from featdiff.features import encode_dataset
+from featdiff.io import atomic_save_tensors
 from featdiff.methods.registry import method_named
 from featdiff.methods.stages import MethodContext, evaluate_all
 from featdiff.models.encoders import encoder_for, load_encoder, save_encoder
@@ -124,3 +125,23 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def export_features(config: RunConfig, out: Path) -> dict[str, int]:
+    """The config's training and test features from its shipped encoder, as one safetensors file:
+    what a federation's clients (their shares of the training rows) and server (the test rows) read."""
+    if config.encoder.checkpoint is None:
+        raise UserError("featdiff encode needs encoder.checkpoint (a shipped encoder); train one with `featdiff run` first")
+    device = resolve_device(config.device)
+    bundle = load_dataset(config.data, seed=config.seed)
+    new_head = stage_generator(config.seed, "encoder") if config.encoder.public else None
+    encoder = load_encoder(Path(config.encoder.checkpoint), bundle.num_classes, new_head).to(device).eval()
+    encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
+    tensors = {
+        "train_features": encoded.train.features.cpu(),
+        "train_labels": encoded.train.labels.cpu(),
+        "test_features": encoded.test.features.cpu(),
+        "test_labels": encoded.test.labels.cpu(),
+    }
+    atomic_save_tensors(out, tensors)
+    return {"train": len(tensors["train_labels"]), "test": len(tensors["test_labels"]), "dim": tensors["train_features"].shape[1]}

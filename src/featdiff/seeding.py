@@ -7,6 +7,7 @@ torch's global generator: a run gives the same result whatever ran before it in 
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -37,6 +38,13 @@ def stage_seed(seed: int, stage: str) -> int:
 def stage_generator(seed: int, stage: str, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of one stage of the run with this seed."""
     return torch.Generator(device=device).manual_seed(stage_seed(seed, stage))
+
+
+def named_generator(seed: int, name: str) -> torch.Generator:
+    """A stream for work with many instances (a client in a round, a server step): seeded by a
+    stable hash of (seed, name), so it is the same in every process and on every machine."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 @torch.no_grad()

@@ -1,0 +1,266 @@
+"""The Flower ClientApp: what one holder of long-tailed records does when the server asks.
+
+Every handler calls the training core (denoiser step and loop, dp-promise's phases, the
+classifier loop); none has a loss or a loop of its own. Messages:
+- query.statistics: per-class counts, and (non-private runs) sums and outer products;
+- train.warmup: a local denoiser, uploaded as weights or as the requested pseudo-features;
+- train: E local denoiser steps from the broadcast weights (DP-SGD in a private run);
+- evaluate: the fixed-draw denoising loss of the broadcast weights on the client's records;
+- train.head: local epochs of the linear head (CReFF: plus per-class gradients of the broadcast head).
+
+A message whose config says `simulate-failure` is answered with an error and no work: the
+server's fault injector, so drop-outs are reproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import Tensor, nn
+
+from featdiff.config import ClassifierConfig, DiffusionConfig, PrivacyConfig, RunConfig
+from featdiff.diffusion.sampling import Clip
+from featdiff.diffusion.scaling import Standardizer
+from featdiff.federated.client import local_update
+from featdiff.federated.creff import class_gradients
+from featdiff.federated.head import train_head
+from featdiff.federated.sufficient import SufficientStatistics
+from featdiff.federated.task import (
+    client_records,
+    fixed_loss,
+    from_record,
+    new_denoiser,
+    private,
+    records_for_training,
+    run_config,
+    to_record,
+)
+from featdiff.federated.task import (
+    num_classes as class_count,
+)
+from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, schedule_for
+from featdiff.privacy.dp_promise import phase_state, train_phase_one, train_phase_two
+from featdiff.privacy.plan import PrivacyPlan, plan_privacy
+from featdiff.seeding import named_generator
+from featdiff.training.denoiser import denoiser_state, train_denoiser
+
+SIMULATED_FAILURE = 1001
+EVALUATION_SEED = 7919
+
+
+@dataclasses.dataclass
+class Holder:
+    config: RunConfig
+    partition_id: int
+    features: Tensor
+    labels: Tensor
+    num_classes: int
+
+
+def holder(context: Context) -> Holder:
+    config = run_config(str(context.run_config["config"]))
+    partition_id, partitions = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    features, labels = client_records(config, partition_id, partitions)
+    return Holder(config, partition_id, features, labels, class_count(config))
+
+
+def scaler_from(message: Message) -> Standardizer:
+    tensors = from_record(message.content["scaler"])
+    scaler = Standardizer(tensors["mean"].numel())
+    scaler.mean.copy_(tensors["mean"])
+    scaler.std.copy_(tensors["std"])
+    return scaler
+
+
+def clip_from(message: Message, config: RunConfig) -> Clip:
+    """Where sampling confines x̂0: the public ball of radius √D (private), or the federation's
+    per-dimension range of the scaled features (the min and max over clients)."""
+    tensors = from_record(message.content["scaler"])
+    if private(config):
+        return math.sqrt(tensors["mean"].numel())
+    return tensors["low"], tensors["high"]
+
+
+def reply(message: Message, arrays: dict[str, Tensor] | None = None, **metrics: int | float | list[int] | list[float]) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if arrays is not None:
+        content["arrays"] = to_record(arrays)
+    return Message(content, reply_to=message)
+
+
+def failed(message: Message) -> Message | None:
+    config = message.content.get("config", ConfigRecord())
+    if bool(config.get("simulate-failure", False)):
+        return Message(Error(code=SIMULATED_FAILURE, reason="simulated drop-out"), reply_to=message)
+    return None
+
+
+def client_privacy(config: RunConfig, size: int) -> tuple[PrivacyConfig, int]:
+    """The privacy section as this client runs it: batches no larger than its records, and Phase
+    II long enough for the warm-up's steps (returned) plus `rounds × local_steps` round steps,
+    counted as if the client took part in every round."""
+    privacy, federated = config.privacy, config.federated
+    phase_one_batch, phase_two_batch = min(privacy.phase_one_batch, size), min(privacy.phase_two_batch, size)
+    warmup_steps = math.ceil(privacy.phase_two_epochs * size / phase_two_batch)
+    total = warmup_steps + federated.rounds * federated.local_steps
+    update = {"phase_one_batch": phase_one_batch, "phase_two_batch": phase_two_batch, "phase_two_epochs": total * phase_two_batch / size}
+    return privacy.model_copy(update=update), warmup_steps
+
+
+def client_plan(config: RunConfig, size: int, feature_dim: int) -> PrivacyPlan:
+    """One plan for all a private client will ever release (dp-promise's Phase I, its warm-up
+    Phase II and its round steps), σ calibrated so that the whole costs at most privacy.epsilon;
+    calibrated once per process (a client keeps its plan across rounds)."""
+    return _plan(client_privacy(config, size)[0], config.diffusion, size, feature_dim)
+
+
+@functools.cache
+def _plan(privacy: PrivacyConfig, diffusion: DiffusionConfig, size: int, feature_dim: int) -> PrivacyPlan:
+    return plan_privacy(privacy, diffusion, size, feature_dim)
+
+
+def with_phase_two_steps(plan: PrivacyPlan, steps: int) -> PrivacyPlan:
+    return dataclasses.replace(plan, phase_two=dataclasses.replace(plan.phase_two, steps=steps))
+
+
+def statistics(message: Message, context: Context) -> Message:
+    client = holder(context)
+    stats = SufficientStatistics.of(client.features, client.labels, client.num_classes)
+    if private(client.config) or not bool(message.content["config"]["moments"]):
+        tensors = {"counts": stats.counts}
+    else:
+        tensors = stats.as_dict() | {"minimum": client.features.min(0).values, "maximum": client.features.max(0).values}
+    return reply(message, tensors, **{"partition-id": client.partition_id, "num-examples": len(client.labels)})
+
+
+def warmup(message: Message, context: Context) -> Message:
+    client = holder(context)
+    config, size = client.config, len(client.labels)
+    schedule = schedule_for(config.diffusion)
+    scaler = scaler_from(message)
+    records = records_for_training(client.features, scaler, config)
+    model = new_denoiser(records.shape[1], client.num_classes, config)
+    if private(config):
+        plan = client_plan(config, size, records.shape[1])
+        privacy, warm_steps = client_privacy(config, size)
+        first = phase_state(
+            model,
+            size,
+            privacy.phase_one_batch,
+            privacy,
+            config.diffusion.ema_decay,
+            named_generator(config.seed, f"warmup-{client.partition_id}"),
+        )
+        train_phase_one(first, records, schedule, privacy, config.diffusion, plan)
+        second = phase_state(
+            model,
+            size,
+            privacy.phase_two_batch,
+            privacy,
+            config.diffusion.ema_decay,
+            named_generator(config.seed, f"warmup2-{client.partition_id}"),
+        )
+        train_phase_two(second, records, client.labels, schedule, privacy, config.diffusion, with_phase_two_steps(plan, warm_steps))
+        spent = {"epsilon": plan.epsilon, "noise-multiplier": plan.phase_two.noise_multiplier}
+    else:
+        local = config.diffusion.model_copy(
+            update={"steps": config.federated.warmup_steps, "batch_size": min(config.diffusion.batch_size, size)}
+        )
+        state = denoiser_state(model, size, local, named_generator(config.seed, f"warmup-{client.partition_id}"))
+        if local.steps > 0:
+            train_denoiser(state, records, client.labels, schedule, local)
+        spent = {"epsilon": math.inf}
+    weights = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    quota = torch.tensor([int(q) for q in message.content["config"]["quota"]])
+    if str(message.content["config"]["upload"]) == "model":
+        return reply(message, weights, **{"num-examples": size, **spent})
+    generator = FeatureGenerator(model.eval(), scaler, clip_from(message, config), schedule, config.diffusion.resolved_prediction())
+    pseudo, labels = generator.generate(
+        quota, SamplerSettings.of(config.diffusion), named_generator(config.seed, f"warmup-sample-{client.partition_id}")
+    )
+    return reply(message, {"features": pseudo, "labels": labels}, **{"num-examples": size, **spent})
+
+
+def train(message: Message, context: Context) -> Message:
+    if (failure := failed(message)) is not None:
+        return failure
+    client = holder(context)
+    config, size = client.config, len(client.labels)
+    server_round = int(message.content["config"]["round"])
+    schedule = schedule_for(config.diffusion)
+    records = records_for_training(client.features, scaler_from(message), config)
+    model = new_denoiser(records.shape[1], client.num_classes, config)
+    model.load_state_dict(from_record(message.content["arrays"]))
+    generator = named_generator(config.seed, f"round{server_round}-client{client.partition_id}")
+    steps = config.federated.local_steps
+    if private(config):
+        plan = client_plan(config, size, records.shape[1])
+        privacy = client_privacy(config, size)[0]
+        state = phase_state(model, size, privacy.phase_two_batch, privacy, config.diffusion.ema_decay, generator)
+        train_phase_two(state, records, client.labels, schedule, privacy, config.diffusion, with_phase_two_steps(plan, steps))
+        weights, loss = {name: value.detach().clone() for name, value in model.state_dict().items()}, math.nan
+    else:
+        weights, loss = local_update(model, records, client.labels, schedule, config.diffusion, steps, generator)
+    counts = torch.bincount(client.labels, minlength=client.num_classes).tolist()
+    return reply(message, weights, **{"num-examples": size, "loss": loss, "class-counts": counts})
+
+
+def evaluate(message: Message, context: Context) -> Message:
+    client = holder(context)
+    config = client.config
+    records = records_for_training(client.features, scaler_from(message), config)
+    model = new_denoiser(records.shape[1], client.num_classes, config)
+    model.load_state_dict(from_record(message.content["arrays"]))
+    loss, size = fixed_loss(model, records, client.labels, schedule_for(config.diffusion), config, EVALUATION_SEED + client.partition_id)
+    return reply(message, None, **{"num-examples": size, "loss": loss})
+
+
+def head(message: Message, context: Context) -> Message:
+    if (failure := failed(message)) is not None:
+        return failure
+    client = holder(context)
+    config, federated = client.config, client.config.federated
+    options = message.content["config"]
+    weights = from_record(message.content["arrays"])
+    model = nn.Linear(client.features.shape[1], client.num_classes)
+    model.load_state_dict(weights)
+    extra: dict[str, Tensor] = {}
+    if bool(options.get("creff", False)):
+        gradients, counts = class_gradients(model, client.features, client.labels, client.num_classes)
+        extra = {"creff.gradients": gradients.detach(), "creff.counts": counts}
+    local = ClassifierConfig(
+        epochs=federated.head_local_epochs, lr=federated.head_lr, batch_size=config.classifier.batch_size, weight_decay=0.0
+    )
+    generator = named_generator(config.seed, f"head-round{int(options['round'])}-client{client.partition_id}")
+    loss = train_head(model, client.features, client.labels, local, generator, logit_adjusted=str(options["loss"]) == "logit_adjusted")
+    return reply(message, {**model.state_dict(), **extra}, **{"num-examples": len(client.labels), "loss": loss})
+
+
+def make_client_app(settings: dict[str, str | bool] | None = None) -> ClientApp:
+    """The ClientApp; `settings` fill run-config keys the runtime does not pass (run_simulation
+    takes no run config), and travel with the app object to the simulation's workers."""
+    app = ClientApp()
+
+    def with_settings(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+        def handle(message: Message, context: Context) -> Message:
+            context.run_config = {**(settings or {}), **context.run_config}
+            return handler(message, context)
+
+        return handle
+
+    app.query("statistics")(with_settings(statistics))
+    app.train("warmup")(with_settings(warmup))
+    app.train()(with_settings(train))
+    app.evaluate()(with_settings(evaluate))
+    app.train("head")(with_settings(head))
+    return app
+
+
+app = make_client_app()
+"""What `flwr run` loads (flower/pyproject.toml): settings come from the run config."""

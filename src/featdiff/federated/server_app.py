@@ -1,0 +1,41 @@
+"""The Flower ServerApp: opens (or resumes) the run folder and runs `FederatedServer` on the grid
+the runtime gives it, the simulation engine's or a SuperLink's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from featdiff.federated.server import FederatedServer, Federation
+from featdiff.federated.task import run_config
+from featdiff.runs import CONFIG_FILE, Run
+
+
+def serve(grid: Grid, settings: dict) -> dict:
+    """Run keys: `config` (the YAML the clients read too), `run-dir` (a new folder, one the CLI
+    prepared with only its config.yaml, or with `resume` the one to continue)."""
+    folder = Path(str(settings["run-dir"]))
+    if bool(settings.get("resume", False)):
+        run = Run.resume(folder)
+    elif (folder / CONFIG_FILE).is_file() and not (folder / "stages").exists():
+        run = Run.open(folder)
+    else:
+        run = Run.create(folder, run_config(str(settings["config"])))
+    print(f"featdiff: run folder {folder}")
+    return FederatedServer(run, Federation(grid, run.config.federated.round_timeout)).execute()
+
+
+def make_server_app(settings: dict[str, str | bool] | None = None) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        serve(grid, {**(settings or {}), **context.run_config})
+
+    return app
+
+
+app = make_server_app()
+"""What `flwr run` loads (flower/pyproject.toml): settings come from the run config."""
