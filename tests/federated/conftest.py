@@ -23,7 +23,7 @@ def write_features(path: Path, seed: int = 0) -> None:
     save_file({"train_features": train, "train_labels": train_labels, "test_features": test, "test_labels": test_labels}, str(path))
 
 
-def tiny_config(features: Path, **federated) -> dict:
+def tiny_config(features_path: Path, **federated) -> dict:
     return {
         "name": "tiny-federation",
         "seed": 0,
@@ -31,7 +31,7 @@ def tiny_config(features: Path, **federated) -> dict:
         "classifier": {"epochs": 5, "batch_size": 64},
         "privacy": {"split_timestep": 99, "phase_one_epochs": 0, "phase_two_epochs": 2, "phase_two_batch": 32, "delta": 1e-4},
         "federated": {
-            "features": str(features),
+            "features": str(features_path),
             "clients": 4,
             "clients_per_round": 3,
             "rounds": 4,
@@ -57,6 +57,12 @@ def features_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("federation") / "features.safetensors"
     write_features(path)
     return path
+
+
+@pytest.fixture
+def config_text(features_file):
+    """A tiny federation's YAML, with `federated` keys overridden."""
+    return lambda **federated: yaml.safe_dump(tiny_config(features_file, **federated))
 
 
 @pytest.fixture

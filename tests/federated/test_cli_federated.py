@@ -3,11 +3,8 @@
 import socket
 
 import pytest
-import yaml
 
 from featdiff.cli import main
-
-from .conftest import tiny_config
 
 
 def call(capsys, *args: str) -> tuple[int, str]:
@@ -24,10 +21,10 @@ def assert_refused(code: int, message: str, *fragments: str) -> None:
 
 
 @pytest.fixture
-def config_with(tmp_path, features_file):
+def config_with(tmp_path, config_text):
     def write(**federated) -> str:
         path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(tiny_config(features_file, **federated)))
+        path.write_text(config_text(**federated))
         return str(path)
 
     return write

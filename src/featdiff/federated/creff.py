@@ -32,9 +32,16 @@ def class_gradients(head: nn.Linear, features: Tensor, labels: Tensor, num_class
     logits = F.linear(features, head.weight.detach(), head.bias.detach())
     residual = logits.softmax(dim=1) - F.one_hot(labels, num_classes).to(logits.dtype)
     augmented = torch.cat([features, features.new_ones(features.shape[0], 1)], dim=1)
-    per_sample = (residual.unsqueeze(2) * augmented.unsqueeze(1)).flatten(1)
-    sums = per_sample.new_zeros(num_classes, per_sample.shape[1]).index_add_(0, labels, per_sample)
+    # Per class, residualᵀ·[x, 1] over its rows: rows grouped by class into zero-padded blocks, then one
+    # batched matmul (N·C·(D+1) work, no (N, C, D+1) outer-product tensor).
     counts = torch.bincount(labels, minlength=num_classes)
+    order = torch.argsort(labels, stable=True)
+    grouped = labels[order]
+    position = torch.arange(len(labels), device=labels.device) - (torch.cumsum(counts, 0) - counts)[grouped]
+    width = int(counts.max()) if len(labels) else 0
+    residual_blocks = residual.new_zeros(num_classes, width, num_classes).index_put((grouped, position), residual[order])
+    input_blocks = augmented.new_zeros(num_classes, width, augmented.shape[1]).index_put((grouped, position), augmented[order])
+    sums = torch.bmm(residual_blocks.transpose(1, 2), input_blocks).flatten(1)
     return sums / counts.clamp_min(1).unsqueeze(1).to(sums.dtype), counts
 
 

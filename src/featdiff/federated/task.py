@@ -61,6 +61,14 @@ def num_classes(config: RunConfig) -> int:
 
 
 def partition(path: str, clients: int, alpha: float, seed: int, min_records: int) -> list[Tensor]:
+    """The seeded split of the file's training rows (computed once per process and file version)."""
+    stat = Path(path).stat() if Path(path).is_file() else None
+    stamp = (stat.st_mtime_ns, stat.st_size) if stat else None
+    return _split(path, stamp, clients, alpha, seed, min_records)
+
+
+@functools.cache
+def _split(path: str, stamp: tuple[int, int] | None, clients: int, alpha: float, seed: int, min_records: int) -> list[Tensor]:
     return dirichlet_partition(encoded_features(path)["train_labels"], clients, alpha, seed, min_records)
 
 
