@@ -280,7 +280,9 @@ def markdown(report: dict) -> str:
         " loss); *pseudo-only* is that head before refinement (the private runs stop there).",
         "- **Fréchet**: mean per-class distance of the final pseudo-features to the test features (lower is better).",
         "- **MB**: every serialised message of the run (setup statistics, warm-up, rounds, head rounds), mean over seeds.",
-        f"- **to target**: rounds and MB until the round's classifier reaches {report['targets']} % (seeds that reached it).",
+        "- **to target**: rounds and MB until the round's classifier reaches "
+        + ", ".join(f"{value:g} % on {dataset}" for dataset, value in report["targets"].items())
+        + " (seeds that reached it): the probe head on pseudo-features for the denoiser algorithms, the global head for the baselines.",
         "",
     ]
     for dataset in report["datasets"]:

@@ -434,6 +434,9 @@ class FederatedConfig(_Section):
     """Simulated failures: the share of sampled clients that do not answer a round (seeded)."""
     round_timeout: Annotated[Float, Field(gt=0)] | None = None
     """Seconds the server waits for a round's replies; null waits for every reply."""
+    stage_timeout: Annotated[Float, Field(gt=0)] | None = None
+    """Seconds the server waits in the setup and the warm-up (slower than a round: every client
+    starts, and trains its local denoiser); null waits for every reply."""
 
     @model_validator(mode="after")
     def _round_fits(self) -> FederatedConfig:

@@ -15,7 +15,6 @@ server's fault injector, so drop-outs are reproducible.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 
@@ -24,7 +23,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from torch import Tensor, nn
 
-from featdiff.config import ClassifierConfig, DiffusionConfig, PrivacyConfig, RunConfig
+from featdiff.config import ClassifierConfig, RunConfig
 from featdiff.diffusion.sampling import Clip
 from featdiff.diffusion.scaling import Standardizer
 from featdiff.federated.client import local_update
@@ -45,8 +44,6 @@ from featdiff.federated.task import (
     num_classes as class_count,
 )
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, schedule_for
-from featdiff.privacy.dp_promise import phase_state, train_phase_one, train_phase_two
-from featdiff.privacy.plan import PrivacyPlan, plan_privacy
 from featdiff.seeding import named_generator
 from featdiff.training.denoiser import denoiser_state, train_denoiser
 
@@ -63,8 +60,9 @@ class Holder:
     num_classes: int
 
 
-def holder(context: Context) -> Holder:
-    config = run_config(str(context.run_config["config"]))
+def holder(context: Context, settings: dict) -> Holder:
+    """This node's records; `settings` fill run-config keys the runtime did not pass."""
+    config = run_config(str({**settings, **context.run_config}["config"]))
     partition_id, partitions = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
     features, labels = client_records(config, partition_id, partitions)
     return Holder(config, partition_id, features, labels, class_count(config))
@@ -101,36 +99,7 @@ def failed(message: Message) -> Message | None:
     return None
 
 
-def client_privacy(config: RunConfig, size: int) -> tuple[PrivacyConfig, int]:
-    """The privacy section as this client runs it: batches no larger than its records, and Phase
-    II long enough for the warm-up's steps (returned) plus `rounds × local_steps` round steps,
-    counted as if the client took part in every round."""
-    privacy, federated = config.privacy, config.federated
-    phase_one_batch, phase_two_batch = min(privacy.phase_one_batch, size), min(privacy.phase_two_batch, size)
-    warmup_steps = math.ceil(privacy.phase_two_epochs * size / phase_two_batch)
-    total = warmup_steps + federated.rounds * federated.local_steps
-    update = {"phase_one_batch": phase_one_batch, "phase_two_batch": phase_two_batch, "phase_two_epochs": total * phase_two_batch / size}
-    return privacy.model_copy(update=update), warmup_steps
-
-
-def client_plan(config: RunConfig, size: int, feature_dim: int) -> PrivacyPlan:
-    """One plan for all a private client will ever release (dp-promise's Phase I, its warm-up
-    Phase II and its round steps), σ calibrated so that the whole costs at most privacy.epsilon;
-    calibrated once per process (a client keeps its plan across rounds)."""
-    return _plan(client_privacy(config, size)[0], config.diffusion, size, feature_dim)
-
-
-@functools.cache
-def _plan(privacy: PrivacyConfig, diffusion: DiffusionConfig, size: int, feature_dim: int) -> PrivacyPlan:
-    return plan_privacy(privacy, diffusion, size, feature_dim)
-
-
-def with_phase_two_steps(plan: PrivacyPlan, steps: int) -> PrivacyPlan:
-    return dataclasses.replace(plan, phase_two=dataclasses.replace(plan.phase_two, steps=steps))
-
-
-def statistics(message: Message, context: Context) -> Message:
-    client = holder(context)
+def statistics(message: Message, client: Holder) -> Message:
     stats = SufficientStatistics.of(client.features, client.labels, client.num_classes)
     if private(client.config) or not bool(message.content["config"]["moments"]):
         tensors = {"counts": stats.counts}
@@ -139,35 +108,17 @@ def statistics(message: Message, context: Context) -> Message:
     return reply(message, tensors, **{"partition-id": client.partition_id, "num-examples": len(client.labels)})
 
 
-def warmup(message: Message, context: Context) -> Message:
-    client = holder(context)
+def warmup(message: Message, client: Holder) -> Message:
     config, size = client.config, len(client.labels)
     schedule = schedule_for(config.diffusion)
     scaler = scaler_from(message)
     records = records_for_training(client.features, scaler, config)
     model = new_denoiser(records.shape[1], client.num_classes, config)
     if private(config):
-        plan = client_plan(config, size, records.shape[1])
-        privacy, warm_steps = client_privacy(config, size)
-        first = phase_state(
-            model,
-            size,
-            privacy.phase_one_batch,
-            privacy,
-            config.diffusion.ema_decay,
-            named_generator(config.seed, f"warmup-{client.partition_id}"),
-        )
-        train_phase_one(first, records, schedule, privacy, config.diffusion, plan)
-        second = phase_state(
-            model,
-            size,
-            privacy.phase_two_batch,
-            privacy,
-            config.diffusion.ema_decay,
-            named_generator(config.seed, f"warmup2-{client.partition_id}"),
-        )
-        train_phase_two(second, records, client.labels, schedule, privacy, config.diffusion, with_phase_two_steps(plan, warm_steps))
-        spent = {"epsilon": plan.epsilon, "noise-multiplier": plan.phase_two.noise_multiplier}
+        from featdiff.federated.private_client import private_warmup
+
+        generators = tuple(named_generator(config.seed, f"{phase}-{client.partition_id}") for phase in ("warmup", "warmup2"))
+        spent = private_warmup(model, records, client.labels, schedule, config, generators)
     else:
         local = config.diffusion.model_copy(
             update={"steps": config.federated.warmup_steps, "batch_size": min(config.diffusion.batch_size, size)}
@@ -187,10 +138,9 @@ def warmup(message: Message, context: Context) -> Message:
     return reply(message, {"features": pseudo, "labels": labels}, **{"num-examples": size, **spent})
 
 
-def train(message: Message, context: Context) -> Message:
+def train(message: Message, client: Holder) -> Message:
     if (failure := failed(message)) is not None:
         return failure
-    client = holder(context)
     config, size = client.config, len(client.labels)
     server_round = int(message.content["config"]["round"])
     schedule = schedule_for(config.diffusion)
@@ -200,10 +150,9 @@ def train(message: Message, context: Context) -> Message:
     generator = named_generator(config.seed, f"round{server_round}-client{client.partition_id}")
     steps = config.federated.local_steps
     if private(config):
-        plan = client_plan(config, size, records.shape[1])
-        privacy = client_privacy(config, size)[0]
-        state = phase_state(model, size, privacy.phase_two_batch, privacy, config.diffusion.ema_decay, generator)
-        train_phase_two(state, records, client.labels, schedule, privacy, config.diffusion, with_phase_two_steps(plan, steps))
+        from featdiff.federated.private_client import private_round
+
+        private_round(model, records, client.labels, schedule, config, generator)
         weights, loss = {name: value.detach().clone() for name, value in model.state_dict().items()}, math.nan
     else:
         weights, loss = local_update(model, records, client.labels, schedule, config.diffusion, steps, generator)
@@ -211,8 +160,7 @@ def train(message: Message, context: Context) -> Message:
     return reply(message, weights, **{"num-examples": size, "loss": loss, "class-counts": counts})
 
 
-def evaluate(message: Message, context: Context) -> Message:
-    client = holder(context)
+def evaluate(message: Message, client: Holder) -> Message:
     config = client.config
     records = records_for_training(client.features, scaler_from(message), config)
     model = new_denoiser(records.shape[1], client.num_classes, config)
@@ -221,10 +169,9 @@ def evaluate(message: Message, context: Context) -> Message:
     return reply(message, None, **{"num-examples": size, "loss": loss})
 
 
-def head(message: Message, context: Context) -> Message:
+def head(message: Message, client: Holder) -> Message:
     if (failure := failed(message)) is not None:
         return failure
-    client = holder(context)
     config, federated = client.config, client.config.federated
     options = message.content["config"]
     weights = from_record(message.content["arrays"])
@@ -247,10 +194,9 @@ def make_client_app(settings: dict[str, str | bool] | None = None) -> ClientApp:
     takes no run config), and travel with the app object to the simulation's workers."""
     app = ClientApp()
 
-    def with_settings(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    def with_settings(handler: Callable[[Message, Holder], Message]) -> Callable[[Message, Context], Message]:
         def handle(message: Message, context: Context) -> Message:
-            context.run_config = {**(settings or {}), **context.run_config}
-            return handler(message, context)
+            return handler(message, holder(context, settings or {}))
 
         return handle
 

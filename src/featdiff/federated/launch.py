@@ -88,6 +88,9 @@ def run_deployed(settings: dict, address: str, root_certificates: str | None) ->
         result = subprocess.run([flwr, "run", str(APP_DIR), "featdiff", "--run-config", run_config, "--stream"], env=env, check=False)
     if result.returncode != 0:
         raise UserError(f"`flwr run` against {address} failed (exit {result.returncode}); see its output above")
+    folder = Path(str(settings["run-dir"]))
+    if not (folder / "results.json").is_file():
+        raise UserError(f"the ServerApp stopped before finishing (its log is above); fix the cause, then continue with --resume {folder}")
 
 
 def toml_value(value: str | bool) -> str:

@@ -73,8 +73,8 @@ class Exchange:
 class Federation:
     """Messages to partitions, replies by partition, bytes both ways, and who was missing."""
 
-    def __init__(self, grid: Grid, timeout: float | None) -> None:
-        self.grid, self.timeout = grid, timeout
+    def __init__(self, grid: Grid, round_timeout: float | None, stage_timeout: float | None) -> None:
+        self.grid, self.round_timeout, self.stage_timeout = grid, round_timeout, stage_timeout
         self.nodes: dict[int, int] = {}
 
     def discover(self, moments: bool) -> Exchange:
@@ -84,7 +84,7 @@ class Federation:
         content = RecordDict({"config": ConfigRecord({"moments": moments})})
         messages = [Message(content, node, "query.statistics", group_id="setup") for node in node_ids]
         exchange = Exchange(down_bytes=sum(message_bytes(m) for m in messages))
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+        for reply in self.grid.send_and_receive(messages, timeout=self.stage_timeout):
             if reply.has_error():
                 continue
             partition = int(reply.content["metrics"]["partition-id"])
@@ -93,11 +93,13 @@ class Federation:
             exchange.up_bytes += message_bytes(reply)
         return exchange
 
-    def send(self, message_type: str, contents: dict[int, RecordDict], group: str) -> Exchange:
+    def send(self, message_type: str, contents: dict[int, RecordDict], group: str, stage: bool = False) -> Exchange:
+        """`stage`: the setup or warm-up's longer timeout instead of a round's."""
         messages = [Message(content, self.nodes[p], message_type, group_id=group) for p, content in sorted(contents.items())]
         exchange = Exchange(down_bytes=sum(message_bytes(m) for m in messages))
         partition_of = {node: p for p, node in self.nodes.items()}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+        timeout = self.stage_timeout if stage else self.round_timeout
+        for reply in self.grid.send_and_receive(messages, timeout=timeout):
             partition = partition_of.get(reply.metadata.src_node_id)
             if partition is None or reply.has_error():
                 continue
@@ -248,7 +250,7 @@ class FederatedServer:
         }
         self.say(f"warm-up: {self.fed.clients} clients train local denoisers and upload {self.fed.warmup_upload}")
         started = time.perf_counter()
-        exchange = self.federation.send("train.warmup", contents, group="warmup")
+        exchange = self.federation.send("train.warmup", contents, group="warmup", stage=True)
         scaler = self.scaler(setup)
         features, labels = [], []
         for p, reply in sorted(exchange.replies.items()):

@@ -24,7 +24,8 @@ def serve(grid: Grid, settings: dict) -> dict:
     else:
         run = Run.create(folder, run_config(str(settings["config"])))
     print(f"featdiff: run folder {folder}")
-    return FederatedServer(run, Federation(grid, run.config.federated.round_timeout)).execute()
+    federated = run.config.federated
+    return FederatedServer(run, Federation(grid, federated.round_timeout, federated.stage_timeout)).execute()
 
 
 def make_server_app(settings: dict[str, str | bool] | None = None) -> ServerApp:

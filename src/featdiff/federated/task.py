@@ -25,7 +25,6 @@ from featdiff.errors import UserError
 from featdiff.federated.partition import dirichlet_partition
 from featdiff.generation.pseudo import build_denoiser
 from featdiff.io import load_tensors
-from featdiff.privacy.dp_promise import clip_to_norm
 from featdiff.seeding import initialise, named_generator
 
 FEATURE_KEYS = ("train_features", "train_labels", "test_features", "test_labels")
@@ -94,6 +93,8 @@ def records_for_training(features: Tensor, scaler: Standardizer, config: RunConf
     """What the denoiser sees: standardised features, or (private runs) features clipped to the
     public ball of radius R first, so the scaling is fixed a priori."""
     if private(config):
+        from featdiff.privacy.dp_promise import clip_to_norm  # here: private runs alone pay for the accountants' imports
+
         features = clip_to_norm(features, config.privacy.norm_bound)
     return scaler.encode(features)
 
@@ -134,6 +135,7 @@ def from_record(record: ArrayRecord) -> dict[str, Tensor]:
 
 
 def message_bytes(message: Message) -> int:
-    """Bytes of the serialised message: the sum of its object tree's deflated objects, what the
-    transport carries (before HTTP/TLS framing)."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    """Bytes of the message's serialised content: the sum of the deflated objects of its record
+    tree, what the transport must carry. The metadata (ids, addresses; ~0.2 kB) and HTTP/TLS
+    framing are the transport's own and are not counted, so every transport counts the same."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message.content).values())
