@@ -85,6 +85,14 @@ def clip_from(message: Message, config: RunConfig) -> Clip:
     return tensors["low"], tensors["high"]
 
 
+def broadcast_denoiser(message: Message, client: Holder) -> tuple[Tensor, nn.Module]:
+    """The client's records as the denoiser sees them, and the server's broadcast denoiser."""
+    records = records_for_training(client.features, scaler_from(message), client.config)
+    model = new_denoiser(records.shape[1], client.num_classes, client.config)
+    model.load_state_dict(from_record(message.content["arrays"]))
+    return records, model
+
+
 def reply(message: Message, arrays: dict[str, Tensor] | None = None, **metrics: int | float | list[int] | list[float]) -> Message:
     content = RecordDict({"metrics": MetricRecord(metrics)})
     if arrays is not None:
@@ -144,9 +152,7 @@ def train(message: Message, client: Holder) -> Message:
     config, size = client.config, len(client.labels)
     server_round = int(message.content["config"]["round"])
     schedule = schedule_for(config.diffusion)
-    records = records_for_training(client.features, scaler_from(message), config)
-    model = new_denoiser(records.shape[1], client.num_classes, config)
-    model.load_state_dict(from_record(message.content["arrays"]))
+    records, model = broadcast_denoiser(message, client)
     generator = named_generator(config.seed, f"round{server_round}-client{client.partition_id}")
     steps = config.federated.local_steps
     if private(config):
@@ -162,9 +168,7 @@ def train(message: Message, client: Holder) -> Message:
 
 def evaluate(message: Message, client: Holder) -> Message:
     config = client.config
-    records = records_for_training(client.features, scaler_from(message), config)
-    model = new_denoiser(records.shape[1], client.num_classes, config)
-    model.load_state_dict(from_record(message.content["arrays"]))
+    records, model = broadcast_denoiser(message, client)
     loss, size = fixed_loss(model, records, client.labels, schedule_for(config.diffusion), config, EVALUATION_SEED + client.partition_id)
     return reply(message, None, **{"num-examples": size, "loss": loss})
 

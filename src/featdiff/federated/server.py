@@ -222,7 +222,8 @@ class FederatedServer:
         source = Run.open(Path(self.fed.warmup_from))
         if not source.stage_done("warmup"):
             raise UserError(f"federated.warmup_from = {source.directory} has no finished warm-up: point it at a run that got past it")
-        differences = [key for key in WARMUP_KEYS if warmup_signature(source.config)[key] != warmup_signature(self.config)[key]]
+        theirs, ours = warmup_signature(source.config), warmup_signature(self.config)
+        differences = [key for key in WARMUP_KEYS if theirs[key] != ours[key]]
         if differences:
             raise UserError(
                 f"federated.warmup_from = {source.directory} ran another warm-up (it differs in {', '.join(differences)}): "
@@ -355,7 +356,8 @@ class FederatedServer:
 
     def fed_evaluate(self, model: nn.Module, setup: dict[str, Tensor], sampled: list[int], server_round: int) -> tuple[float, Exchange]:
         """Clients' fixed-draw loss on their real records, weighted by size: scalars only."""
-        content = {p: RecordDict({"arrays": to_record(state_of(model)), "scaler": self.scaler_record(setup)}) for p in sampled}
+        weights, scaler = to_record(state_of(model)), self.scaler_record(setup)
+        content = {p: RecordDict({"arrays": weights, "scaler": scaler}) for p in sampled}
         exchange = self.federation.send("evaluate", content, group=f"evaluate-{server_round}")
         pairs = [(float(r["metrics"]["loss"]), float(r["metrics"]["num-examples"])) for r in exchange.replies.values()]
         total = sum(n for _, n in pairs)
@@ -379,6 +381,7 @@ class FederatedServer:
             bank = Bank.start(warm["features"][kept], warm["labels"][kept], fed.anchor_share, named_generator(seed, "bank-anchor"))
             history, finished, last_refresh_loss = [], False, math.inf
         partitions = list(range(fed.clients))
+        scaler_record = self.scaler_record(setup)
         for server_round in range(len(history) + 1, fed.rounds + 1):
             if finished:
                 break
@@ -386,7 +389,7 @@ class FederatedServer:
             sampled, failing = round_sample(seed, server_round, partitions, fed.clients_per_round, fed.drop_rate)
             weights = to_record(state_of(model))
             contents = {
-                p: RecordDict({"arrays": weights, "scaler": self.scaler_record(setup), "config": round_config(server_round, p in failing)})
+                p: RecordDict({"arrays": weights, "scaler": scaler_record, "config": round_config(server_round, p in failing)})
                 for p in sampled
             }
             exchange = self.federation.send("train", contents, group=f"round-{server_round}")
