@@ -320,3 +320,11 @@ def test_existing_run_behaviour_is_kept(tmp_path):
     with fresh.timed("late_s"):  # a discarded run's clock never brings its folder back
         pass
     assert not (tmp_path / "fresh").exists()
+
+
+def test_non_finite_numbers_are_written_as_strict_json_nulls(tmp_path):
+    from featdiff.io import strict_json
+
+    text = strict_json({"eps": float("inf"), "loss": [1.0, float("nan")], "nested": {"low": float("-inf")}})
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"eps": None, "loss": [1.0, None], "nested": {"low": None}}

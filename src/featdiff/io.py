@@ -11,6 +11,8 @@ what to do about it, instead of a traceback from deep inside safetensors or the 
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
 import tempfile
@@ -55,6 +57,23 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def _strict(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON null), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
+
+
+def strict_json(value: Any, indent: int | None = None) -> str:
+    """JSON that every parser reads: NaN and ±Infinity (which Python's json writes but the JSON
+    standard has no words for) become null. Every file featdiff writes goes through here."""
+    return json.dumps(_strict(value), indent=indent, allow_nan=False)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from featdiff.io import atomic_write_text
+from featdiff.io import atomic_write_text, strict_json
 
 GROUPS = ("overall", "many", "medium", "few")
 
@@ -40,5 +39,5 @@ def results_table(rows: dict[str, dict]) -> str:
 def write_report(out: Path, report: dict, markdown: str) -> None:
     """A benchmark's results: `out`.json and `out`.md, each written atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=1))
+    atomic_write_text(out.with_suffix(".json"), strict_json(report, indent=1))
     atomic_write_text(out.with_suffix(".md"), markdown)

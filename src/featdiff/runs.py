@@ -32,6 +32,7 @@ from featdiff.io import (
     describe_error,
     load_tensors,
     load_torch_state,
+    strict_json,
 )
 
 CONFIG_FILE = "config.yaml"
@@ -135,7 +136,7 @@ class Run:
         if not self.directory.is_dir():  # discarded: never bring the folder back
             return
         timings = {"elapsed_s": self.elapsed_s, "stage_s": self.stage_seconds}
-        atomic_write_text(self.directory / TIMINGS_FILE, json.dumps(timings, indent=1))
+        atomic_write_text(self.directory / TIMINGS_FILE, strict_json(timings, indent=1))
 
     # What the stages leave.
 
@@ -145,14 +146,14 @@ class Run:
     def log(self, stage: str, **values: Any) -> None:
         """Append one JSON line to metrics.jsonl; `time_s` is on the run's clock over all sessions."""
         record = {"stage": stage, "time_s": round(self.elapsed_s, 3), **values}
-        append_text(self.directory / "metrics.jsonl", json.dumps(record) + "\n")
+        append_text(self.directory / "metrics.jsonl", strict_json(record) + "\n")
         self._save_timings()
 
     def stage_done(self, stage: str) -> bool:
         return (self.directory / "stages" / f"{stage}.done").exists()
 
     def mark_done(self, stage: str, **info: Any) -> None:
-        atomic_write_text(self.directory / "stages" / f"{stage}.done", json.dumps(info))
+        atomic_write_text(self.directory / "stages" / f"{stage}.done", strict_json(info))
         self._save_timings()
 
     def stage_info(self, stage: str) -> dict:
@@ -186,7 +187,7 @@ class Run:
     def write_results(self, results: dict[str, Any]) -> None:
         """results.json, then (never before) the training checkpoints go: a finished run cannot resume."""
         self._save_timings()
-        atomic_write_text(self.directory / RESULTS_FILE, json.dumps(results, indent=2))
+        atomic_write_text(self.directory / RESULTS_FILE, strict_json(results, indent=2))
         shutil.rmtree(self.directory / CHECKPOINTS, ignore_errors=True)
 
 

@@ -40,11 +40,12 @@ def stage_generator(seed: int, stage: str, device: torch.device | str = "cpu") -
     return torch.Generator(device=device).manual_seed(stage_seed(seed, stage))
 
 
-def named_generator(seed: int, name: str) -> torch.Generator:
-    """A stream for work with many instances (a client in a round, a server step): seeded by a
-    stable hash of (seed, name), so it is the same in every process and on every machine."""
+def named_generator(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A named stream (a stage's initialisation or data order, a client in a round, a server
+    step): seeded by a stable hash of (seed, name), so it is the same in every process and on
+    every machine, and two names give independent streams."""
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 @torch.no_grad()
