@@ -9,6 +9,7 @@ torch), so a typo fails in a fraction of a second instead of after seconds of im
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -97,12 +98,30 @@ def _privacy(args: argparse.Namespace) -> None:
     print(f"\ntarget ε {target}; claimed ({privacy.accountant}) {claim}")
 
 
+def _check_new_file(out: Path) -> None:
+    """Refuse, before any work, an OUT that exists or that no file can be written at (a parent
+    that is a regular file, or a folder that is not writable)."""
+    if out.exists():
+        raise UserError(f"{out} already exists: choose another OUT (a features file is never overwritten)")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"cannot write {out}: {ancestor} is a file, not a folder; choose an OUT in a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: folder {ancestor} is not writable; choose an OUT in a folder you can write")
+
+
 def _encode(args: argparse.Namespace) -> None:
     config = load_config(Path(args.config), parse_overrides(args.set))
     out = Path(args.out)
-    if out.exists():
-        raise UserError(f"{out} already exists: choose another OUT (a features file is never overwritten)")
+    _check_new_file(out)
+    import torch
+
     from featdiff.pipeline import export_features
+
+    if config.compute.threads is not None:
+        torch.set_num_threads(config.compute.threads)
 
     sizes = export_features(config, out)
     print(f"{out}: {sizes['train']} training and {sizes['test']} test features of dimension {sizes['dim']}")
