@@ -19,6 +19,14 @@ from featdiff.errors import UserError
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 
 SAVED_CONFIG = "config.yaml"  # featdiff.runs.CONFIG_FILE, named here so checking it needs no torch
+RESULTS = "results.json"  # featdiff.runs.RESULTS_FILE, likewise
+FEDERATED_ROWS = {
+    "pseudo_only": "head on pseudo-features",
+    "refined": "refined by FedAvg",
+    "head": "FedAvg head",
+    "creff": "CReFF head",
+}
+"""A federated run's classifiers in its results, and their rows in the closing table."""
 
 
 class Interrupted(Exception):
@@ -116,6 +124,8 @@ def _federated(args: argparse.Namespace) -> None:
         folder = Path(args.resume)
         if not (folder / SAVED_CONFIG).is_file():
             raise UserError(f"{folder} is not a featdiff run folder: no {SAVED_CONFIG} there; pass the folder a run wrote")
+        if (folder / RESULTS).is_file():
+            raise UserError(f"run {folder} is already complete ({RESULTS} exists); start a new one with --out")
         config = load_config(folder / SAVED_CONFIG)
     else:
         if args.config is None:
@@ -126,7 +136,10 @@ def _federated(args: argparse.Namespace) -> None:
             raise UserError(f"output folder {folder} already exists: choose another --out, or continue it with --resume {folder}")
     if args.superlink is None and args.root_certificates is not None:
         raise UserError("--root-certificates needs --superlink HOST:PORT")
+    import json
+
     from featdiff.federated.launch import check_reachable, preflight, run_deployed, run_here, settings_for
+    from featdiff.report import results_table
     from featdiff.runs import Run
 
     preflight(config)
@@ -140,7 +153,12 @@ def _federated(args: argparse.Namespace) -> None:
         run_deployed(settings, args.superlink, args.root_certificates)
     else:
         run_here(settings, config.federated.clients, args.engine)
-    print(f"results: {folder / 'results.json'}")
+    results = json.loads((folder / RESULTS).read_text())
+    rows = {f"{results['algorithm']}: {name}": results[key] for key, name in FEDERATED_ROWS.items() if key in results}
+    privacy = "private clients" if results["private"] else "non-private"
+    print(f"\n{config.federated.clients} clients, {results['algorithm']} ({privacy}), seed {config.seed}, top-1 % on the test set\n")
+    print(results_table(rows))
+    print(f"\nresults: {folder / RESULTS}  ({results['wall_s']:.1f} s over all sessions)")
 
 
 def _download(args: argparse.Namespace) -> None:
