@@ -9,6 +9,7 @@ torch), so a typo fails in a fraction of a second instead of after seconds of im
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -136,8 +137,6 @@ def _federated(args: argparse.Namespace) -> None:
             raise UserError(f"output folder {folder} already exists: choose another --out, or continue it with --resume {folder}")
     if args.superlink is None and args.root_certificates is not None:
         raise UserError("--root-certificates needs --superlink HOST:PORT")
-    import json
-
     from featdiff.federated.launch import check_reachable, preflight, run_deployed, run_here, settings_for
     from featdiff.report import results_table
     from featdiff.runs import Run
@@ -153,12 +152,24 @@ def _federated(args: argparse.Namespace) -> None:
         run_deployed(settings, args.superlink, args.root_certificates)
     else:
         run_here(settings, config.federated.clients, args.engine)
+    if not (folder / RESULTS).is_file():  # the ServerApp ran elsewhere (the simulation's) and stopped
+        raise UserError(_federated_failure(folder))
     results = json.loads((folder / RESULTS).read_text())
     rows = {f"{results['algorithm']}: {name}": results[key] for key, name in FEDERATED_ROWS.items() if key in results}
     privacy = "private clients" if results["private"] else "non-private"
     print(f"\n{config.federated.clients} clients, {results['algorithm']} ({privacy}), seed {config.seed}, top-1 % on the test set\n")
     print(results_table(rows))
     print(f"\nresults: {folder / RESULTS}  ({results['wall_s']:.1f} s over all sessions)")
+
+
+def _federated_failure(folder: Path) -> str:
+    """Why a federated run stopped without results: its last `failed` record, which names the stage
+    and the clients' errors, or (none) where to look."""
+    lines = (folder / "metrics.jsonl").read_text().splitlines() if (folder / "metrics.jsonl").is_file() else []
+    failures = [record for record in map(json.loads, lines) if record["stage"] == "failed"]
+    if failures:
+        return failures[-1]["message"]
+    return f"the ServerApp stopped before finishing (its log is above): fix the cause, then continue with --resume {folder}"
 
 
 def _download(args: argparse.Namespace) -> None:

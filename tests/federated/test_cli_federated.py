@@ -9,6 +9,7 @@ import torch
 from conftest import RaisingClients, in_round
 
 import featdiff.federated.client_app
+import featdiff.federated.launch
 from featdiff.cli import main
 from featdiff.federated.task import partition, run_config
 
@@ -138,3 +139,23 @@ def test_a_private_federation_is_checked_per_client_before_the_run_folder_exists
     code, message = call(capsys, path, "--out", str(tmp_path / "run"))
     assert_refused(code, message, f"federated client {cited} (N = {sizes[cited]} records", "privacy.delta")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_failure_in_a_serverapp_that_ran_elsewhere_is_reported_in_its_one_line(capsys, tmp_path, config_with, monkeypatch):
+    """The simulation engine runs the ServerApp where its error does not reach the CLI: the CLI
+    reads the failure the server recorded."""
+    run_here = featdiff.federated.launch.run_here
+
+    def swallowing(settings, clients, engine):
+        try:
+            run_here(settings, clients, engine)
+        except Exception:  # noqa: BLE001 - what an engine that logs the ServerApp's exception does
+            pass
+
+    make_client_app = featdiff.federated.client_app.make_client_app
+    monkeypatch.setattr(
+        featdiff.federated.client_app, "make_client_app", lambda settings: RaisingClients(make_client_app(settings), in_round("round-1"))
+    )
+    monkeypatch.setattr(featdiff.federated.launch, "run_here", swallowing)
+    code, message = call(capsys, config_with(rounds=2, head_rounds=0), "--out", str(tmp_path / "run"))
+    assert_refused(code, message.splitlines()[-1], "round 1: no client succeeded", "disk full on client", "--resume")

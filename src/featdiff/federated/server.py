@@ -147,10 +147,9 @@ class FederatedServer:
         finished before it stays saved."""
         if exchange.replies:
             return
-        self.run.log("failed", at=stage, missing=exchange.missing, errors=exchange.errors)
-        raise UserError(
-            f"{stage}: no client succeeded ({exchange.failures()}): fix the clients, then continue with --resume {self.run.directory}"
-        )
+        message = f"{stage}: no client succeeded ({exchange.failures()}): fix the clients, then continue with --resume {self.run.directory}"
+        self.run.log("failed", at=stage, missing=exchange.missing, errors=exchange.errors, message=message)
+        raise UserError(message)
 
     # The linear head.
 

@@ -4,10 +4,13 @@ and retrains a head on them after every round."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
 from featdiff.federated.creff import match_features
+from featdiff.federated.federation import Federation
 from featdiff.federated.head import train_head
 from featdiff.federated.server import FederatedServer, Setup
 from featdiff.runs import Run
@@ -15,22 +18,21 @@ from featdiff.seeding import named_generator
 
 
 class CReFF(FederatedServer):
-    def __init__(self, run: Run, *args, **options) -> None:
-        super().__init__(run, *args, **options)
+    def __init__(self, run: Run, federation: Federation, **options) -> None:
+        super().__init__(run, federation, **options)
         per_class = self.fed.creff_features_per_class
         self.labels = torch.arange(self.num_classes).repeat_interleave(per_class)
         self.features: Tensor = torch.randn(len(self.labels), self.feature_dim, generator=named_generator(self.config.seed, "creff-init"))
         """The federated features, matched to the clients' class gradients every round."""
         self.retrained = self.new_head()
         """The head retrained on the federated features: CReFF's classifier."""
-        self.counts = torch.zeros(self.num_classes)
 
     def train(self, setup: Setup) -> dict:
-        self.counts = setup.counts
-        history = self.head_rounds(self.new_head(), setup, loss="ce", label="creff", class_gradients=self.match)
+        match = partial(self.match, counts=setup.counts)
+        history = self.head_rounds(self.new_head(), setup, loss="ce", label="creff", class_gradients=match)
         return {"creff": self.evaluate(self.retrained, setup.counts), "head_rounds": history}
 
-    def match(self, server_round: int, uploads: dict) -> dict:
+    def match(self, server_round: int, uploads: dict, *, counts: Tensor) -> dict:
         """Move the federated features towards the clients' averaged class gradients of the
         broadcast head, then retrain the head from the broadcast weights on them."""
         fed = self.fed
@@ -43,4 +45,4 @@ class CReFF(FederatedServer):
         self.retrained.load_state_dict(uploads["global"])
         generator = named_generator(self.config.seed, f"creff-{server_round}")
         train_head(self.retrained, self.features, self.labels, self.config.classifier, generator, logit_adjusted=False)
-        return {"creff_acc": self.evaluate(self.retrained, self.counts)["acc"]["overall"]}
+        return {"creff_acc": self.evaluate(self.retrained, counts)["acc"]["overall"]}

@@ -8,14 +8,15 @@ from torch import nn
 
 from featdiff.federated.bank import Bank
 from featdiff.federated.fedddpm import learning_is_slow
+from featdiff.federated.federation import Federation
 from featdiff.federated.server import state_of
 from featdiff.federated.strategies.fedavg import Auxiliary, FedAvg, RoundWork
 from featdiff.runs import Run
 
 
 class FedDDPMPlus(FedAvg):
-    def __init__(self, run: Run, *args, **options) -> None:
-        super().__init__(run, *args, **options)
+    def __init__(self, run: Run, federation: Federation, **options) -> None:
+        super().__init__(run, federation, **options)
         self.holdout_losses: list[float] = []
         """QUICK-TEST's series: the held-out loss after every aggregation so far."""
 

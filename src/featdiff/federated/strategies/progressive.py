@@ -16,7 +16,7 @@ from flwr.app import RecordDict
 from torch import nn
 
 from featdiff.federated.bank import class_frechet, mean_ignoring_nan, refresh
-from featdiff.federated.federation import Exchange
+from featdiff.federated.federation import Exchange, Federation
 from featdiff.federated.server import Setup, state_of
 from featdiff.federated.strategies.fedavg import Auxiliary, RoundWork
 from featdiff.federated.strategies.fedddpm import FedDDPM
@@ -29,8 +29,8 @@ from featdiff.statistics import ClassGeometry, bands, distance_ratios
 
 
 class Progressive(FedDDPM):
-    def __init__(self, run: Run, *args, **options) -> None:
-        super().__init__(run, *args, **options)
+    def __init__(self, run: Run, federation: Federation, **options) -> None:
+        super().__init__(run, federation, **options)
         self.last_refresh_loss = math.inf
         """The clients' loss at the last refresh (∞ before the first: any loss is in range)."""
 
