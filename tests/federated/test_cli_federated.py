@@ -137,7 +137,7 @@ def test_a_private_federation_is_checked_per_client_before_the_run_folder_exists
     with open(path, "w") as file:
         file.write(text)
     code, message = call(capsys, path, "--out", str(tmp_path / "run"))
-    assert_refused(code, message, f"federated client {cited} (N = {sizes[cited]} records", "privacy.delta")
+    assert_refused(code, message, f"federated client {cited} holds N = {sizes[cited]} records", "privacy.delta")
     assert not (tmp_path / "run").exists()
 
 

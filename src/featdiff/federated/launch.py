@@ -39,10 +39,11 @@ def preflight(config: RunConfig) -> None:
     from featdiff.federated.private_client import client_plan
 
     for client in sorted(range(len(parts)), key=lambda p: (len(parts[p]), p)):
+        size = len(parts[client])
         try:
-            client_plan(config, len(parts[client]), features["train_features"].shape[1])
+            client_plan(config, size, features["train_features"].shape[1])
         except UserError as error:
-            raise UserError(f"federated client {client} (N = {len(parts[client])} records, its own dataset): {error}") from None
+            raise UserError(f"federated client {client} holds N = {size} records (each client is planned at its own N): {error}") from None
 
 
 def settings_for(folder: Path, resume: bool) -> dict[str, str | bool]:
