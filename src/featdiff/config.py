@@ -352,6 +352,14 @@ class PrivacyConfig(_Section):
     turns it off in all but one run per seed (`benchmarks/privacy.py`)."""
 
 
+RENAMED_ALGORITHMS = {"feddpm": "fedddpm", "feddpm_plus": "fedddpm_plus"}
+"""Earlier spellings of `federated.algorithm`, still accepted (FedDDPM is federated DDPM)."""
+
+
+def _current_algorithm_name(value: Any) -> Any:
+    return RENAMED_ALGORITHMS.get(value, value) if isinstance(value, str) else value
+
+
 class FederatedConfig(_Section):
     """Federated LDMLR (featdiff.federated): LDMLR's long-tailed training split spread over
     `clients` by a per-class Dirichlet(`alpha`), seeded by the run's seed; `clients_per_round`
@@ -367,11 +375,14 @@ class FederatedConfig(_Section):
     """A safetensors file of encoded features (train_features, train_labels, test_features,
     test_labels), written by `featdiff encode`; clients hold their Dirichlet share of the training
     rows, the server evaluates on the test rows."""
-    algorithm: Literal["fedavg", "feddpm", "feddpm_plus", "progressive", "fedavg_head", "creff"] = "feddpm"
-    """fedavg: FedAvg of the denoiser, no correction; feddpm: τ server steps on the auxiliary set
-    every round; feddpm_plus: QUICK-TEST, then one early-stopped fine-tune, then stop; progressive:
-    feddpm whose auxiliary bank is refreshed from well-scored models. fedavg_head and creff are the
-    classifier-only baselines (no denoiser)."""
+    algorithm: Annotated[
+        Literal["fedavg", "fedddpm", "fedddpm_plus", "progressive", "fedavg_head", "creff"], BeforeValidator(_current_algorithm_name)
+    ] = "fedddpm"
+    """fedavg: FedAvg of the denoiser, no correction; fedddpm: τ server steps on the auxiliary set
+    every round; fedddpm_plus: QUICK-TEST, then one early-stopped fine-tune, then stop; progressive:
+    fedddpm whose auxiliary bank is refreshed from well-scored models. fedavg_head and creff are the
+    classifier-only baselines (no denoiser). The strategies: featdiff.federated.strategies. The
+    spellings feddpm and feddpm_plus are read as fedddpm and fedddpm_plus."""
     rounds: int = Field(30, ge=1)
     local_steps: int = Field(20, ge=1)
     """E: optimiser steps each sampled client takes per round (constant lr, fresh optimizer)."""
@@ -390,7 +401,7 @@ class FederatedConfig(_Section):
     aux_per_class: int = Field(100, ge=1)
     """Auxiliary-set size per class, split over the holders of the class in proportion to their counts."""
     server_steps: int = Field(20, ge=0)
-    """τ: correction steps on the auxiliary set after each aggregation (feddpm, progressive)."""
+    """τ: correction steps on the auxiliary set after each aggregation (fedddpm, progressive)."""
     server_lr: Float = Field(2e-4, gt=0)
     server_batch: int = Field(256, ge=1)
     quick_test_holdout: Float = Field(0.2, gt=0, lt=1)

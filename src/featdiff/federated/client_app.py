@@ -9,7 +9,8 @@ classifier loop); none has a loss or a loop of its own. Messages:
 - train.head: local epochs of the linear head (CReFF: plus per-class gradients of the broadcast head).
 
 A message whose config says `simulate-failure` is answered with an error and no work: the
-server's fault injector, so drop-outs are reproducible.
+server's fault injector, so drop-outs are reproducible. Every handler runs at the config's
+`compute.threads` and draws no progress bars.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from featdiff.federated.task import (
     num_classes as class_count,
 )
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, schedule_for
+from featdiff.progress import silenced
 from featdiff.seeding import named_generator
 from featdiff.training.denoiser import denoiser_state, train_denoiser
 
@@ -200,7 +202,11 @@ def make_client_app(settings: dict[str, str | bool] | None = None) -> ClientApp:
 
     def with_settings(handler: Callable[[Message, Holder], Message]) -> Callable[[Message, Context], Message]:
         def handle(message: Message, context: Context) -> Message:
-            return handler(message, holder(context, settings or {}))
+            client = holder(context, settings or {})
+            if client.config.compute.threads is not None:
+                torch.set_num_threads(client.config.compute.threads)
+            with silenced():  # the server's stage bar is the run's progress; local training is quiet
+                return handler(message, client)
 
         return handle
 

@@ -26,12 +26,24 @@ APP_DIR = Path(__file__).resolve().parents[3] / "flower"
 
 
 def preflight(config: RunConfig) -> None:
-    """Refuse what would fail later: an unreadable features file, a split the clients cannot have."""
-    from featdiff.federated.task import encoded_features, partition
+    """Refuse what would fail later, before the run folder exists: an unreadable features file, a
+    split the clients cannot have, and (private runs) a δ or budget some client's plan cannot
+    meet at its own N, naming that client (clients are checked from the smallest up)."""
+    from featdiff.federated.task import encoded_features, partition, private
 
-    encoded_features(config.federated.features)
+    features = encoded_features(config.federated.features)
     fed = config.federated
-    partition(fed.features, fed.clients, fed.alpha, config.seed, fed.min_client_records)
+    parts = partition(fed.features, fed.clients, fed.alpha, config.seed, fed.min_client_records)
+    if not private(config):
+        return
+    from featdiff.federated.private_client import client_plan
+
+    for client in sorted(range(len(parts)), key=lambda p: (len(parts[p]), p)):
+        size = len(parts[client])
+        try:
+            client_plan(config, size, features["train_features"].shape[1])
+        except UserError as error:
+            raise UserError(f"federated client {client} holds N = {size} records (each client is planned at its own N): {error}") from None
 
 
 def settings_for(folder: Path, resume: bool) -> dict[str, str | bool]:

@@ -28,7 +28,6 @@ from featdiff.io import load_tensors
 from featdiff.seeding import initialise, named_generator
 
 FEATURE_KEYS = ("train_features", "train_labels", "test_features", "test_labels")
-DENOISER_ALGORITHMS = ("fedavg", "feddpm", "feddpm_plus", "progressive")
 
 
 def run_config(path: str) -> RunConfig:
