@@ -207,30 +207,3 @@ def test_the_server_and_every_client_run_at_compute_threads(make_config, tmp_pat
         assert torch.get_num_threads() == 1  # the server
     finally:
         torch.set_num_threads(before)
-
-
-GOLDEN = {
-    "fedddpm": {
-        "holdout_loss": [0.8930453062057495, 0.8740680813789368, 0.8558503985404968, 0.8435352444648743],
-        "corrected_holdout_loss": [0.8916401267051697, 0.8705982565879822, 0.8538613319396973, 0.8411043286323547],
-    },
-    "fedddpm_plus": {"holdout_loss": [0.8930453062057495, 0.8754181861877441], "corrected_holdout_loss": [None, 0.863017737865448]},
-}
-"""Each round's held-out losses of the tiny federation, recorded from the server before it became
-strategies (one class, string dispatch): the strategies must compute what it computed. A change
-that is meant to move them records them again, saying why in its commit."""
-
-
-@pytest.mark.parametrize("algorithm", sorted(GOLDEN))
-def test_the_strategies_reproduce_the_single_class_servers_numbers(make_config, tmp_path, algorithm):
-    stop = {"quick_test_threshold": 10.0, "quick_test_patience": 1, "rounds": 6} if algorithm == "fedddpm_plus" else {}
-    config = make_config(algorithm=algorithm, **stop)
-    config.write_text(config.read_text() + "compute:\n  threads: 1\n")
-    before = torch.get_num_threads()
-    try:
-        results = run(config, tmp_path / "run")
-    finally:
-        torch.set_num_threads(before)
-    for key, expected in GOLDEN[algorithm].items():
-        got = [entry.get(key) for entry in results["rounds"]]
-        assert got == [None if value is None else pytest.approx(value, rel=1e-5) for value in expected], key
