@@ -1,9 +1,11 @@
 """The same apps on Flower's simulation engine and on a real SuperLink with three SuperNodes on
-127.0.0.1 (plain HTTP: tests only), each against the in-process grid: the same final weights and
-bytes. The deployment runs a non-editable install of this checkout in a fresh venv, from a folder
-outside the repository, and loses a SuperNode mid-run. Every test starts and stops what it uses,
+localhost (TLS, as the README deploys them), each against the in-process grid: the same final
+weights and bytes. The deployment runs a non-editable install of this checkout in a fresh venv,
+from a folder outside the repository, and loses a SuperNode mid-run. Every test starts and stops what it uses,
 so each passes alone and in any order."""
 
+import datetime
+import ipaddress
 import json
 import os
 import shutil
@@ -20,6 +22,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from flwr.app import Message
 from safetensors.torch import load_file
 
@@ -144,6 +150,35 @@ def install_non_editable(venv: Path, scratch: Path) -> Path:
     return site_packages
 
 
+def certificates(folder: Path) -> dict[str, Path]:
+    """A CA and a server certificate signed by it for localhost and 127.0.0.1 (what the README's
+    openssl commands make; 127.0.0.1 because the SuperLink's own ServerApp process connects there)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def issue(subject: str, key, issuer: x509.Name, signer, extension: x509.ExtensionType) -> x509.Certificate:
+        builder = x509.CertificateBuilder(
+            subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]),
+            issuer_name=issuer,
+            public_key=key.public_key(),
+            serial_number=x509.random_serial_number(),
+            not_valid_before=now - datetime.timedelta(minutes=5),
+            not_valid_after=now + datetime.timedelta(days=1),
+        )
+        return builder.add_extension(extension, critical=isinstance(extension, x509.BasicConstraints)).sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "featdiff test CA")])
+    ca = issue("featdiff test CA", ca_key, ca_name, ca_key, x509.BasicConstraints(ca=True, path_length=None))
+    names = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server = issue("localhost", server_key, ca_name, ca_key, names)
+    paths = {"ca": folder / "ca.crt", "certificate": folder / "server.pem", "key": folder / "server.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["certificate"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_format = serialization.PrivateFormat.PKCS8
+    paths["key"].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, key_format, serialization.NoEncryption()))
+    return paths
+
+
 def start(command: list, log: Path, env: dict, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
 
@@ -156,11 +191,11 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def federation(tmp_path) -> Iterator[tuple[str, list[subprocess.Popen], dict, Path]]:
-    """A non-editable featdiff in a fresh venv; a SuperLink and one SuperNode per partition on
-    127.0.0.1, run from that venv in a folder outside the repository, ready when the SuperLink
-    has activated every node; all stopped afterwards. Yields (address, [SuperLink, SuperNodes],
-    environment, working folder)."""
+def federation(tmp_path) -> Iterator[tuple[str, list[subprocess.Popen], dict, Path, Path]]:
+    """A non-editable featdiff in a fresh venv; a SuperLink with TLS and one SuperNode per
+    partition on localhost, run from that venv in a folder outside the repository, ready when the
+    SuperLink has activated every node; all stopped afterwards. Yields (address, [SuperLink,
+    SuperNodes], environment, working folder, CA certificate)."""
     venv, work = tmp_path / "venv", tmp_path / "work"
     work.mkdir()
     site_packages = install_non_editable(venv, tmp_path)
@@ -170,18 +205,20 @@ def federation(tmp_path) -> Iterator[tuple[str, list[subprocess.Popen], dict, Pa
     assert imported.is_relative_to(site_packages) and not imported.is_relative_to(PROJECT_ROOT), imported
     for command in ("featdiff", "flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr"):
         assert shutil.which(command, path=env["PATH"]) == str(venv / "bin" / command), command
+    tls = certificates(tmp_path)
     port = free_port()
-    superlink = [venv / "bin" / "flower-superlink", "--insecure", "--port", str(port), "--disable-runtime-dependency-installation"]
+    superlink = [venv / "bin" / "flower-superlink", "--port", str(port), "--disable-runtime-dependency-installation"]
+    superlink += ["--ssl-ca-certfile", tls["ca"], "--ssl-certfile", tls["certificate"], "--ssl-keyfile", tls["key"]]
     processes = [start(superlink, tmp_path / "superlink.log", env, work)]
     try:
         wait_until(lambda: listening(port), STARTUP_S, f"SuperLink on port {port}", processes)
         for partition in range(CLIENTS):
-            command = [venv / "bin" / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(free_port())]
-            command += ["--node-config", f"partition-id={partition} num-partitions={CLIENTS}"]
+            command = [venv / "bin" / "flower-supernode", "--superlink", f"localhost:{port}", "--root-certificates", tls["ca"]]
+            command += ["--port", str(free_port()), "--node-config", f"partition-id={partition} num-partitions={CLIENTS}"]
             processes.append(start(command, tmp_path / f"supernode-{partition}.log", env, work))
         activated = lambda: (tmp_path / "superlink.log").read_text().count("Activated node_id=") >= CLIENTS  # noqa: E731
         wait_until(activated, STARTUP_S, f"{CLIENTS} SuperNodes activated by the SuperLink", processes)
-        yield f"127.0.0.1:{port}", processes, env, work
+        yield f"localhost:{port}", processes, env, work, tls["ca"]
     finally:
         for process in processes:
             stop(process)
@@ -206,25 +243,26 @@ def test_an_installed_featdiff_on_a_superlink_gives_the_in_process_weights_and_s
 ):
     """`featdiff federated CONFIG --superlink` from the installed package. The SuperNode of the
     last partition is killed as soon as round 1 is logged (its round-2 reply then never comes:
-    the ClientApp process it would start for it takes seconds); the round timeout ends round 2
-    with the others. The in-process grid losing the same node at the same point gives the same
-    final weights, rounds and bytes."""
-    address, processes, env, work = federation
+    the ClientApp process it would start for it takes seconds); the round timeout (generous: a
+    round takes ~15 s on a loaded 2-core machine) ends round 2 with the others. The in-process
+    grid losing the same node at the same point gives the same final weights, rounds and bytes."""
+    address, processes, env, work, ca = federation
     config = make_config(
         clients=CLIENTS, clients_per_round=CLIENTS, rounds=2, head_rounds=0, warmup_steps=5, probe_every=10, round_timeout=45
     )
     out, log = tmp_path / "deployed", tmp_path / "deployed.log"
-    command = [shutil.which("featdiff", path=env["PATH"]), "federated", str(config), "--out", str(out), "--superlink", address]
+    command = [shutil.which("featdiff", path=env["PATH"]), "federated", str(config), "--out", str(out)]
+    command += ["--superlink", address, "--root-certificates", str(ca)]
     deployed = start(command, log, env, work)
     try:
         wait_until(lambda: round_logged(out), RUN_S, "round 1 in the deployed run's metrics", [deployed])
         stop(processes[1 + KILLED])
+        reference = tmp_path / "inprocess"  # run while the deployed round 2 waits out its timeout
+        settings = prepared(config, reference)
+        serve(LosingANode(make_client_app(settings), CLIENTS, settings), settings)
         assert deployed.wait(timeout=RUN_S) == 0, tail(log)
     finally:
         stop(deployed)
-    reference = tmp_path / "inprocess"
-    settings = prepared(config, reference)
-    serve(LosingANode(make_client_app(settings), CLIENTS, settings), settings)
     results = json.loads((out / "results.json").read_text())
     assert [entry["round"] for entry in results["rounds"]] == [1, 2]
     assert results["rounds"][0]["missing"] == []
