@@ -4,8 +4,6 @@ weights and bytes. The deployment runs a non-editable install of this checkout i
 from a folder outside the repository, and loses a SuperNode mid-run. Every test starts and stops what it uses,
 so each passes alone and in any order."""
 
-import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -22,12 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from flwr.app import Message
 from safetensors.torch import load_file
+from tls_certificates import certificates
 
 from featdiff.config import load_config
 from featdiff.federated.client_app import make_client_app
@@ -148,35 +143,6 @@ def install_non_editable(venv: Path, scratch: Path) -> Path:
         script.write_text(f"#!{python}\nimport sys\nfrom {entry.module} import {entry.attr}\nsys.exit({entry.attr}())\n")
         script.chmod(0o755)
     return site_packages
-
-
-def certificates(folder: Path) -> dict[str, Path]:
-    """A CA and a server certificate signed by it for localhost and 127.0.0.1 (what the README's
-    openssl commands make; 127.0.0.1 because the SuperLink's own ServerApp process connects there)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def issue(subject: str, key, issuer: x509.Name, signer, extension: x509.ExtensionType) -> x509.Certificate:
-        builder = x509.CertificateBuilder(
-            subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]),
-            issuer_name=issuer,
-            public_key=key.public_key(),
-            serial_number=x509.random_serial_number(),
-            not_valid_before=now - datetime.timedelta(minutes=5),
-            not_valid_after=now + datetime.timedelta(days=1),
-        )
-        return builder.add_extension(extension, critical=isinstance(extension, x509.BasicConstraints)).sign(signer, hashes.SHA256())
-
-    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "featdiff test CA")])
-    ca = issue("featdiff test CA", ca_key, ca_name, ca_key, x509.BasicConstraints(ca=True, path_length=None))
-    names = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    server = issue("localhost", server_key, ca_name, ca_key, names)
-    paths = {"ca": folder / "ca.crt", "certificate": folder / "server.pem", "key": folder / "server.key"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["certificate"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    key_format = serialization.PrivateFormat.PKCS8
-    paths["key"].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, key_format, serialization.NoEncryption()))
-    return paths
 
 
 def start(command: list, log: Path, env: dict, cwd: Path) -> subprocess.Popen:

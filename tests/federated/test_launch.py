@@ -1,17 +1,24 @@
-"""The launchers' parts that need no federation: the packaged Flower app project, TLS input, and
-the one Flower warning the simulation engine drops."""
+"""The launchers' parts that need no federation: the packaged Flower app project, the SuperLink's
+TLS checked before `flwr run` (which would wait for ever), and the one Flower warning the
+simulation engine drops."""
 
 import logging
 import socket
+import ssl
+import threading
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from importlib import import_module
+from pathlib import Path
 
 import pytest
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
+from tls_certificates import certificates
 
 from featdiff.errors import UserError
-from featdiff.federated.launch import run_deployed, settings_for, without_run_simulation_deprecation, write_app_project
+from featdiff.federated.launch import check_superlink, settings_for, without_run_simulation_deprecation, write_app_project
 
 
 def test_the_packaged_app_project_names_the_apps_and_declares_every_setting(tmp_path):
@@ -26,13 +33,61 @@ def test_the_packaged_app_project_names_the_apps_and_declares_every_setting(tmp_
     assert set(project["tool"]["flwr"]["app"]["config"]) == set(settings_for(tmp_path / "run", resume=False))
 
 
-def test_a_missing_ca_certificate_is_named_before_flwr_runs(tmp_path):
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        address = f"127.0.0.1:{listener.getsockname()[1]}"
-        with pytest.raises(UserError, match=r"--root-certificates .*ca\.crt: no such file"):
-            run_deployed(settings_for(tmp_path / "run", resume=False), address, str(tmp_path / "ca.crt"))
+@contextmanager
+def listener(certificates: dict[str, Path] | None) -> Iterator[str]:
+    """A server on 127.0.0.1 that answers every connection until it is closed: a TLS handshake
+    with `certificates`' server certificate, or without them a plain-HTTP reply (what an
+    --insecure SuperLink speaks)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    context, closing = None, threading.Event()
+    if certificates is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificates["certificate"], certificates["key"])
+
+    def answer() -> None:
+        while not closing.is_set():
+            connection, _ = server.accept()
+            with connection, suppress(OSError):
+                if context is None:
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                else:
+                    with context.wrap_socket(connection, server_side=True):
+                        pass
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield f"localhost:{server.getsockname()[1]}"
+    finally:
+        closing.set()
+        with suppress(OSError), socket.create_connection(server.getsockname(), timeout=1):
+            pass  # wakes the thread's accept, which then sees `closing`
+        thread.join(timeout=60)
+        server.close()
+
+
+def test_a_superlink_whose_certificate_the_ca_verifies_passes(tmp_path):
+    tls = certificates(tmp_path)
+    with listener(tls) as address:
+        check_superlink(address, root_certificates=str(tls["ca"]))
+
+
+@pytest.mark.parametrize(
+    ("case", "fragments"),
+    [
+        ("missing", ("--root-certificates", "ca.crt: no such file")),
+        ("not a certificate", ("server.key: no PEM certificate in it",)),
+        ("another CA", ("does not verify", "names localhost and 127.0.0.1")),
+        ("plain HTTP", ("no TLS handshake", "--ssl-certfile")),
+    ],
+)
+def test_a_superlink_that_tls_cannot_reach_is_named_with_the_fix(tmp_path, case, fragments):
+    tls, other = certificates(tmp_path), certificates(tmp_path, name="other-")
+    ca = {"missing": tmp_path / "nowhere" / "ca.crt", "not a certificate": tls["key"], "another CA": other["ca"], "plain HTTP": tls["ca"]}
+    with listener(None if case == "plain HTTP" else tls) as address, pytest.raises(UserError) as refused:
+        check_superlink(address, root_certificates=str(ca[case]))
+    message = str(refused.value)
+    assert "\n" not in message and all(fragment in message for fragment in fragments), message
 
 
 def test_only_flowers_deprecation_of_run_simulation_is_dropped(caplog):

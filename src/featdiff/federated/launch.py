@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -109,12 +110,42 @@ def check_reachable(address: str) -> None:
         ) from None
 
 
+def check_superlink(address: str, *, root_certificates: str | None) -> None:
+    """Reachable, and with `root_certificates` a TLS handshake that this CA verifies for the
+    address's host name. Checked before `flwr run`, which otherwise waits for ever on a SuperLink
+    it cannot talk to. (The SuperLink's own ServerApp process, which connects to it on 127.0.0.1,
+    is not checked from here: see the README on the certificate's names.)"""
+    check_reachable(address)
+    if root_certificates is None:
+        return
+    if not Path(root_certificates).is_file():
+        raise UserError(f"--root-certificates {root_certificates}: no such file; pass the CA certificate that signed the SuperLink's")
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        context = ssl.create_default_context(cafile=root_certificates)
+    except ssl.SSLError as error:
+        reason = f"no PEM certificate in it ({error.reason})"
+        raise UserError(f"--root-certificates {root_certificates}: {reason}; pass the CA's ca.crt") from None
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as connection, context.wrap_socket(connection, server_hostname=host):
+            return
+    except ssl.SSLCertVerificationError as error:
+        raise UserError(
+            f"the SuperLink at {address} presents a certificate that {root_certificates} does not verify ({error.verify_message}): "
+            f"pass the CA that signed it, or give the SuperLink a certificate signed by it that names {host} and 127.0.0.1"
+        ) from None
+    except (ssl.SSLError, OSError) as error:
+        raise UserError(
+            f"no TLS handshake with the SuperLink at {address} ({error}): start it with --ssl-ca-certfile, --ssl-certfile and "
+            "--ssl-keyfile (or, for a local test on an --insecure SuperLink, leave out --root-certificates)"
+        ) from None
+
+
 def run_deployed(settings: dict, address: str, root_certificates: str | None) -> None:
     """`flwr run` of the packaged app against the SuperLink at `address`, in a private Flower home
     (the user's ~/.flwr is left alone); TLS with `root_certificates`, plain HTTP otherwise (tests)."""
-    check_reachable(address)
-    if root_certificates is not None and not Path(root_certificates).is_file():
-        raise UserError(f"--root-certificates {root_certificates}: no such file; pass the CA certificate that signed the SuperLink's")
+    check_superlink(address, root_certificates=root_certificates)
     flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or shutil.which("flwr")
     if flwr is None:
         raise UserError("the `flwr` command is not installed: pip install 'flwr[simulation]' after torch")
