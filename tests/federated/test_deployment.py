@@ -4,6 +4,7 @@ weights and bytes. The deployment runs a non-editable install of this checkout i
 from a folder outside the repository, and loses a SuperNode mid-run. Every test starts and stops what it uses,
 so each passes alone and in any order."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -136,7 +137,9 @@ def install_non_editable(venv: Path, scratch: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(PROJECT_ROOT / name, source / name)
     shutil.copytree(PROJECT_ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    pip = [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--ignore-installed"]
+    pip = [python, "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed"]
+    if importlib.util.find_spec("setuptools") is not None:
+        pip += ["--no-build-isolation", "--no-index"]  # build with this setuptools, offline; else pip fetches one
     subprocess.run([*pip, "--prefix", str(venv), str(source)], env=clean_env(), cwd=scratch, check=True, timeout=RUN_S)
     for entry in metadata.distribution("flwr").entry_points.select(group="console_scripts"):
         script = venv / "bin" / entry.name
