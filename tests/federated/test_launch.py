@@ -3,6 +3,7 @@ TLS checked before `flwr run` (which would wait for ever), and the one Flower wa
 simulation engine drops."""
 
 import logging
+import shutil
 import socket
 import ssl
 import threading
@@ -18,6 +19,7 @@ from flwr.serverapp import ServerApp
 from tls_certificates import certificates
 
 from featdiff.errors import UserError
+from featdiff.federated import launch
 from featdiff.federated.launch import check_superlink, settings_for, without_run_simulation_deprecation, write_app_project
 
 
@@ -100,3 +102,34 @@ def test_only_flowers_deprecation_of_run_simulation_is_dropped(caplog):
     messages = [record.getMessage() for record in caplog.records]
     assert messages[:2] == ["DEPRECATED FEATURE: start_simulation() is deprecated", "a node did not answer"]
     assert len(messages) == 3 and "run_simulation" in messages[2]  # outside the block, Flower's logging is untouched
+
+
+def test_rays_folder_is_removed_even_while_a_late_writer_holds_it(monkeypatch):
+    """Ray does not wait for every process it killed: the removal retries until it succeeds."""
+    failures, remove = [OSError(39, "Directory not empty")] * 2, shutil.rmtree
+
+    def racing_rmtree(path, *args, **kwargs):
+        if failures:
+            raise failures.pop()
+        remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(launch.shutil, "rmtree", racing_rmtree)
+    with launch.private_ray_dir() as folder:
+        (folder / "session_latest").write_text("a Ray session")
+    assert failures == [] and not folder.exists()
+
+
+def test_a_folder_that_cannot_be_removed_is_named_not_raised(monkeypatch, capsys):
+    monkeypatch.setattr(launch, "RAY_CLEANUP_S", 0)
+
+    def refusing_rmtree(path, *args, **kwargs):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(launch.shutil, "rmtree", refusing_rmtree)
+    with launch.private_ray_dir() as folder:
+        pass
+    try:
+        message = capsys.readouterr().err.strip()
+        assert message.splitlines() == [message] and str(folder) in message and "Permission denied" in message, message
+    finally:
+        folder.rmdir()

@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -64,13 +65,29 @@ def run_here(settings: dict, clients: int, engine: Engine) -> None:
         )
 
 
+RAY_CLEANUP_S = 30
+"""How long the removal of Ray's temporary folder may retry before it says so and gives up."""
+
+
 @contextmanager
 def private_ray_dir() -> Iterator[Path]:
     """A temporary folder for Ray's session (sockets, logs, spilled objects), removed when the
     run ends: Ray's default, /tmp/ray/session_*, is never cleaned up. The simulation engine
-    shuts Ray down before `run_simulation` returns, so nothing writes there any more."""
-    with tempfile.TemporaryDirectory(prefix="featdiff-ray-") as folder:
-        yield Path(folder)
+    shuts Ray down before `run_simulation` returns, but Ray does not wait for every process it
+    killed, so a late log line can still land there: the removal retries for a while."""
+    folder = Path(tempfile.mkdtemp(prefix="featdiff-ray-"))
+    try:
+        yield folder
+    finally:
+        deadline = time.monotonic() + RAY_CLEANUP_S
+        while folder.exists():
+            try:
+                shutil.rmtree(folder)
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    print(f"featdiff: could not remove Ray's temporary folder {folder} ({error}); delete it by hand", file=sys.stderr)
+                    break
+                time.sleep(0.2)
 
 
 RUN_SIMULATION_DEPRECATION = "The `run_simulation` function is deprecated"
