@@ -1,8 +1,8 @@
 """The same apps on Flower's simulation engine and on a real SuperLink with three SuperNodes on
 localhost (TLS, as the README deploys them), each against the in-process grid: the same final
 weights and bytes. The deployment runs a non-editable install of this checkout in a fresh venv,
-from a folder outside the repository, and loses a SuperNode mid-run. Every test starts and stops what it uses,
-so each passes alone and in any order."""
+from a folder outside the repository, and loses a SuperNode mid-run. Every test starts and stops
+what it uses, so each passes alone and in any order."""
 
 import importlib.util
 import json
