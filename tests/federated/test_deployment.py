@@ -40,13 +40,14 @@ STARTUP_S, RUN_S = 120, 600
 """Deadlines, not expectations: generous for a loaded 2-core machine."""
 
 
-def wait_until(condition, seconds: float, what: str, alive: Iterable[subprocess.Popen] = ()) -> None:
-    """Poll `condition` until it holds; fail at the deadline, or at once if a process in `alive` exits."""
+def wait_until(condition, seconds: float, what: str, alive: Iterable[subprocess.Popen] = (), log: Path | None = None) -> None:
+    """Poll `condition` until it holds; fail at the deadline, or at once if a process in `alive`
+    exits, with the end of `log`."""
     deadline = time.monotonic() + seconds
     while not condition():
         for process in alive:
-            assert process.poll() is None, f"{process.args[0]} exited ({process.returncode}) while waiting for {what}"
-        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
+            assert process.poll() is None, f"{process.args[0]} exited ({process.returncode}) while waiting for {what}\n{tail(log)}"
+        assert time.monotonic() < deadline, f"no {what} within {seconds} s\n{tail(log)}"
         time.sleep(0.1)
 
 
@@ -70,7 +71,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env | {"OMP_NUM_THREADS": "1"} | extra
 
 
-def tail(path: Path) -> str:
+def tail(path: Path | None) -> str:
+    if path is None:
+        return ""
     return path.read_text(errors="replace")[-4000:] if path.exists() else f"({path} not written)"
 
 
@@ -180,13 +183,13 @@ def federation(tmp_path) -> Iterator[tuple[str, list[subprocess.Popen], dict, Pa
     superlink += ["--ssl-ca-certfile", tls["ca"], "--ssl-certfile", tls["certificate"], "--ssl-keyfile", tls["key"]]
     processes = [start(superlink, tmp_path / "superlink.log", env, work)]
     try:
-        wait_until(lambda: listening(port), STARTUP_S, f"SuperLink on port {port}", processes)
+        wait_until(lambda: listening(port), STARTUP_S, f"SuperLink on port {port}", processes, tmp_path / "superlink.log")
         for partition in range(CLIENTS):
             command = [venv / "bin" / "flower-supernode", "--superlink", f"localhost:{port}", "--root-certificates", tls["ca"]]
             command += ["--port", str(free_port()), "--node-config", f"partition-id={partition} num-partitions={CLIENTS}"]
             processes.append(start(command, tmp_path / f"supernode-{partition}.log", env, work))
         activated = lambda: (tmp_path / "superlink.log").read_text().count("Activated node_id=") >= CLIENTS  # noqa: E731
-        wait_until(activated, STARTUP_S, f"{CLIENTS} SuperNodes activated by the SuperLink", processes)
+        wait_until(activated, STARTUP_S, f"{CLIENTS} SuperNodes activated by the SuperLink", processes, tmp_path / "superlink.log")
         yield f"localhost:{port}", processes, env, work, tls["ca"]
     finally:
         for process in processes:
@@ -224,7 +227,7 @@ def test_an_installed_featdiff_on_a_superlink_gives_the_in_process_weights_and_s
     command += ["--superlink", address, "--root-certificates", str(ca)]
     deployed = start(command, log, env, work)
     try:
-        wait_until(lambda: round_logged(out), RUN_S, "round 1 in the deployed run's metrics", [deployed])
+        wait_until(lambda: round_logged(out), RUN_S, "round 1 in the deployed run's metrics", [deployed], log)
         stop(processes[1 + KILLED])
         reference = tmp_path / "inprocess"  # run while the deployed round 2 waits out its timeout
         settings = prepared(config, reference)

@@ -35,6 +35,13 @@ def test_the_packaged_app_project_names_the_apps_and_declares_every_setting(tmp_
     assert set(project["tool"]["flwr"]["app"]["config"]) == set(settings_for(tmp_path / "run", resume=False))
 
 
+def test_an_install_without_the_app_project_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "APP_FOLDER", "no_such_app")
+    with pytest.raises(UserError, match=r"lacks its Flower app project .*no_such_app.*reinstall featdiff"):
+        launch.write_app_project(tmp_path / "app")
+    assert not (tmp_path / "app").exists()
+
+
 @contextmanager
 def listener(certificates: dict[str, Path] | None) -> Iterator[str]:
     """A server on 127.0.0.1 that answers every connection until it is closed: a TLS handshake

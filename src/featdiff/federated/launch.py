@@ -186,8 +186,10 @@ def write_app_project(folder: Path) -> Path:
     """Copy the Flower app project that ships in the package into `folder` (new) and return it.
     `flwr run` takes a directory; the installed package may be read-only or zipped, so it gets a
     copy of its own rather than the package's folder."""
-    folder.mkdir()
     project = resources.files("featdiff.federated").joinpath(APP_FOLDER).joinpath("pyproject.toml")
+    if not project.is_file():
+        raise UserError(f"this featdiff install lacks its Flower app project ({project}): reinstall featdiff (pip install .)")
+    folder.mkdir()
     (folder / "pyproject.toml").write_bytes(project.read_bytes())
     return folder
 
