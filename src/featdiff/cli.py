@@ -156,13 +156,13 @@ def _federated(args: argparse.Namespace) -> None:
             raise UserError(f"output folder {folder} already exists: choose another --out, or continue it with --resume {folder}")
     if args.superlink is None and args.root_certificates is not None:
         raise UserError("--root-certificates needs --superlink HOST:PORT")
-    from featdiff.federated.launch import check_reachable, preflight, run_deployed, run_here, settings_for
+    from featdiff.federated.launch import check_superlink, preflight, run_deployed, run_here, settings_for
     from featdiff.report import results_table
     from featdiff.runs import Run
 
     preflight(config)
     if args.superlink is not None:
-        check_reachable(args.superlink)
+        check_superlink(args.superlink, root_certificates=args.root_certificates)
     if args.resume is None:
         Run.create(folder, config)
     settings = settings_for(folder, resume=args.resume is not None)

@@ -219,4 +219,4 @@ def make_client_app(settings: dict[str, str | bool] | None = None) -> ClientApp:
 
 
 app = make_client_app()
-"""What `flwr run` loads (flower/pyproject.toml): settings come from the run config."""
+"""What `flwr run` loads (featdiff/federated/flower_app/pyproject.toml): settings come from the run config."""

@@ -44,4 +44,4 @@ def make_server_app(settings: dict[str, str | bool] | None = None) -> ServerApp:
 
 
 app = make_server_app()
-"""What `flwr run` loads (flower/pyproject.toml): settings come from the run config."""
+"""What `flwr run` loads (featdiff/federated/flower_app/pyproject.toml): settings come from the run config."""
