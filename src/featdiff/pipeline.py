@@ -21,8 +21,8 @@ from featdiff.features import encode_dataset
 from featdiff.io import atomic_save_tensors
 from featdiff.methods.registry import method_named
 from featdiff.methods.stages import MethodContext, evaluate_all
-from featdiff.models.encoders import encoder_for, load_encoder, save_encoder
-from featdiff.runs import Run
+from featdiff.models.encoders import encoder_for, load_encoder
+from featdiff.runs import Run, StageOutput
 from featdiff.seeding import initialise, stage_generator
 from featdiff.training.acceleration import accelerated
 from featdiff.training.encoder import encoder_state, train_encoder
@@ -56,26 +56,25 @@ def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.M
     model = new_encoder(bundle, config.seed).to(device)
     if starts_from_scratch(config):
         return model.eval()
-    if run.stage_done("encoder"):
-        model.load_state_dict(run.load_tensors("encoder.safetensors", stage="encoder"))
-        return model.eval()
-    state = encoder_state(model, len(bundle.train.labels), config.encoder, stage_generator(config.seed, "encoder"))
-    resume = run.load_checkpoint("encoder")
-    if resume is not None:
-        state.load_state_dict(resume)
-    with accelerated(model, config.compute, device):
-        train_encoder(
-            state,
-            bundle.train.images,
-            bundle.train.labels,
-            config.encoder,
-            augment=bundle.augmenter(config.encoder.augment_padding),
-            normalize=bundle.normalize,
-            checkpoint=lambda saved: run.save_checkpoint("encoder", saved),
-            log=lambda epoch, loss: run.log("encoder", epoch=epoch, loss=loss),
-        )
-    save_encoder(model, run.path("encoder.safetensors"))
-    run.mark_done("encoder")
+
+    def train() -> StageOutput:
+        state = encoder_state(model, len(bundle.train.labels), config.encoder, stage_generator(config.seed, "encoder"))
+        run.resume_into("encoder", state)
+        with accelerated(model, config.compute, device):
+            train_encoder(
+                state,
+                bundle.train.images,
+                bundle.train.labels,
+                config.encoder,
+                augment=bundle.augmenter(config.encoder.augment_padding),
+                normalize=bundle.normalize,
+                checkpoint=lambda saved: run.save_checkpoint("encoder", saved),
+                log=lambda epoch, loss: run.log("encoder", epoch=epoch, loss=loss),
+            )
+        return model.state_dict(), {}
+
+    weights, _ = run.stage("encoder", train)
+    model.load_state_dict(weights)
     return model.eval()
 
 
