@@ -23,9 +23,12 @@ from featdiff.methods.registry import method_named
 from featdiff.methods.stages import MethodContext, evaluate_all
 from featdiff.models.encoders import encoder_for, load_encoder
 from featdiff.runs import Run, StageOutput
-from featdiff.seeding import initialise, stage_generator
+from featdiff.seeding import initialise, named_generator
 from featdiff.training.acceleration import accelerated
 from featdiff.training.encoder import encoder_state, train_encoder
+
+NEW_HEAD_STREAM = "encoder/new-head"
+"""The stream of a public encoder's fresh classifier: the same in a run and in `featdiff encode`."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
 def new_encoder(bundle: DatasetBundle, seed: int) -> nn.Module:
     """A randomly initialised encoder for the dataset, drawn from the encoder stage's generator."""
     model = encoder_for(bundle.name, bundle.num_classes, bundle.train.images.shape[1])
-    return initialise(model, stage_generator(seed, "encoder"))
+    return initialise(model, named_generator(seed, "encoder/init"))
 
 
 def starts_from_scratch(config: RunConfig) -> bool:
@@ -51,14 +54,14 @@ def starts_from_scratch(config: RunConfig) -> bool:
 def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.Module:
     config = run.config
     if config.encoder.checkpoint is not None:
-        new_head = stage_generator(config.seed, "encoder") if config.encoder.public else None
+        new_head = named_generator(config.seed, NEW_HEAD_STREAM) if config.encoder.public else None
         return load_encoder(Path(config.encoder.checkpoint), bundle.num_classes, new_head).to(device).eval()
     model = new_encoder(bundle, config.seed).to(device)
     if starts_from_scratch(config):
         return model.eval()
 
     def train() -> StageOutput:
-        state = encoder_state(model, len(bundle.train.labels), config.encoder, stage_generator(config.seed, "encoder"))
+        state = encoder_state(model, len(bundle.train.labels), config.encoder, named_generator(config.seed, "encoder/data"))
         run.resume_into("encoder", state)
         with accelerated(model, config.compute, device):
             train_encoder(
@@ -133,7 +136,7 @@ def export_features(config: RunConfig, out: Path) -> dict[str, int]:
         raise UserError("featdiff encode needs encoder.checkpoint (a shipped encoder); train one with `featdiff run` first")
     device = resolve_device(config.device)
     bundle = load_dataset(config.data, seed=config.seed)
-    new_head = stage_generator(config.seed, "encoder") if config.encoder.public else None
+    new_head = named_generator(config.seed, NEW_HEAD_STREAM) if config.encoder.public else None
     encoder = load_encoder(Path(config.encoder.checkpoint), bundle.num_classes, new_head).to(device).eval()
     encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
     tensors = {

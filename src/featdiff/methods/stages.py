@@ -31,7 +31,7 @@ from featdiff.generation.pseudo import (
     schedule_for,
 )
 from featdiff.runs import Run, StageOutput
-from featdiff.seeding import initialise, reset_parameters, stage_generator
+from featdiff.seeding import initialise, named_generator, reset_parameters
 from featdiff.statistics import ClassGeometry, band_fractions
 from featdiff.training.acceleration import accelerated
 from featdiff.training.classifier import WeightedFeatures, classifier_state, train_classifier
@@ -100,10 +100,10 @@ def retrain_classifier(
     run, config = context.run, context.config
     classifier = copy.deepcopy(encoder.fc).to(context.device)
     if random_init or config.classifier.init == "random":
-        reset_parameters(classifier, stage_generator(config.seed, stage))
+        reset_parameters(classifier, named_generator(config.seed, f"{stage}/init"))
 
     def train() -> StageOutput:
-        state = classifier_state(classifier, len(data), config.classifier, stage_generator(config.seed, stage))
+        state = classifier_state(classifier, len(data), config.classifier, named_generator(config.seed, f"{stage}/data"))
         run.resume_into(stage, state)
         with run.timed(f"{stage}_s"):
             history = train_classifier(
@@ -129,10 +129,11 @@ def fit_feature_generator(context: MethodContext, features: FeatureSet) -> Featu
     scaler = make_scaler(features.features, diffusion)
     scaled = scaler.encode(features.features)
     model = initialise(
-        build_denoiser(features.features.shape[1], context.bundle.num_classes, diffusion), stage_generator(config.seed, "denoiser")
+        build_denoiser(features.features.shape[1], context.bundle.num_classes, diffusion), named_generator(config.seed, "denoiser/init")
     )
     schedule = schedule_for(diffusion)
-    state = denoiser_state(model.to(device), len(features.labels), diffusion, stage_generator(config.seed, "denoiser", device))
+    data, draws = (named_generator(config.seed, f"denoiser/{purpose}", device) for purpose in ("data", "diffusion"))
+    state = denoiser_state(model.to(device), len(features.labels), diffusion, data, draws=draws)
     run.resume_into("denoiser", state)
     train_denoiser(
         state,
@@ -160,7 +161,7 @@ def stage_pseudo_features(context: MethodContext, features: FeatureSet, counts: 
         run.save_tensors("denoiser.safetensors", generator.tensors())
         with run.timed("generation_s"):
             pseudo, labels = generator.generate(
-                counts, SamplerSettings.of(config.diffusion), stage_generator(config.seed, "generation", context.device)
+                counts, SamplerSettings.of(config.diffusion), named_generator(config.seed, "generation/sampling", context.device)
             )
         return {"features": pseudo, "labels": labels}, {}
 
@@ -215,7 +216,7 @@ def stage_finetune(context: MethodContext) -> tuple[nn.Module, list[dict]]:
     tuned = copy.deepcopy(context.encoder).to(device)
 
     def finetune() -> StageOutput:
-        state = finetune_state(tuned, len(bundle.train.labels), config.finetune, stage_generator(config.seed, "finetune"))
+        state = finetune_state(tuned, len(bundle.train.labels), config.finetune, named_generator(config.seed, "finetune/data"))
         run.resume_into("finetune", state)
         with run.timed("finetune_s"), accelerated(tuned, config.compute, device):
             history = train_finetune(

@@ -35,10 +35,14 @@ from featdiff.methods.stages import (
     shown_classes,
 )
 from featdiff.runs import Run, StageOutput
-from featdiff.seeding import initialise, stage_generator
+from featdiff.seeding import initialise, named_generator
 from featdiff.training.acceleration import accelerated
 from featdiff.training.denoiser import denoiser_state, train_denoiser
 from featdiff.training.finetune import set_train_mode
+
+AS_TRAINED_STREAM = "e2e/features-as-trained"
+"""One stream for the augmented pass over the training images, wherever it is taken (the
+diagnostics and the re-balancing stage see the same features)."""
 
 
 def _train_features(encoder: nn.Module, bundle: DatasetBundle, device: torch.device) -> torch.Tensor:
@@ -82,7 +86,9 @@ def resolved_e2e_config(config: RunConfig, train_counts: torch.Tensor) -> EndToE
 def new_end_to_end_model(config: RunConfig, e2e_config: EndToEndConfig, encoder: nn.Module, num_classes: int) -> EndToEndModel:
     """A copy of the encoder with a freshly initialised denoiser, seeded from the run's seed, so
     the run does not depend on whatever drew from the global generator before it."""
-    denoiser = initialise(build_denoiser(int(encoder.feature_dim), num_classes, config.diffusion), stage_generator(config.seed, "denoiser"))
+    denoiser = initialise(
+        build_denoiser(int(encoder.feature_dim), num_classes, config.diffusion), named_generator(config.seed, "e2e/denoiser-init")
+    )
     return EndToEndModel(copy.deepcopy(encoder), denoiser, num_classes, e2e_config)
 
 
@@ -94,7 +100,8 @@ def _pretrain_denoiser(model: EndToEndModel, encoded: EncodedDataset, run: Run, 
         return
     diffusion = config.diffusion.model_copy(update={"steps": steps})
     scaled = model.standardizer.encode(encoded.train.features.to(device))
-    state = denoiser_state(model.denoiser, len(scaled), diffusion, stage_generator(config.seed, "denoiser", device))
+    data, draws = (named_generator(config.seed, f"e2e/pretrain-{purpose}", device) for purpose in ("data", "diffusion"))
+    state = denoiser_state(model.denoiser, len(scaled), diffusion, data, draws=draws)
     train_denoiser(state, scaled, encoded.train.labels, schedule_for(diffusion), diffusion)
     model.denoiser.load_state_dict(state.ema.module.state_dict())
 
@@ -127,9 +134,9 @@ def diagnose_as_trained(run: Run, bundle: DatasetBundle, model: EndToEndModel, d
     config = run.config
     settings = settings_for(config, resolved_e2e_config(config, bundle.train.class_counts()))
     real = features_as_trained(
-        model.encoder, bundle, config.finetune, augment_padding(config), stage_generator(config.seed, "features"), device
+        model.encoder, bundle, config.finetune, augment_padding(config), named_generator(config.seed, AS_TRAINED_STREAM), device
     )
-    generator = stage_generator(config.seed, "diagnostics", device)
+    generator = named_generator(config.seed, "e2e/diagnostics", device)
     pseudo, pseudo_labels = e2e_pseudo_features(model, diagnostic_counts(bundle.num_classes), settings, generator)
     return compare(real.features, real.labels, pseudo, pseudo_labels, bundle.num_classes)
 
@@ -142,8 +149,8 @@ def stage_end_to_end(context: MethodContext, starting: EncodedDataset) -> tuple[
 
     def train() -> StageOutput:
         settings = settings_for(config, e2e_config)
-        state = end_to_end_state(model, len(bundle.train.labels), settings, stage_generator(config.seed, "end_to_end"))
-        diagnostics_generator = state.generators["diagnostics"] = stage_generator(config.seed, "diagnostics", device)
+        state = end_to_end_state(model, len(bundle.train.labels), settings, named_generator(config.seed, "e2e/data"))
+        diagnostics_generator = state.generators["diagnostics"] = named_generator(config.seed, "e2e/diagnostics", device)
         resume = run.load_checkpoint("end_to_end")
         if resume is None:
             model.initialise_statistics(
@@ -208,10 +215,10 @@ def run(context: MethodContext) -> MethodResult:
         return MethodResult(joint, extra, {})
     counts = pseudo_counts(context.train_counts, config.generation)
     pseudo_x, pseudo_y = e2e_pseudo_features(
-        model, counts, settings_for(config, e2e_config), stage_generator(config.seed, "generation", device)
+        model, counts, settings_for(config, e2e_config), named_generator(config.seed, "e2e/generation", device)
     )
     if config.e2e.rebalance_features == "as_trained":
-        generator = stage_generator(config.seed, "features")
+        generator = named_generator(config.seed, AS_TRAINED_STREAM)
         as_trained = features_as_trained(model.encoder, bundle, config.finetune, augment_padding(config), generator, device)
         tuned_encoded = EncodedDataset(train=as_trained, test=tuned_encoded.test, validation=tuned_encoded.validation)
     result, retrained = retrain_with_pseudo(context, "classifier", model.encoder, tuned_encoded, pseudo_x, pseudo_y)
