@@ -19,7 +19,7 @@ from featdiff.data.bundle import DatasetBundle, load_dataset
 from featdiff.errors import UserError
 from featdiff.features import encode_dataset
 from featdiff.io import atomic_save_tensors
-from featdiff.methods.registry import method_named
+from featdiff.method_catalog import method_named
 from featdiff.methods.stages import MethodContext, evaluate_all
 from featdiff.models.encoders import encoder_for, load_encoder
 from featdiff.runs import Run, StageOutput

@@ -272,7 +272,7 @@ def shown_classes(bundle: DatasetBundle) -> list[int]:
     return [order[0], order[-2], order[-1]]
 
 
-def ldmlr_after_finetune(context: MethodContext, refit: bool) -> MethodResult:
+def ldmlr_after_finetune(context: MethodContext, *, refit: bool) -> MethodResult:
     """Fine-tune E with CE, then LDMLR's stages 2+3 on the tuned encoder's features, the denoiser
     fitted to the starting encoder's features (stale) or to the tuned one's (refit)."""
     run, config, bundle = context.run, context.config, context.bundle
