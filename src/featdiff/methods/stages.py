@@ -1,9 +1,9 @@
 """Stages that several methods share: evaluation, classifier retraining, denoiser fitting with
 pseudo-feature generation, and CE fine-tuning of the encoder.
 
-Each stage stores its output in the run folder and marks itself done, so a resumed run skips it,
-and continues an unfinished one from its last checkpoint. Every random draw comes from the
-stage's own generator (`featdiff.seeding`).
+Each stage stores its output in the run folder and marks itself done (`Run.stage`), so a resumed
+run skips it, and continues an unfinished one from its last checkpoint (`Run.resume_into`). Every
+random draw comes from a stream named after the stage and its purpose (`featdiff.seeding`).
 """
 
 from __future__ import annotations
