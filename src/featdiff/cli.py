@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from featdiff.config import load_config, parse_overrides
+from featdiff.config import check_federated, load_config, parse_overrides
 from featdiff.errors import UserError
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 
@@ -154,6 +154,7 @@ def _federated(args: argparse.Namespace) -> None:
         folder = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if folder.exists():
             raise UserError(f"output folder {folder} already exists: choose another --out, or continue it with --resume {folder}")
+    check_federated(config)  # the federated section's rules, and the privacy section's for private clients
     if args.superlink is None and args.root_certificates is not None:
         raise UserError("--root-certificates needs --superlink HOST:PORT")
     from featdiff.federated.launch import check_superlink, preflight, run_deployed, run_here, settings_for

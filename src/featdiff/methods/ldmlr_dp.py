@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from featdiff.config import RunConfig
+from featdiff.config import RunConfig, privacy_rules
 from featdiff.data.bundle import load_dataset
 from featdiff.features import EncodedDataset, FeatureSet
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, build_denoiser, pseudo_counts, schedule_for
@@ -31,6 +31,9 @@ from featdiff.privacy.dp_promise import clip_to_norm, generator_for, phase_state
 from featdiff.privacy.plan import PrivacyPlan, plan_privacy
 from featdiff.seeding import initialise, stage_generator
 from featdiff.training.classifier import WeightedFeatures
+
+rules = privacy_rules
+"""A private method: the privacy section's rules apply (featdiff.method_catalog)."""
 
 
 def privacy_plan(context: MethodContext) -> PrivacyPlan:
