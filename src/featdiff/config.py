@@ -515,7 +515,7 @@ def _encoder_trainers() -> str:
 
 def private_training(config: RunConfig) -> bool:
     """Whether the privacy section asks for private training (a target ε or a fixed σ): what makes
-    a federated run private (`featdiff.federated.task.private` decides the same)."""
+    a federated run private."""
     return config.privacy.epsilon is not None or config.privacy.noise_multiplier is not None
 
 

@@ -24,7 +24,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from torch import Tensor, nn
 
-from featdiff.config import ClassifierConfig, RunConfig
+from featdiff.config import ClassifierConfig, RunConfig, private_training
 from featdiff.diffusion.sampling import Clip
 from featdiff.diffusion.scaling import Standardizer
 from featdiff.federated.client import local_update
@@ -36,7 +36,6 @@ from featdiff.federated.task import (
     fixed_loss,
     from_record,
     new_denoiser,
-    private,
     records_for_training,
     run_config,
     to_record,
@@ -82,7 +81,7 @@ def clip_from(message: Message, config: RunConfig) -> Clip:
     """Where sampling confines x̂0: the public ball of radius √D (private), or the federation's
     per-dimension range of the scaled features (the min and max over clients)."""
     tensors = from_record(message.content["scaler"])
-    if private(config):
+    if private_training(config):
         return math.sqrt(tensors["mean"].numel())
     return tensors["low"], tensors["high"]
 
@@ -111,7 +110,7 @@ def failed(message: Message) -> Message | None:
 
 def statistics(message: Message, client: Holder) -> Message:
     stats = SufficientStatistics.of(client.features, client.labels, client.num_classes)
-    if private(client.config) or not bool(message.content["config"]["moments"]):
+    if private_training(client.config) or not bool(message.content["config"]["moments"]):
         tensors = {"counts": stats.counts}
     else:
         tensors = stats.as_dict() | {"minimum": client.features.min(0).values, "maximum": client.features.max(0).values}
@@ -124,7 +123,7 @@ def warmup(message: Message, client: Holder) -> Message:
     scaler = scaler_from(message)
     records = records_for_training(client.features, scaler, config)
     model = new_denoiser(records.shape[1], client.num_classes, config)
-    if private(config):
+    if private_training(config):
         from featdiff.federated.private_client import private_warmup
 
         generators = tuple(named_generator(config.seed, f"{phase}-{client.partition_id}") for phase in ("warmup", "warmup2"))
@@ -157,7 +156,7 @@ def train(message: Message, client: Holder) -> Message:
     records, model = broadcast_denoiser(message, client)
     generator = named_generator(config.seed, f"round{server_round}-client{client.partition_id}")
     steps = config.federated.local_steps
-    if private(config):
+    if private_training(config):
         from featdiff.federated.private_client import private_round
 
         private_round(model, records, client.labels, schedule, config, generator)

@@ -36,12 +36,13 @@ def preflight(config: RunConfig) -> None:
     """Refuse what would fail later, before the run folder exists: an unreadable features file, a
     split the clients cannot have, and (private runs) a δ or budget some client's plan cannot
     meet at its own N, naming that client (clients are checked from the smallest up)."""
-    from featdiff.federated.task import encoded_features, partition, private
+    from featdiff.config import private_training
+    from featdiff.federated.task import encoded_features, partition
 
     features = encoded_features(config.federated.features)
     fed = config.federated
     parts = partition(fed.features, fed.clients, fed.alpha, config.seed, fed.min_client_records)
-    if not private(config):
+    if not private_training(config):
         return
     from featdiff.federated.private_client import client_plan
 

@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import Tensor, nn
 
-from featdiff.config import RunConfig
+from featdiff.config import RunConfig, private_training
 from featdiff.diffusion.sampling import Clip
 from featdiff.diffusion.scaling import Standardizer
 from featdiff.errors import UserError
@@ -28,7 +28,7 @@ from featdiff.federated.aggregation import weighted_average
 from featdiff.federated.creff import average_class_gradients
 from featdiff.federated.federation import Exchange, Federation, round_config, round_sample
 from featdiff.federated.sufficient import SufficientStatistics
-from featdiff.federated.task import encoded_features, fixed_scaler, from_record, private, to_record
+from featdiff.federated.task import encoded_features, fixed_scaler, from_record, to_record
 from featdiff.progress import progress, silenced
 from featdiff.runs import Run
 from featdiff.seeding import named_generator, reset_parameters
@@ -90,7 +90,7 @@ class FederatedServer:
         self.test_features, self.test_labels = tensors["test_features"], tensors["test_labels"]
         self.feature_dim = self.test_features.shape[1]
         self.num_classes = int(tensors["train_labels"].max()) + 1
-        self.private = private(self.config)
+        self.private = private_training(self.config)
 
     def train(self, setup: Setup) -> dict:
         """The algorithm, from the setup to its results (the strategy's own entries of results.json)."""

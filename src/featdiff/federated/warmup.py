@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from featdiff.config import RunConfig
+from featdiff.config import RunConfig, private_training
 from featdiff.errors import UserError
-from featdiff.federated.task import private
 from featdiff.runs import Run
 
 WARMUP_KEYS = (
@@ -58,7 +57,7 @@ def warmup_signature(config: RunConfig) -> dict:
         "clients": fed.clients,
         "alpha": fed.alpha,
         "min_client_records": fed.min_client_records,
-        "warmup": (fed.warmup_steps, fed.warmup_upload, (fed.rounds, fed.local_steps) if private(config) else None),
+        "warmup": (fed.warmup_steps, fed.warmup_upload, (fed.rounds, fed.local_steps) if private_training(config) else None),
         "aux_per_class": fed.aux_per_class,
         "quick_test_holdout": fed.quick_test_holdout,
         "diffusion": config.diffusion.model_dump(),
