@@ -113,7 +113,13 @@ def centralised_ldmlr(config: RunConfig, steps: int) -> dict:
     diffusion = config.diffusion.model_copy(update={"steps": steps})
     model = initialise(build_denoiser(features.shape[1], classes, diffusion), named_generator(config.seed, "central-init"))
     schedule = schedule_for(diffusion)
-    state = denoiser_state(model, len(labels), diffusion, named_generator(config.seed, "central-denoiser"))
+    state = denoiser_state(
+        model,
+        len(labels),
+        diffusion,
+        named_generator(config.seed, "central-denoiser/data"),
+        draws=named_generator(config.seed, "central-denoiser/diffusion"),
+    )
     train_denoiser(state, scaler.encode(features), labels, schedule, diffusion)
     scaled = scaler.encode(features)
     generator = FeatureGenerator(state.ema.module.eval(), scaler, clip_range(scaled, diffusion), schedule, diffusion.resolved_prediction())

@@ -165,7 +165,13 @@ def test_denoiser_resumes_bit_for_bit():
 
     def fresh():
         model = FeatureDenoiser(8, 3, width=config.width, depth=config.depth, time_dim=config.time_dim)
-        return denoiser_state(initialise(model, torch.Generator().manual_seed(0)), len(data), config, torch.Generator().manual_seed(2))
+        return denoiser_state(
+            initialise(model, torch.Generator().manual_seed(0)),
+            len(data),
+            config,
+            torch.Generator().manual_seed(2),
+            draws=torch.Generator().manual_seed(3),
+        )
 
     def train(state, until):
         _stop_at(state, until, lambda: train_denoiser(state, data.features, data.labels, schedule, config))
@@ -230,7 +236,7 @@ def test_train_denoiser_learns_a_gaussian_mixture():
     config = DiffusionConfig(schedule="linear", steps=2500, batch_size=256, width=64, depth=2, time_dim=32, lr=2e-3, ema_decay=0.99)
     schedule = make_schedule("linear", config.num_steps)
     model = initialise(FeatureDenoiser(2, 3, width=64, depth=2, time_dim=32), torch.Generator().manual_seed(1))
-    state = denoiser_state(model, len(labels), config, torch.Generator().manual_seed(2))
+    state = denoiser_state(model, len(labels), config, torch.Generator().manual_seed(2), draws=torch.Generator().manual_seed(3))
     train_denoiser(state, features, labels, schedule, config)
     y = torch.arange(3).repeat_interleave(1000)
     samples = sample_features(

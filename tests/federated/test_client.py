@@ -30,20 +30,42 @@ def test_local_update_moves_the_weights_and_is_reproducible():
     schedule = schedule_for(CONFIG)
     model = fresh_model()
     broadcast = {k: v.clone() for k, v in model.state_dict().items()}
-    first, loss = local_update(model, features, labels, schedule, CONFIG, 10, torch.Generator().manual_seed(5))
+    first, loss = local_update(
+        model, features, labels, schedule, CONFIG, 10, data=torch.Generator().manual_seed(5), draws=torch.Generator().manual_seed(51)
+    )
     assert loss > 0 and any(not torch.equal(first[k], broadcast[k]) for k in broadcast)
     model.load_state_dict(broadcast)
-    again, loss_again = local_update(model, features, labels, schedule, CONFIG, 10, torch.Generator().manual_seed(5))
+    again, loss_again = local_update(
+        model, features, labels, schedule, CONFIG, 10, data=torch.Generator().manual_seed(5), draws=torch.Generator().manual_seed(51)
+    )
     assert all(torch.equal(first[k], again[k]) for k in first) and loss == loss_again
 
 
 def test_a_client_smaller_than_a_batch_trains_and_an_empty_one_is_refused():
     features, labels = clusters()
     schedule = schedule_for(CONFIG)
-    _, loss = local_update(fresh_model(), features[:5], labels[:5], schedule, CONFIG, 3, torch.Generator().manual_seed(0))
+    _, loss = local_update(
+        fresh_model(),
+        features[:5],
+        labels[:5],
+        schedule,
+        CONFIG,
+        3,
+        data=torch.Generator().manual_seed(0),
+        draws=torch.Generator().manual_seed(1),
+    )
     assert loss > 0
     with pytest.raises(ValueError, match="without records"):
-        local_update(fresh_model(), features[:0], labels[:0], schedule, CONFIG, 3, torch.Generator().manual_seed(0))
+        local_update(
+            fresh_model(),
+            features[:0],
+            labels[:0],
+            schedule,
+            CONFIG,
+            3,
+            data=torch.Generator().manual_seed(0),
+            draws=torch.Generator().manual_seed(1),
+        )
 
 
 def test_fedavg_of_local_updates_lowers_the_loss():
@@ -58,8 +80,8 @@ def test_fedavg_of_local_updates_lowers_the_loss():
         states, sizes, losses = [], [], []
         for client, part in enumerate(parts):
             model.load_state_dict(broadcast)
-            generator = torch.Generator().manual_seed(1000 * round_index + client)
-            state, loss = local_update(model, features[part], labels[part], schedule, CONFIG, 15, generator)
+            data, draws = (torch.Generator().manual_seed(1000 * round_index + client + offset) for offset in (0, 500))
+            state, loss = local_update(model, features[part], labels[part], schedule, CONFIG, 15, data=data, draws=draws)
             states.append(state), sizes.append(len(part)), losses.append(loss)
         model.load_state_dict(weighted_average(states, sizes))
         round_losses.append(sum(loss * size for loss, size in zip(losses, sizes, strict=True)) / sum(sizes))

@@ -24,13 +24,16 @@ def local_update(
     schedule: NoiseSchedule,
     config: DiffusionConfig,
     steps: int,
-    generator: torch.Generator,
+    *,
+    data: torch.Generator,
+    draws: torch.Generator,
 ) -> tuple[dict[str, Tensor], float]:
-    """The client's weights after `steps` local steps from `model`'s, and its mean training loss."""
+    """The client's weights after `steps` local steps from `model`'s, and its mean training loss;
+    `data` orders the records, `draws` draws the diffusion's (t, ε)."""
     if len(labels) == 0:
         raise ValueError("a client without records cannot train")
     local = config.model_copy(update={"batch_size": min(config.batch_size, len(labels))})
-    state = denoiser_state(model, len(labels), local, generator)
+    state = denoiser_state(model, len(labels), local, data, draws=draws)
     step = denoiser_step(state, features, labels, schedule, local)
     losses: list[Tensor] = []
 

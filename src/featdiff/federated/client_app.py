@@ -132,7 +132,10 @@ def warmup(message: Message, client: Holder) -> Message:
         local = config.diffusion.model_copy(
             update={"steps": config.federated.warmup_steps, "batch_size": min(config.diffusion.batch_size, size)}
         )
-        state = denoiser_state(model, size, local, named_generator(config.seed, f"warmup-{client.partition_id}"))
+        warmup = f"warmup-{client.partition_id}"
+        state = denoiser_state(
+            model, size, local, named_generator(config.seed, f"{warmup}/data"), draws=named_generator(config.seed, f"{warmup}/diffusion")
+        )
         if local.steps > 0:
             train_denoiser(state, records, client.labels, schedule, local)
         spent = {"epsilon": math.inf}
@@ -154,15 +157,25 @@ def train(message: Message, client: Holder) -> Message:
     server_round = int(message.content["config"]["round"])
     schedule = schedule_for(config.diffusion)
     records, model = broadcast_denoiser(message, client)
-    generator = named_generator(config.seed, f"round{server_round}-client{client.partition_id}")
     steps = config.federated.local_steps
     if private_training(config):
         from featdiff.federated.private_client import private_round
 
+        generator = named_generator(config.seed, f"round{server_round}-client{client.partition_id}")
         private_round(model, records, client.labels, schedule, config, generator)
         weights, loss = {name: value.detach().clone() for name, value in model.state_dict().items()}, math.nan
     else:
-        weights, loss = local_update(model, records, client.labels, schedule, config.diffusion, steps, generator)
+        name = f"round{server_round}-client{client.partition_id}"
+        weights, loss = local_update(
+            model,
+            records,
+            client.labels,
+            schedule,
+            config.diffusion,
+            steps,
+            data=named_generator(config.seed, f"{name}/data"),
+            draws=named_generator(config.seed, f"{name}/diffusion"),
+        )
     counts = torch.bincount(client.labels, minlength=client.num_classes).tolist()
     return reply(message, weights, **{"num-examples": size, "loss": loss, "class-counts": counts})
 

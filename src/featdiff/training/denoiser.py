@@ -26,18 +26,17 @@ def make_denoiser_optimizer(model: nn.Module, config: DiffusionConfig) -> torch.
 
 
 def denoiser_state(
-    model: nn.Module, size: int, config: DiffusionConfig, generator: torch.Generator, *, draws: torch.Generator | None = None
+    model: nn.Module, size: int, config: DiffusionConfig, generator: torch.Generator, *, draws: torch.Generator
 ) -> TrainState:
     """A fresh state for `size` training rows: batches of `config.batch_size` (a remainder that
     does not fill a batch waits for the next shuffle), EMA with `config.ema_decay`.
 
     `generator` orders the data; `draws` draws every (t, ε), so that a change in how the data is
-    ordered never moves the diffusion draws. Without `draws`, `generator` draws them too (the
-    federated clients' single stream, until they name two)."""
+    ordered never moves the diffusion draws."""
     return TrainState(
         model=model,
         optimizers={"denoiser": make_denoiser_optimizer(model, config)},
-        generators={"data": generator, "diffusion": generator if draws is None else draws},
+        generators={"data": generator, "diffusion": draws},
         batches=ShuffledBatches(size, config.batch_size, generator, drop_last=True),
         ema=make_ema(model, config.ema_decay),
     )

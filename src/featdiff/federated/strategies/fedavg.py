@@ -261,8 +261,16 @@ class FedAvg(FederatedServer):
         """`steps` steps of the denoising objective on the bank, at the server's lr and batch."""
         diffusion = self.config.diffusion.model_copy(update={"lr": self.fed.server_lr, "batch_size": self.fed.server_batch})
         records = scaler.encode(bank.features)
+        seed = self.config.seed
         weights, _ = local_update(
-            model, records, bank.labels, self.schedule, diffusion, steps, named_generator(self.config.seed, seed_name)
+            model,
+            records,
+            bank.labels,
+            self.schedule,
+            diffusion,
+            steps,
+            data=named_generator(seed, f"{seed_name}/data"),
+            draws=named_generator(seed, f"{seed_name}/diffusion"),
         )
         model.load_state_dict(weights)
 
