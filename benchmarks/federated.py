@@ -20,8 +20,10 @@ on 2 cores. The private sweep (every denoiser algorithm at ε = 10; 46 min of ru
 beyond the defaults when their runs are reused from the same --workdir) is
 
     python benchmarks/federated.py --workdir W --private-seeds cifar10=0:1:2,cifar100=0 \
-        --private-algorithms feddpm fedavg feddpm_plus progressive --out benchmarks/results/federated_private `--workdir DIR` keeps the run
-folders and reuses finished runs whose saved config matches.
+        --private-algorithms fedddpm fedavg fedddpm_plus progressive --out benchmarks/results/federated_private
+
+`--workdir DIR` keeps the run folders and reuses finished runs whose saved config matches. The
+committed results predate the rename: they say feddpm for fedddpm (the same algorithm).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar-lt"
 RESULTS = ROOT / "benchmarks" / "results"
 BASE_CONFIG = ROOT / "configs" / "federated_cifar10_lt.yaml"
-DENOISERS = ("fedavg", "feddpm", "feddpm_plus", "progressive")
+DENOISERS = ("fedavg", "fedddpm", "fedddpm_plus", "progressive")
 PER_DATASET = {
     "cifar10": {"aux_per_class": 100, "pseudo_per_class": 300, "probe_per_class": 50},
     "cifar100": {"aux_per_class": 30, "pseudo_per_class": 60, "probe_per_class": 10},
@@ -122,7 +124,12 @@ def centralised_ldmlr(config: RunConfig, steps: int) -> dict:
     reset_parameters(head, named_generator(config.seed, "central-head"))
     combined_labels = torch.cat([labels, pseudo_labels])
     train_head(
-        head, torch.cat([features, pseudo]), combined_labels, config.classifier, named_generator(config.seed, "central-train"), False
+        head,
+        torch.cat([features, pseudo]),
+        combined_labels,
+        config.classifier,
+        named_generator(config.seed, "central-train"),
+        logit_adjusted=False,
     )
     trained = torch.bincount(combined_labels, minlength=classes).double()
     with torch.inference_mode():
@@ -185,7 +192,7 @@ def summary_row(name: str, results: dict, setting: dict, target: float, adjusted
         "rounds_run": len(results.get("rounds", [])),
         "missing": sum(len(r["missing"]) for r in results.get("rounds", []) + results.get("head_rounds", [])),
         "to_target": to_target(results, target),
-        "wall_s": results["session_s"],
+        "wall_s": results["wall_s"],
         **setting,
     }
 
@@ -219,8 +226,8 @@ def one_federation(dataset: str, seed: int, features: Path, args: argparse.Names
     results = run_or_reuse(config_for(dataset, seed, f"{prefix}-progressive-looser", features, looser), workdir)
     rows.append(summary_row("progressive (refresh range ×2)", results, setting | {"private": False}, target))
     if seed in args.model_upload_seeds:
-        config = config_for(dataset, seed, f"{prefix}-feddpm-model-upload", features, {"algorithm": "feddpm", "warmup_upload": "model"})
-        rows.append(summary_row("feddpm (warm-up uploads models)", run_or_reuse(config, workdir), setting | {"private": False}, target))
+        config = config_for(dataset, seed, f"{prefix}-fedddpm-model-upload", features, {"algorithm": "fedddpm", "warmup_upload": "model"})
+        rows.append(summary_row("fedddpm (warm-up uploads models)", run_or_reuse(config, workdir), setting | {"private": False}, target))
     central = central_or_reuse(config_for(dataset, seed, f"{prefix}-central", features, {}), args.central_steps, workdir)
     rows.append(
         {
@@ -333,7 +340,7 @@ def main() -> None:
     parser.add_argument(
         "--private-seeds", type=seeds_by_dataset, default=seeds_by_dataset("cifar10=0:1:2"), help="e.g. cifar10=0:1:2,cifar100=0"
     )
-    parser.add_argument("--private-algorithms", nargs="+", default=["feddpm"], choices=DENOISERS)
+    parser.add_argument("--private-algorithms", nargs="+", default=["fedddpm"], choices=DENOISERS)
     parser.add_argument(
         "--targets",
         type=targets_by_dataset,

@@ -33,7 +33,7 @@ from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import new_encoder
 from featdiff.privacy.experiments import AuditSpec, canary_audit
 from featdiff.report import write_report
-from featdiff.seeding import stage_generator
+from featdiff.seeding import named_generator
 from featdiff.training.encoder import encoder_state, train_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def main() -> None:
     config = load_config(ROOT / "configs" / "digits_ldmlr_dp.yaml", overrides)
     bundle = load_dataset(config.data, seed=config.seed)
     encoder = new_encoder(bundle, config.seed)
-    state = encoder_state(encoder, len(bundle.train.labels), config.encoder, stage_generator(config.seed, "encoder"))
+    state = encoder_state(encoder, len(bundle.train.labels), config.encoder, named_generator(config.seed, "encoder/data"))
     train_encoder(state, bundle.train.images, bundle.train.labels, config.encoder, bundle.augmenter(1), bundle.normalize)
     train = encode_dataset(encoder, bundle, config.features, config.seed, device).train
     audits = {

@@ -2,10 +2,10 @@
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -53,17 +53,84 @@ BAD_CONFIGS = {
 }
 
 
+NO_TORCH_CHECK = (
+    "import sys; from featdiff.cli import main; code = main(sys.argv[1:]); "
+    "heavy = {'torch', 'sklearn'} & set(sys.modules); assert not heavy, heavy; sys.exit(code)"
+)
+
+
+def featdiff_without_torch(*args: str) -> subprocess.CompletedProcess:
+    """`featdiff ARGS` in a process that fails (exit 1, a traceback) if torch or scikit-learn was imported."""
+    return subprocess.run([sys.executable, "-c", NO_TORCH_CHECK, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
-def test_bad_config_fails_fast_with_one_line(tmp_path, case):
+def test_bad_config_fails_before_torch_with_one_line(tmp_path, case):
     text, fragment = BAD_CONFIGS[case]
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    started = time.perf_counter()
-    result = featdiff("run", str(path), "--out", str(tmp_path / "run"))
-    wall = time.perf_counter() - started
-    assert_one_line_error(result, fragment)
-    assert wall < 3, f"{wall:.1f} s: the config must be checked before torch is imported"
+    assert_one_line_error(featdiff_without_torch("run", str(path), "--out", str(tmp_path / "run")), fragment)
     assert not (tmp_path / "run").exists()
+
+
+BUILT_IN_METHODS = sorted(p.stem for p in (PROJECT_ROOT / "src/featdiff/methods").glob("*.py") if p.stem not in ("__init__", "stages"))
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.xfail(strict=True, reason="ldmlr_dp.py imports torch at its top until its imports move into its functions"),
+        )
+        if name == "ldmlr_dp"
+        else name
+        for name in [*BUILT_IN_METHODS, "e2e"]
+    ],
+)
+def test_method_modules_import_no_torch(method):
+    """So checking a config (which imports its method's module for its rules) stays torch-free."""
+    check = f"import sys, featdiff.methods.{method}; heavy = {{'torch', 'sklearn'}} & set(sys.modules); assert not heavy, heavy"
+    result = subprocess.run([sys.executable, "-c", check], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+TOY_METHOD = """
+\"\"\"`toy`: the encoder's classifier under another name, with a rule of its own.\"\"\"
+
+from featdiff.config import config_rule
+
+
+def rules(config):
+    config_rule(config.seed != 13, "seed", "must not be 13 for method toy")
+
+
+def run(context):
+    from featdiff.methods.stages import MethodResult
+
+    return MethodResult(context.controls["ce"], {"toy": "ran"}, {})
+"""
+
+
+def test_a_new_method_is_one_module(tmp_path, monkeypatch):
+    """A method from a package of one's own, named in FEATDIFF_METHODS: its rules refuse a config
+    before torch is imported, and `featdiff run` runs it."""
+    package = tmp_path / "toylab"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "toy.py").write_text(TOY_METHOD)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FEATDIFF_METHODS", "toylab.toy")
+
+    refused = featdiff_without_torch("run", "configs/digits_ldmlr.yaml", "--set", "method=toy", "--set", "seed=13")
+    assert_one_line_error(refused, "config key 'seed' must not be 13 for method toy")
+    out = tmp_path / "run"
+    result = featdiff("run", "configs/digits_ldmlr.yaml", "--set", "method=toy", *FAST_DIGITS, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "toy" and results["toy"] == "ran"
+    assert results["acc"] == results["controls"]["ce"]["acc"]
+    assert "| toy |" in result.stdout, result.stdout
 
 
 def test_config_path_errors_from_the_command_line(tmp_path):
@@ -249,7 +316,8 @@ def test_digits_e2e_with_rebalanced_classifier_then_resume(tmp_path):
 
 def test_digits_e2e_from_scratch(tmp_path):
     out = tmp_path / "scratch"
-    scratch = ["--set", "method=e2e", "--set", "finetune.init=scratch", "--set", "finetune.trainable=all", "--set", "finetune.epochs=3"]
+    # 5 epochs: after 3, accuracy ranged over 19-34 % across seeds, too near the bound below; after 5, 47-50 %.
+    scratch = ["--set", "method=e2e", "--set", "finetune.init=scratch", "--set", "finetune.trainable=all", "--set", "finetune.epochs=5"]
     scratch += ["--set", "finetune.lr=0.05", "--set", "finetune.schedule=step", "--set", "finetune.warmup_epochs=1"]
     scratch += ["--set", "e2e.denoiser_pretrain_steps=0"]
     result = featdiff("run", "configs/digits_ldmlr.yaml", *scratch, "--out", str(out))

@@ -1,9 +1,12 @@
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from featdiff.config import RunConfig, config_from_dict, config_to_dict, dump_config, load_config, parse_overrides
+from featdiff.config import RunConfig, check_federated, config_from_dict, config_to_dict, dump_config, load_config, parse_overrides
 from featdiff.errors import UserError
+from featdiff.method_catalog import method_names
 
 SCRATCH = {"init": "scratch", "trainable": "all"}
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -257,12 +260,145 @@ def test_config_path_that_is_a_directory_or_missing(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "federated, fragments",
-    [
-        ({"alpha": 0}, ("federated.alpha", "> 0")),
-        ({"clients": 0}, ("federated.clients", ">= 1")),
-        ({"clients": 5, "clients_per_round": 8}, ("federated.clients_per_round", "<= federated.clients = 5", "got 8")),
-    ],
+    "federated, fragments", [({"alpha": 0}, ("federated.alpha", "> 0")), ({"clients": 0}, ("federated.clients", ">= 1"))]
 )
 def test_federated_settings_name_their_key(federated, fragments):
     rejects({"federated": federated}, *fragments)
+
+
+def federated_refusal(values: dict) -> str:
+    """The one-line message `check_federated` gives for a config that loads."""
+    with pytest.raises(UserError) as error:
+        check_federated(config_from_dict(values))
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_federated_rules_hold_for_federated_runs_only():
+    crowded = {"federated": {"clients": 5, "clients_per_round": 8}}
+    config_from_dict(crowded)  # a `featdiff run` never reads the federated section
+    message = federated_refusal(crowded)
+    assert message == "config key 'federated.clients_per_round' must be <= federated.clients = 5, got 8"
+    check_federated(config_from_dict({"federated": {"clients": 5, "clients_per_round": 5}}))
+
+
+def test_privacy_rules_hold_for_private_federated_runs_only():
+    short = {"diffusion": {"num_steps": 500}}
+    check_federated(config_from_dict(short))  # not private: the privacy section is ignored
+    for private in ({"epsilon": 10}, {"noise_multiplier": 1.0}):
+        message = federated_refusal({**short, "privacy": private})
+        assert message == "config key 'privacy.split_timestep' must be below diffusion.num_steps (500), got 900"
+    check_federated(config_from_dict({**short, "privacy": {"epsilon": 10, "split_timestep": 450}}))
+
+
+KNOBS = {
+    "ldmlr_dp": {"diffusion": {"num_steps": 500}},  # privacy.split_timestep stays 900
+    "e2e": {"diffusion": {"faithful": True}, "filter": {"enabled": True, "radius": "max"}},
+}
+"""Per rule owner, valid values of other sections that only that owner's rules refuse."""
+FEDERATED_KNOBS = {"federated": {"clients": 5, "clients_per_round": 8}}
+
+
+def merged(*parts: dict) -> dict:
+    values: dict = {}
+    for part in parts:
+        for section, keys in part.items():
+            values[section] = {**values.get(section, {}), **keys} if isinstance(keys, dict) else keys
+    return values
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_each_method_ignores_the_knobs_only_other_methods_and_federated_runs_constrain(method):
+    others = [knobs for owner, knobs in KNOBS.items() if owner != method]
+    config = config_from_dict(merged({"method": method}, *others, FEDERATED_KNOBS))
+    assert config.method == method and config.federated.clients_per_round == 8
+    if method in KNOBS:  # and its own rules still refuse them
+        with pytest.raises(UserError):
+            config_from_dict(merged({"method": method}, KNOBS[method]))
+
+
+def test_a_private_method_keeps_refusing_what_it_refused():
+    rejects(
+        {"method": "ldmlr_dp", "diffusion": {"num_steps": 500}},
+        "config key 'privacy.split_timestep' must be below diffusion.num_steps (500), got 900",
+    )
+    assert config_from_dict({"method": "ldmlr", "diffusion": {"num_steps": 500}}).privacy.split_timestep == 900
+    assert config_from_dict({"method": "ldmlr_dp", "diffusion": {"num_steps": 500}, "privacy": {"split_timestep": 450}})
+
+
+def test_e2e_filter_radius_is_its_own_rule():
+    rejects({"method": "e2e", "filter": {"enabled": True, "radius": "max"}}, "config key 'filter.radius' must be 'rms' for method e2e")
+    assert config_from_dict({"method": "e2e", "filter": {"enabled": False, "radius": "max"}}).filter.radius == "max"
+
+
+def test_scratch_is_refused_for_methods_that_do_not_train_the_encoder_and_names_those_that_do():
+    message = rejects({"method": "ldmlr", "finetune": SCRATCH}, "config key 'finetune.init'", "method ldmlr")
+    assert "ce_finetune, e2e or ldmlr_refit" in message
+    for method in ("ce_finetune", "e2e", "ldmlr_refit"):
+        assert config_from_dict({"method": method, "finetune": SCRATCH}).finetune.init == "scratch"
+
+
+def test_the_methods_are_the_modules_of_the_methods_package():
+    package = Path(__file__).resolve().parents[1] / "src" / "featdiff" / "methods"
+    modules = {p.stem for p in package.glob("*.py")} | {p.parent.name for p in package.glob("*/__init__.py")}
+    assert set(method_names()) == modules - {"__init__", "stages"}
+    assert {"ce", "fc_retrain", "ldmlr", "ce_finetune", "ldmlr_stale", "ldmlr_refit", "e2e", "ldmlr_dp"} <= set(method_names())
+    message = rejects({"method": "gan"}, "config key 'method' must be one of")
+    assert all(repr(name) in message for name in method_names())
+
+
+TOY = """
+from featdiff.config import config_rule
+
+
+def rules(config):
+    config_rule(config.seed != 13, "seed", "must not be 13 for method {name}")
+
+
+def run(context):
+    raise AssertionError("not run here")
+"""
+
+
+def forget_toylab() -> None:
+    for name in [name for name in sys.modules if name == "toylab" or name.startswith("toylab.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def toy_package(tmp_path, monkeypatch) -> Iterator[Path]:
+    """A fresh package `toylab` on the path (each test's own: none is left imported)."""
+    package = tmp_path / "toylab"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    forget_toylab()
+    yield package
+    forget_toylab()
+
+
+def test_a_method_from_featdiff_methods_is_one_module_with_its_rules(toy_package, monkeypatch):
+    (toy_package / "toy.py").write_text(TOY.format(name="toy"))
+    monkeypatch.setenv("FEATDIFF_METHODS", " toylab.toy ,")
+    assert method_names()[-1] == "toy"
+    assert config_from_dict({"method": "toy", "seed": 3}).method == "toy"
+    rejects({"method": "toy", "seed": 13}, "config key 'seed' must not be 13 for method toy")
+    assert config_from_dict({"method": "ldmlr", "seed": 13}).seed == 13  # the toy's rule is the toy's alone
+
+
+@pytest.mark.parametrize(
+    "listed, fragments",
+    [
+        ("toylab.missing", ("FEATDIFF_METHODS lists toylab.missing", "cannot be imported")),
+        ("toylab/toy.py", ("not a dotted module path",)),
+        ("toylab.ldmlr", ("method 'ldmlr' is already featdiff.methods.ldmlr",)),
+        ("toylab.norun", ("toylab.norun defines no run(context) function",)),
+    ],
+)
+def test_bad_method_modules_are_one_line_errors(toy_package, monkeypatch, listed, fragments):
+    (toy_package / "ldmlr.py").write_text(TOY.format(name="ldmlr"))
+    (toy_package / "norun.py").write_text("RULES = None\n")
+    monkeypatch.setenv("FEATDIFF_METHODS", listed)
+    name = listed.rpartition(".")[2]
+    rejects({"method": name if name.isidentifier() else "ldmlr"}, *fragments)

@@ -328,3 +328,56 @@ def test_non_finite_numbers_are_written_as_strict_json_nulls(tmp_path):
     text = strict_json({"eps": float("inf"), "loss": [1.0, float("nan")], "nested": {"low": float("-inf")}})
     assert "Infinity" not in text and "NaN" not in text
     assert json.loads(text) == {"eps": None, "loss": [1.0, None], "nested": {"low": None}}
+
+
+# A resumable stage
+
+
+def test_a_stage_computes_once_and_a_later_session_reads_what_it_stored(tmp_path):
+    out = tmp_path / "run"
+    run = Run.create(out, RunConfig(name="stage"))
+    calls = []
+
+    def compute() -> runs.StageOutput:
+        calls.append(1)
+        return {"w": torch.arange(4.0)}, {"history": [{"loss": 0.5}]}
+
+    tensors, info = run.stage("fit", compute)
+    assert torch.equal(tensors["w"], torch.arange(4.0)) and info == {"history": [{"loss": 0.5}]}
+    assert torch.equal(load_file(out / "fit.safetensors")["w"], torch.arange(4.0))
+    assert run.stage_done("fit") and run.stage_info("fit") == info
+
+    later = Run.resume(out)
+    tensors, info = later.stage("fit", compute)
+    assert calls == [1], "a finished stage must not run again"
+    assert torch.equal(tensors["w"], torch.arange(4.0)) and info == {"history": [{"loss": 0.5}]}
+    stored, _ = later.stage("other", lambda: ({"x": torch.ones(2)}, {}), file="named.safetensors")
+    assert torch.equal(load_file(out / "named.safetensors")["x"], torch.ones(2)) and torch.equal(stored["x"], torch.ones(2))
+
+
+def test_a_stage_that_fails_is_neither_stored_nor_marked_and_runs_again(run):
+    def fail() -> runs.StageOutput:
+        run.save_checkpoint("fit", {"step": 3})
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run.stage("fit", fail)
+    assert not run.stage_done("fit") and not (run.directory / "fit.safetensors").exists()
+
+    class State:
+        loaded: dict | None = None
+
+        def load_state_dict(self, state: dict) -> None:
+            self.loaded = state
+
+    state = State()
+
+    def resume() -> runs.StageOutput:
+        run.resume_into("fit", state)
+        return {"w": torch.zeros(1)}, {}
+
+    tensors, _ = run.stage("fit", resume)
+    assert state.loaded == {"step": 3} and torch.equal(tensors["w"], torch.zeros(1))
+    fresh = State()
+    run.resume_into("never-checkpointed", fresh)
+    assert fresh.loaded is None

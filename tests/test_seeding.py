@@ -1,4 +1,4 @@
-"""Seeded initialisation and per-stage generators: PyTorch's own construction-time draws are the
+"""Seeded initialisation and named streams: PyTorch's own construction-time draws are the
 reference, and torch's global generator must never move."""
 
 from collections.abc import Callable
@@ -10,7 +10,7 @@ from torch import nn
 from featdiff.models.denoiser import FeatureDenoiser
 from featdiff.models.resnet_cifar import resnet32
 from featdiff.models.small_cnn import SmallCNN
-from featdiff.seeding import STAGE_SEEDS, initialise, stage_generator
+from featdiff.seeding import initialise, named_generator
 
 BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "denoiser": lambda: FeatureDenoiser(8, 5, width=32, depth=2, time_dim=16),
@@ -63,21 +63,54 @@ def test_different_generator_seeds_give_different_weights() -> None:
         assert all(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
-def _stream(seed: int, stage: str) -> torch.Tensor:
-    return torch.rand(16, generator=stage_generator(seed, stage))
+def _stream(seed: int, name: str) -> torch.Tensor:
+    return torch.rand(16, generator=named_generator(seed, name))
 
 
-def test_stage_streams_differ_between_stages_and_seeds_and_repeat_for_the_same_pair() -> None:
+NAMES = ["encoder/init", "encoder/data", "denoiser/init", "denoiser/data", "denoiser/diffusion", "generation/sampling"]
+
+
+def test_named_streams_differ_between_names_and_seeds_and_repeat_for_the_same_pair() -> None:
     global_state = torch.get_rng_state()
-    streams = {(seed, stage): _stream(seed, stage) for seed in (0, 1, 2, 41) for stage in STAGE_SEEDS}
+    streams = {(seed, name): _stream(seed, name) for seed in (0, 1, 2, 41) for name in NAMES}
     assert torch.equal(torch.get_rng_state(), global_state)
-    assert len(streams) == 4 * len(STAGE_SEEDS)
     first_values = {stream[0].item() for stream in streams.values()}
-    assert len(first_values) == len(streams)  # no two (seed, stage) pairs share a stream
-    for (seed, stage), stream in streams.items():
-        assert torch.equal(_stream(seed, stage), stream)
+    assert len(first_values) == len(streams)  # no two (seed, name) pairs share a stream
+    for (seed, name), stream in streams.items():
+        assert torch.equal(_stream(seed, name), stream)
 
 
-def test_unknown_stage_raises() -> None:
-    with pytest.raises(ValueError):
-        stage_generator(0, "pretraining")
+def test_every_stream_of_one_run_is_its_own_and_the_run_repeats(tmp_path, monkeypatch) -> None:
+    """A short digits LDMLR run opens one stream per stage and purpose: the denoiser's
+    initialisation, its data order and its diffusion draws (and the encoder's, the classifiers')
+    never share a stream, and the same seed gives the same results."""
+    import featdiff.methods.stages
+    import featdiff.pipeline
+    from featdiff.config import config_from_dict
+    from featdiff.pipeline import execute
+    from featdiff.runs import Run
+
+    opened: list[str] = []
+
+    def recording(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+        opened.append(name)
+        return named_generator(seed, name, device)
+
+    for module in (featdiff.pipeline, featdiff.methods.stages):
+        monkeypatch.setattr(module, "named_generator", recording)
+    fast = {
+        "encoder": {"epochs": 1, "batch_size": 64},
+        "diffusion": {"steps": 20, "batch_size": 64, "width": 32, "depth": 1, "sample_steps": 5},
+        "classifier": {"epochs": 2},
+    }
+    config = config_from_dict({"method": "ldmlr", "device": "cpu", "data": {"dataset": "digits"}, **fast})
+    first = execute(Run.create(tmp_path / "first", config))
+    names = list(opened)
+    assert {*NAMES, "fc_retrain/data", "classifier/data"} <= set(names), names
+    assert len(names) == len(set(names)), f"a stream was opened twice: {names}"
+    draws = {_stream(config.seed, name)[0].item() for name in names}
+    assert len(draws) == len(names)
+
+    second = execute(Run.create(tmp_path / "second", config))
+    for key in ("acc", "acc_adjusted", "controls", "pseudo_counts"):
+        assert first[key] == second[key], key

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from featdiff.config import ClassifierConfig, DiffusionConfig, EncoderConfig, FinetuneConfig
-from featdiff.diffusion.sampling import sample_features
+from featdiff.diffusion.sampling import SamplerSettings, sample_features
 from featdiff.diffusion.schedules import make_schedule
 from featdiff.models.denoiser import FeatureDenoiser
 from featdiff.models.small_cnn import SmallCNN
@@ -233,7 +233,15 @@ def test_train_denoiser_learns_a_gaussian_mixture():
     state = denoiser_state(model, len(labels), config, torch.Generator().manual_seed(2))
     train_denoiser(state, features, labels, schedule, config)
     y = torch.arange(3).repeat_interleave(1000)
-    samples = sample_features(state.ema.module, y, 2, schedule, method="ddpm", generator=torch.Generator().manual_seed(3), progress=False)
+    samples = sample_features(
+        state.ema.module,
+        y,
+        feature_dim=2,
+        schedule=schedule,
+        sampler=SamplerSettings("ddpm"),
+        generator=torch.Generator().manual_seed(3),
+        progress=False,
+    )
     for c in range(3):
         x = samples[y == c].double()
         # Classes are >= 2.8 apart; sample-mean standard errors are <= 0.03.

@@ -9,16 +9,26 @@ torch), so a typo fails in a fraction of a second instead of after seconds of im
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from featdiff.config import load_config, parse_overrides
+from featdiff.config import check_federated, load_config, parse_overrides
 from featdiff.errors import UserError
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 
 SAVED_CONFIG = "config.yaml"  # featdiff.runs.CONFIG_FILE, named here so checking it needs no torch
+RESULTS = "results.json"  # featdiff.runs.RESULTS_FILE, likewise
+FEDERATED_ROWS = {
+    "pseudo_only": "head on pseudo-features",
+    "refined": "refined by FedAvg",
+    "head": "FedAvg head",
+    "creff": "CReFF head",
+}
+"""A federated run's classifiers in its results, and their rows in the closing table."""
 
 
 class Interrupted(Exception):
@@ -107,12 +117,30 @@ def _privacy(args: argparse.Namespace) -> None:
     print(f"noise: {noise_source(privacy, config.seed)}")
 
 
+def _check_new_file(out: Path) -> None:
+    """Refuse, before any work, an OUT that exists or that no file can be written at (a parent
+    that is a regular file, or a folder that is not writable)."""
+    if out.exists():
+        raise UserError(f"{out} already exists: choose another OUT (a features file is never overwritten)")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"cannot write {out}: {ancestor} is a file, not a folder; choose an OUT in a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: folder {ancestor} is not writable; choose an OUT in a folder you can write")
+
+
 def _encode(args: argparse.Namespace) -> None:
     config = load_config(Path(args.config), parse_overrides(args.set))
     out = Path(args.out)
-    if out.exists():
-        raise UserError(f"{out} already exists: choose another OUT (a features file is never overwritten)")
+    _check_new_file(out)
+    import torch
+
     from featdiff.pipeline import export_features
+
+    if config.compute.threads is not None:
+        torch.set_num_threads(config.compute.threads)
 
     sizes = export_features(config, out)
     print(f"{out}: {sizes['train']} training and {sizes['test']} test features of dimension {sizes['dim']}")
@@ -126,6 +154,8 @@ def _federated(args: argparse.Namespace) -> None:
         folder = Path(args.resume)
         if not (folder / SAVED_CONFIG).is_file():
             raise UserError(f"{folder} is not a featdiff run folder: no {SAVED_CONFIG} there; pass the folder a run wrote")
+        if (folder / RESULTS).is_file():
+            raise UserError(f"run {folder} is already complete ({RESULTS} exists); start a new one with --out")
         config = load_config(folder / SAVED_CONFIG)
     else:
         if args.config is None:
@@ -134,14 +164,16 @@ def _federated(args: argparse.Namespace) -> None:
         folder = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if folder.exists():
             raise UserError(f"output folder {folder} already exists: choose another --out, or continue it with --resume {folder}")
+    check_federated(config)  # the federated section's rules, and the privacy section's for private clients
     if args.superlink is None and args.root_certificates is not None:
         raise UserError("--root-certificates needs --superlink HOST:PORT")
-    from featdiff.federated.launch import check_reachable, preflight, run_deployed, run_here, settings_for
+    from featdiff.federated.launch import check_superlink, preflight, run_deployed, run_here, settings_for
+    from featdiff.report import results_table
     from featdiff.runs import Run
 
     preflight(config)
     if args.superlink is not None:
-        check_reachable(args.superlink)
+        check_superlink(args.superlink, root_certificates=args.root_certificates)
     if args.resume is None:
         Run.create(folder, config)
     settings = settings_for(folder, resume=args.resume is not None)
@@ -150,7 +182,24 @@ def _federated(args: argparse.Namespace) -> None:
         run_deployed(settings, args.superlink, args.root_certificates)
     else:
         run_here(settings, config.federated.clients, args.engine)
-    print(f"results: {folder / 'results.json'}")
+    if not (folder / RESULTS).is_file():  # the ServerApp ran elsewhere (the simulation's) and stopped
+        raise UserError(_federated_failure(folder))
+    results = json.loads((folder / RESULTS).read_text())
+    rows = {f"{results['algorithm']}: {name}": results[key] for key, name in FEDERATED_ROWS.items() if key in results}
+    privacy = "private clients" if results["private"] else "non-private"
+    print(f"\n{config.federated.clients} clients, {results['algorithm']} ({privacy}), seed {config.seed}, top-1 % on the test set\n")
+    print(results_table(rows))
+    print(f"\nresults: {folder / RESULTS}  ({results['wall_s']:.1f} s over all sessions)")
+
+
+def _federated_failure(folder: Path) -> str:
+    """Why a federated run stopped without results: its last `failed` record, which names the stage
+    and the clients' errors, or (none) where to look."""
+    lines = (folder / "metrics.jsonl").read_text().splitlines() if (folder / "metrics.jsonl").is_file() else []
+    failures = [record for record in map(json.loads, lines) if record["stage"] == "failed"]
+    if failures:
+        return failures[-1]["message"]
+    return f"the ServerApp stopped before finishing (its log is above): fix the cause, then continue with --resume {folder}"
 
 
 def _download(args: argparse.Namespace) -> None:

@@ -7,8 +7,12 @@ Why pydantic: it is a validation library, so each field's type, default and allo
 declared once, in one place (the annotation and its `Field`), instead of in a hand-written
 YAML-to-dataclass coercer plus a separate `validate()` per section that had to be kept in step.
 The models are strict (no silent "3" → 3, no true → 1, unknown keys rejected) and frozen; derive a
-changed copy with `config.model_copy(update={...})`. Rules that involve several fields live in
-`model_validator`s below. This module imports no torch, so the CLI can check a config before it
+changed copy with `config.model_copy(update={...})`. Rules that involve several fields of one
+section live in that section's `model_validator`; rules over several sections that hold for
+every method in `RunConfig`'s. A method's own rules live in its module (`featdiff.method_catalog`
+finds them by the method's name, torch-free) and run at load time too; the privacy section's
+rules apply to private runs only (`privacy_rules`), the federated section's to `featdiff
+federated` runs only (`check_federated`). This module imports no torch, so the CLI can check a config before it
 pays for importing it.
 """
 
@@ -19,12 +23,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from featdiff.errors import UserError
+from featdiff.method_catalog import method_named, method_names
 
-Method = Literal["ce", "fc_retrain", "ldmlr", "ce_finetune", "ldmlr_stale", "ldmlr_refit", "e2e", "ldmlr_dp"]
 Dataset = Literal["digits", "cifar10", "cifar100"]
 
 
@@ -50,8 +54,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def _rule(ok: bool, field: str, requirement: str) -> None:
-    """A rule involving several fields; `field` (dotted, relative to the model) is the key to name."""
+def config_rule(ok: bool, field: str, requirement: str) -> None:
+    """A rule involving several fields; `field` (dotted, relative to the model; from the config's
+    root in a method's `rules`) is the key to name. Raised inside validation, it becomes the
+    one-line message "config key '<field>' <requirement>"."""
     if not ok:
         raise PydanticCustomError("config_rule", requirement, {"field": field})
 
@@ -124,7 +130,7 @@ class DiffusionConfig(_Section):
     @model_validator(mode="after")
     def _sample_steps_fit(self) -> DiffusionConfig:
         steps = self.resolved_sample_steps()
-        _rule(1 <= steps <= self.num_steps, "sample_steps", f"must be in [1, {self.num_steps}] (diffusion.num_steps), got {steps}")
+        config_rule(1 <= steps <= self.num_steps, "sample_steps", f"must be in [1, {self.num_steps}] (diffusion.num_steps), got {steps}")
         return self
 
     def resolved_prediction(self) -> Literal["eps", "x0"]:
@@ -180,7 +186,7 @@ class PseudoFilterConfig(_Section):
 
     @model_validator(mode="after")
     def _edges_ordered(self) -> PseudoFilterConfig:
-        _rule(self.id_edge <= self.aid_edge, "id_edge", f"must satisfy 0 < id_edge <= aid_edge, got {self.id_edge} > {self.aid_edge}")
+        config_rule(self.id_edge <= self.aid_edge, "id_edge", f"must satisfy 0 < id_edge <= aid_edge, got {self.id_edge} > {self.aid_edge}")
         return self
 
 
@@ -230,7 +236,7 @@ class FinetuneConfig(_Section):
 
     @model_validator(mode="after")
     def _scratch_trains_everything(self) -> FinetuneConfig:
-        _rule(self.init == "encoder" or self.trainable == "all", "trainable", "must be 'all' when finetune.init is 'scratch'")
+        config_rule(self.init == "encoder" or self.trainable == "all", "trainable", "must be 'all' when finetune.init is 'scratch'")
         return self
 
 
@@ -357,6 +363,14 @@ class PrivacyConfig(_Section):
     turns it off in all but one run per seed (`benchmarks/privacy.py`)."""
 
 
+RENAMED_ALGORITHMS = {"feddpm": "fedddpm", "feddpm_plus": "fedddpm_plus"}
+"""Earlier spellings of `federated.algorithm`, still accepted (FedDDPM is federated DDPM)."""
+
+
+def _current_algorithm_name(value: Any) -> Any:
+    return RENAMED_ALGORITHMS.get(value, value) if isinstance(value, str) else value
+
+
 class FederatedConfig(_Section):
     """Federated LDMLR (featdiff.federated): LDMLR's long-tailed training split spread over
     `clients` by a per-class Dirichlet(`alpha`), seeded by the run's seed; `clients_per_round`
@@ -372,11 +386,14 @@ class FederatedConfig(_Section):
     """A safetensors file of encoded features (train_features, train_labels, test_features,
     test_labels), written by `featdiff encode`; clients hold their Dirichlet share of the training
     rows, the server evaluates on the test rows."""
-    algorithm: Literal["fedavg", "feddpm", "feddpm_plus", "progressive", "fedavg_head", "creff"] = "feddpm"
-    """fedavg: FedAvg of the denoiser, no correction; feddpm: τ server steps on the auxiliary set
-    every round; feddpm_plus: QUICK-TEST, then one early-stopped fine-tune, then stop; progressive:
-    feddpm whose auxiliary bank is refreshed from well-scored models. fedavg_head and creff are the
-    classifier-only baselines (no denoiser)."""
+    algorithm: Annotated[
+        Literal["fedavg", "fedddpm", "fedddpm_plus", "progressive", "fedavg_head", "creff"], BeforeValidator(_current_algorithm_name)
+    ] = "fedddpm"
+    """fedavg: FedAvg of the denoiser, no correction; fedddpm: τ server steps on the auxiliary set
+    every round; fedddpm_plus: QUICK-TEST, then one early-stopped fine-tune, then stop; progressive:
+    fedddpm whose auxiliary bank is refreshed from well-scored models. fedavg_head and creff are the
+    classifier-only baselines (no denoiser). The strategies: featdiff.federated.strategies. The
+    spellings feddpm and feddpm_plus are read as fedddpm and fedddpm_plus."""
     rounds: int = Field(30, ge=1)
     local_steps: int = Field(20, ge=1)
     """E: optimiser steps each sampled client takes per round (constant lr, fresh optimizer)."""
@@ -395,7 +412,7 @@ class FederatedConfig(_Section):
     aux_per_class: int = Field(100, ge=1)
     """Auxiliary-set size per class, split over the holders of the class in proportion to their counts."""
     server_steps: int = Field(20, ge=0)
-    """τ: correction steps on the auxiliary set after each aggregation (feddpm, progressive)."""
+    """τ: correction steps on the auxiliary set after each aggregation (fedddpm, progressive)."""
     server_lr: Float = Field(2e-4, gt=0)
     server_batch: int = Field(256, ge=1)
     quick_test_holdout: Float = Field(0.2, gt=0, lt=1)
@@ -443,19 +460,11 @@ class FederatedConfig(_Section):
     """Seconds the server waits in the setup and the warm-up (slower than a round: every client
     starts, and trains its local denoiser); null waits for every reply."""
 
-    @model_validator(mode="after")
-    def _round_fits(self) -> FederatedConfig:
-        _rule(
-            self.clients_per_round <= self.clients,
-            "clients_per_round",
-            f"must be <= federated.clients = {self.clients}, got {self.clients_per_round}",
-        )
-        return self
-
 
 class RunConfig(_Section):
     name: str = "run"
-    method: Method = "ldmlr"
+    method: str = "ldmlr"
+    """One of `featdiff.method_catalog.method_names()`: featdiff's methods and FEATDIFF_METHODS'."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -471,44 +480,80 @@ class RunConfig(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        names = method_names()
+        if method not in names:
+            expected = ", ".join(repr(name) for name in names[:-1]) + f" or {names[-1]!r}"
+            raise PydanticCustomError("literal_error", "unknown method", {"expected": expected})
+        return method
+
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:
-        _rule(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
+        """Rules over several sections that hold for every method, then the method's own."""
+        config_rule(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
         if self.data.dataset == "digits":
-            _rule(self.encoder.checkpoint is None, "encoder.checkpoint", "digits has no shipped encoder; leave it null")
-        _rule(not self.encoder.public or self.encoder.checkpoint is not None, "encoder.public", "needs encoder.checkpoint")
+            config_rule(self.encoder.checkpoint is None, "encoder.checkpoint", "digits has no shipped encoder; leave it null")
+        config_rule(not self.encoder.public or self.encoder.checkpoint is not None, "encoder.public", "needs encoder.checkpoint")
+        method = method_named(self.method)
         if self.finetune.init == "scratch":
-            _rule(
-                self.method in ("ce_finetune", "ldmlr_refit", "e2e"),
+            # The pipeline then skips stage 1 and hands the method a random encoder: only a method
+            # that trains the encoder itself can start from it.
+            config_rule(
+                method.trains_encoder,
                 "finetune.init",
-                f"'scratch' has no starting encoder for method {self.method}; use ce_finetune, ldmlr_refit or e2e, or init: encoder",
+                f"'scratch' has no starting encoder for method {self.method}, which does not train the encoder; "
+                f"use {_encoder_trainers()}, or init: encoder",
             )
-            _rule(self.encoder.checkpoint is None, "encoder.checkpoint", "must be null when finetune.init is 'scratch'")
-        if self.method == "e2e" and self.diffusion.resolved_scaling() == "unit_interval":
-            # e2e standardises features with running statistics (featdiff.diffusion.scaling.RunningStandardizer); a fixed
-            # [0, 1] map cannot follow an encoder that moves.
-            if self.diffusion.scaling is None:
-                _rule(
-                    False,
-                    "diffusion.faithful",
-                    "presets scaling 'unit_interval', which method e2e cannot use (it standardises features with running "
-                    "statistics); set diffusion.scaling: standardize, or faithful: false",
-                )
-            _rule(
-                False,
-                "diffusion.scaling",
-                "must be 'standardize' for method e2e (it standardises features with running statistics), got 'unit_interval'",
-            )
-        _rule(
-            self.privacy.split_timestep < self.diffusion.num_steps,
-            "privacy.split_timestep",
-            f"must be below diffusion.num_steps ({self.diffusion.num_steps}), got {self.privacy.split_timestep}",
-        )
-        if self.method == "e2e" and self.filter.enabled:
-            # The co-trained denoiser's classes are described by EMA prototypes and covariances;
-            # the largest distance of a moving encoder's features is not tracked.
-            _rule(self.filter.radius == "rms", "filter.radius", "must be 'rms' for method e2e (radii come from EMA covariances), got 'max'")
+            config_rule(self.encoder.checkpoint is None, "encoder.checkpoint", "must be null when finetune.init is 'scratch'")
+        if method.rules is not None:
+            method.rules(self)
         return self
+
+
+def _encoder_trainers() -> str:
+    """The methods that may start from scratch, for the message that refuses it (imports them all)."""
+    names = [name for name in method_names() if method_named(name).trains_encoder]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
+
+
+def private_training(config: RunConfig) -> bool:
+    """Whether the privacy section asks for private training (a target ε or a fixed σ): what makes
+    a federated run private."""
+    return config.privacy.epsilon is not None or config.privacy.noise_multiplier is not None
+
+
+def privacy_rules(config: RunConfig) -> None:
+    """The privacy section's rules, for private methods (their `rules`) and private federated runs
+    (`check_federated`); a run that never trains privately ignores the section."""
+    config_rule(
+        config.privacy.split_timestep < config.diffusion.num_steps,
+        "privacy.split_timestep",
+        f"must be below diffusion.num_steps ({config.diffusion.num_steps}), got {config.privacy.split_timestep}",
+    )
+
+
+def federated_rules(config: RunConfig) -> None:
+    """The federated section's rules over several keys, for `featdiff federated` runs only."""
+    fed = config.federated
+    config_rule(
+        fed.clients_per_round <= fed.clients,
+        "federated.clients_per_round",
+        f"must be <= federated.clients = {fed.clients}, got {fed.clients_per_round}",
+    )
+
+
+def check_federated(config: RunConfig) -> None:
+    """Refuse, with the one-line message of any config rule, a config `featdiff federated` cannot
+    run: the federated section's rules, and the privacy section's when the clients train
+    privately. Call it on the loaded config before the run folder is created."""
+    try:
+        federated_rules(config)
+        if private_training(config):
+            privacy_rules(config)
+    except PydanticCustomError as error:
+        raise UserError(f"config key '{error.context['field']}' {error.message()}") from None
 
 
 _TYPE_NAMES = {

@@ -19,13 +19,16 @@ from featdiff.data.bundle import DatasetBundle, load_dataset
 from featdiff.errors import UserError
 from featdiff.features import encode_dataset
 from featdiff.io import atomic_save_tensors
-from featdiff.methods.registry import method_named
+from featdiff.method_catalog import method_named
 from featdiff.methods.stages import MethodContext, evaluate_all
-from featdiff.models.encoders import encoder_for, load_encoder, save_encoder
-from featdiff.runs import Run
-from featdiff.seeding import initialise, stage_generator
+from featdiff.models.encoders import encoder_for, load_encoder
+from featdiff.runs import Run, StageOutput
+from featdiff.seeding import initialise, named_generator
 from featdiff.training.acceleration import accelerated
 from featdiff.training.encoder import encoder_state, train_encoder
+
+NEW_HEAD_STREAM = "encoder/new-head"
+"""The stream of a public encoder's fresh classifier: the same in a run and in `featdiff encode`."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
 def new_encoder(bundle: DatasetBundle, seed: int) -> nn.Module:
     """A randomly initialised encoder for the dataset, drawn from the encoder stage's generator."""
     model = encoder_for(bundle.name, bundle.num_classes, bundle.train.images.shape[1])
-    return initialise(model, stage_generator(seed, "encoder"))
+    return initialise(model, named_generator(seed, "encoder/init"))
 
 
 def starts_from_scratch(config: RunConfig) -> bool:
@@ -51,31 +54,30 @@ def starts_from_scratch(config: RunConfig) -> bool:
 def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.Module:
     config = run.config
     if config.encoder.checkpoint is not None:
-        new_head = stage_generator(config.seed, "encoder") if config.encoder.public else None
+        new_head = named_generator(config.seed, NEW_HEAD_STREAM) if config.encoder.public else None
         return load_encoder(Path(config.encoder.checkpoint), bundle.num_classes, new_head).to(device).eval()
     model = new_encoder(bundle, config.seed).to(device)
     if starts_from_scratch(config):
         return model.eval()
-    if run.stage_done("encoder"):
-        model.load_state_dict(run.load_tensors("encoder.safetensors", stage="encoder"))
-        return model.eval()
-    state = encoder_state(model, len(bundle.train.labels), config.encoder, stage_generator(config.seed, "encoder"))
-    resume = run.load_checkpoint("encoder")
-    if resume is not None:
-        state.load_state_dict(resume)
-    with accelerated(model, config.compute, device):
-        train_encoder(
-            state,
-            bundle.train.images,
-            bundle.train.labels,
-            config.encoder,
-            augment=bundle.augmenter(config.encoder.augment_padding),
-            normalize=bundle.normalize,
-            checkpoint=lambda saved: run.save_checkpoint("encoder", saved),
-            log=lambda epoch, loss: run.log("encoder", epoch=epoch, loss=loss),
-        )
-    save_encoder(model, run.path("encoder.safetensors"))
-    run.mark_done("encoder")
+
+    def train() -> StageOutput:
+        state = encoder_state(model, len(bundle.train.labels), config.encoder, named_generator(config.seed, "encoder/data"))
+        run.resume_into("encoder", state)
+        with accelerated(model, config.compute, device):
+            train_encoder(
+                state,
+                bundle.train.images,
+                bundle.train.labels,
+                config.encoder,
+                augment=bundle.augmenter(config.encoder.augment_padding),
+                normalize=bundle.normalize,
+                checkpoint=lambda saved: run.save_checkpoint("encoder", saved),
+                log=lambda epoch, loss: run.log("encoder", epoch=epoch, loss=loss),
+            )
+        return model.state_dict(), {}
+
+    weights, _ = run.stage("encoder", train)
+    model.load_state_dict(weights)
     return model.eval()
 
 
@@ -134,7 +136,7 @@ def export_features(config: RunConfig, out: Path) -> dict[str, int]:
         raise UserError("featdiff encode needs encoder.checkpoint (a shipped encoder); train one with `featdiff run` first")
     device = resolve_device(config.device)
     bundle = load_dataset(config.data, seed=config.seed)
-    new_head = stage_generator(config.seed, "encoder") if config.encoder.public else None
+    new_head = named_generator(config.seed, NEW_HEAD_STREAM) if config.encoder.public else None
     encoder = load_encoder(Path(config.encoder.checkpoint), bundle.num_classes, new_head).to(device).eval()
     encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
     tensors = {

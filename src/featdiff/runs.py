@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -39,6 +39,15 @@ CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
 TIMINGS_FILE = "timings.json"
 CHECKPOINTS = "checkpoints"
+
+StageOutput = tuple[dict[str, torch.Tensor], dict[str, Any]]
+"""What a finished stage leaves: its tensors (one safetensors file) and its info (JSON, in its marker)."""
+
+
+class Resumable(Protocol):
+    """Anything a stage checkpoints part-way (a `TrainState`)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class Run:
@@ -158,6 +167,28 @@ class Run:
 
     def stage_info(self, stage: str) -> dict:
         return json.loads((self.directory / "stages" / f"{stage}.done").read_text())
+
+    def stage(self, stage: str, compute: Callable[[], StageOutput], *, file: str | None = None) -> StageOutput:
+        """A stage that runs once per run: a finished stage's stored output, or else `compute()`'s,
+        stored (tensors in `file`, default `<stage>.safetensors`; info in the stage's marker) and
+        only then marked done, so a run killed inside `compute` runs it again on `--resume`.
+
+        Both paths return the tensors and the info, so the caller rebuilds its objects from them
+        the same way whether the stage ran now or in an earlier session.
+        """
+        file = f"{stage}.safetensors" if file is None else file
+        if self.stage_done(stage):
+            return self.load_tensors(file, stage=stage), self.stage_info(stage)
+        tensors, info = compute()
+        self.save_tensors(file, tensors)
+        self.mark_done(stage, **info)
+        return tensors, info
+
+    def resume_into(self, stage: str, state: Resumable) -> None:
+        """Continue `state` from the stage's last in-stage checkpoint, if one was saved."""
+        saved = self.load_checkpoint(stage)
+        if saved is not None:
+            state.load_state_dict(saved)
 
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         atomic_save_tensors(self.directory / name, tensors)

@@ -1,8 +1,12 @@
-"""Reproducible randomness: one independent stream per stage, and model initialisation from it.
+"""Reproducible randomness: one independent, named stream per use, and model initialisation from it.
 
-Every stage draws from its own generator, seeded from the run's seed and the stage, so changing
-one stage's length never shifts the randomness of the next, and nothing in the library touches
-torch's global generator: a run gives the same result whatever ran before it in the process.
+Every draw comes from a generator named after its stage and its purpose ("denoiser/init",
+"denoiser/data", "denoiser/diffusion", "generation/sampling"), seeded by a stable hash of the
+run's seed and the name. So a model's initialisation, the order its data comes in and its
+diffusion draws never share a stream; changing one stage's length never shifts the randomness of
+another; a new stage needs no entry in a table, only a name no other stream uses; and nothing in
+the library touches torch's global generator: a run gives the same result whatever ran before it
+in the process.
 """
 
 from __future__ import annotations
@@ -13,32 +17,6 @@ import math
 import torch
 from torch import nn
 
-STAGE_SEEDS = {
-    "encoder": 1,
-    "features": 2,
-    "fc_retrain": 3,
-    "denoiser": 4,
-    "generation": 5,
-    "classifier": 6,
-    "finetune": 7,
-    "end_to_end": 8,
-    "diagnostics": 9,
-    "dp_phase_two": 10,
-    "dp_pseudo_classifier": 11,
-    "ldmlr_classifier": 12,
-}
-
-
-def stage_seed(seed: int, stage: str) -> int:
-    if stage not in STAGE_SEEDS:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(STAGE_SEEDS)}")
-    return seed * 1000 + STAGE_SEEDS[stage]
-
-
-def stage_generator(seed: int, stage: str, device: torch.device | str = "cpu") -> torch.Generator:
-    """The generator of one stage of the run with this seed."""
-    return torch.Generator(device=device).manual_seed(stage_seed(seed, stage))
-
 
 def named_generator(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
     """A named stream (a stage's initialisation or data order, a client in a round, a server
@@ -46,6 +24,12 @@ def named_generator(seed: int, name: str, device: torch.device | str = "cpu") ->
     every machine, and two names give independent streams."""
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+stage_generator = named_generator
+"""The stream named by a stage alone, as code written before streams were named by purpose calls
+it (privacy/dp_promise.py, methods/ldmlr_dp.py, benchmarks/privacy_audit.py); new code names the
+purpose too ("<stage>/<purpose>")."""
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from featdiff.diffusion.sampling import (
+    SamplerSettings,
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
@@ -251,10 +252,9 @@ def test_sample_features_chunks_and_returns_ordinary_tensors() -> None:
     whole = sample_features(
         model,
         labels,
-        4,
-        schedule,
-        steps=10,
-        eta=1.0,
+        feature_dim=4,
+        schedule=schedule,
+        sampler=SamplerSettings("ddim", steps=10, eta=1.0),
         generator=torch.Generator().manual_seed(16),
         chunk_size=64,
         progress=False,
@@ -263,7 +263,8 @@ def test_sample_features_chunks_and_returns_ordinary_tensors() -> None:
     torch.testing.assert_close(whole, direct, rtol=0, atol=0)
     assert model.training, "the caller's train mode must be restored"
 
-    chunked = sample_features(model, labels, 4, schedule, method="ddpm", chunk_size=7, progress=False)
+    ddpm = SamplerSettings("ddpm")
+    chunked = sample_features(model, labels, feature_dim=4, schedule=schedule, sampler=ddpm, chunk_size=7, progress=False)
     assert chunked.shape == (50, 4) and torch.isfinite(chunked).all()
     # Inference tensors cannot be saved for backward; a classifier is trained on these.
     assert not chunked.is_inference()

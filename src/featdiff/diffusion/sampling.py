@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -26,10 +26,33 @@ from featdiff.diffusion.process import eps_from_x0, x0_from_eps
 from featdiff.diffusion.schedules import NoiseSchedule
 from featdiff.progress import progress as progress_bar
 
+if TYPE_CHECKING:
+    from featdiff.config import DiffusionConfig
+
 Clip = tuple[float | Tensor, float | Tensor] | float | None
 """Where x̂0 is confined at every step: a (low, high) box, per dimension or scalar; a bare float
 is the radius of an L2 ball (a public norm bound, for private training); None leaves x̂0 free."""
 Method = Literal["ddpm", "ddim"]
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to sample, apart from what the denoiser was trained with: the sampler, its number of
+    steps (DDIM; DDPM always takes all T) and DDIM's η. One object, so the choice travels from
+    the config to every sampling call together."""
+
+    method: Method = "ddim"
+    steps: int = 50
+    eta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler {self.method!r}; expected 'ddpm' or 'ddim'")
+
+    @classmethod
+    def of(cls, config: DiffusionConfig) -> SamplerSettings:
+        """The sampler a run's diffusion config resolves to."""
+        return cls(config.resolved_sampler(), config.resolved_sample_steps(), config.eta)
 
 
 @dataclass(frozen=True)
@@ -239,12 +262,11 @@ def ddim_sample(
 def sample_features(
     model: Denoiser,
     labels: Tensor,
+    *,
     feature_dim: int,
     schedule: NoiseSchedule,
+    sampler: SamplerSettings,
     prediction: Prediction = "eps",
-    method: Method = "ddim",
-    steps: int = 50,
-    eta: float = 0.0,
     clip: Clip = None,
     generator: torch.Generator | None = None,
     chunk_size: int = 1024,
@@ -259,17 +281,27 @@ def sample_features(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if method not in ("ddpm", "ddim"):
-        raise ValueError(f"unknown method {method!r}; expected 'ddpm' or 'ddim'")
     chunks = []
-    bar = progress_bar(total=labels.shape[0], unit="feat", desc=f"sampling ({method})", disable=not progress)
+    bar = progress_bar(total=labels.shape[0], unit="feat", desc=f"sampling ({sampler.method})", disable=not progress)
     with bar:
         for y in labels.split(chunk_size):
-            if method == "ddpm":
-                chunks.append(ddpm_sample(model, y, feature_dim, schedule, prediction, clip, generator, differentiable=differentiable))
-            else:
-                chunks.append(
-                    ddim_sample(model, y, feature_dim, schedule, steps, eta, prediction, clip, generator, differentiable=differentiable)
+            if sampler.method == "ddpm":
+                sample = ddpm_sample(
+                    model, y, feature_dim, schedule, prediction=prediction, clip=clip, generator=generator, differentiable=differentiable
                 )
+            else:
+                sample = ddim_sample(
+                    model,
+                    y,
+                    feature_dim,
+                    schedule,
+                    steps=sampler.steps,
+                    eta=sampler.eta,
+                    prediction=prediction,
+                    clip=clip,
+                    generator=generator,
+                    differentiable=differentiable,
+                )
+            chunks.append(sample)
             bar.update(y.shape[0])
     return torch.cat(chunks) if chunks else torch.empty((0, feature_dim), device=labels.device)

@@ -9,7 +9,8 @@ classifier loop); none has a loss or a loop of its own. Messages:
 - train.head: local epochs of the linear head (CReFF: plus per-class gradients of the broadcast head).
 
 A message whose config says `simulate-failure` is answered with an error and no work: the
-server's fault injector, so drop-outs are reproducible.
+server's fault injector, so drop-outs are reproducible. Every handler runs at the config's
+`compute.threads` and draws no progress bars.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 from torch import Tensor, nn
 
-from featdiff.config import ClassifierConfig, RunConfig
+from featdiff.config import ClassifierConfig, RunConfig, private_training
 from featdiff.diffusion.sampling import Clip
 from featdiff.diffusion.scaling import Standardizer
 from featdiff.federated.client import local_update
@@ -35,7 +36,6 @@ from featdiff.federated.task import (
     fixed_loss,
     from_record,
     new_denoiser,
-    private,
     records_for_training,
     run_config,
     to_record,
@@ -44,6 +44,7 @@ from featdiff.federated.task import (
     num_classes as class_count,
 )
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, schedule_for
+from featdiff.progress import silenced
 from featdiff.seeding import named_generator
 from featdiff.training.denoiser import denoiser_state, train_denoiser
 
@@ -80,7 +81,7 @@ def clip_from(message: Message, config: RunConfig) -> Clip:
     """Where sampling confines x̂0: the public ball of radius √D (private), or the federation's
     per-dimension range of the scaled features (the min and max over clients)."""
     tensors = from_record(message.content["scaler"])
-    if private(config):
+    if private_training(config):
         return math.sqrt(tensors["mean"].numel())
     return tensors["low"], tensors["high"]
 
@@ -109,7 +110,7 @@ def failed(message: Message) -> Message | None:
 
 def statistics(message: Message, client: Holder) -> Message:
     stats = SufficientStatistics.of(client.features, client.labels, client.num_classes)
-    if private(client.config) or not bool(message.content["config"]["moments"]):
+    if private_training(client.config) or not bool(message.content["config"]["moments"]):
         tensors = {"counts": stats.counts}
     else:
         tensors = stats.as_dict() | {"minimum": client.features.min(0).values, "maximum": client.features.max(0).values}
@@ -122,7 +123,7 @@ def warmup(message: Message, client: Holder) -> Message:
     scaler = scaler_from(message)
     records = records_for_training(client.features, scaler, config)
     model = new_denoiser(records.shape[1], client.num_classes, config)
-    if private(config):
+    if private_training(config):
         from featdiff.federated.private_client import private_warmup
 
         generators = tuple(named_generator(config.seed, f"{phase}-{client.partition_id}") for phase in ("warmup", "warmup2"))
@@ -155,7 +156,7 @@ def train(message: Message, client: Holder) -> Message:
     records, model = broadcast_denoiser(message, client)
     generator = named_generator(config.seed, f"round{server_round}-client{client.partition_id}")
     steps = config.federated.local_steps
-    if private(config):
+    if private_training(config):
         from featdiff.federated.private_client import private_round
 
         private_round(model, records, client.labels, schedule, config, generator)
@@ -200,7 +201,11 @@ def make_client_app(settings: dict[str, str | bool] | None = None) -> ClientApp:
 
     def with_settings(handler: Callable[[Message, Holder], Message]) -> Callable[[Message, Context], Message]:
         def handle(message: Message, context: Context) -> Message:
-            return handler(message, holder(context, settings or {}))
+            client = holder(context, settings or {})
+            if client.config.compute.threads is not None:
+                torch.set_num_threads(client.config.compute.threads)
+            with silenced():  # the server's stage bar is the run's progress; local training is quiet
+                return handler(message, client)
 
         return handle
 
@@ -213,4 +218,4 @@ def make_client_app(settings: dict[str, str | bool] | None = None) -> ClientApp:
 
 
 app = make_client_app()
-"""What `flwr run` loads (flower/pyproject.toml): settings come from the run config."""
+"""What `flwr run` loads (featdiff/federated/flower_app/pyproject.toml): settings come from the run config."""

@@ -35,6 +35,7 @@ def train_head(
     labels: Tensor,
     config: ClassifierConfig,
     generator: torch.Generator,
+    *,
     logit_adjusted: bool,
     weights: Tensor | None = None,
 ) -> float:

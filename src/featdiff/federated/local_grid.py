@@ -1,16 +1,17 @@
 """An in-process Flower `Grid`: each node is the ClientApp called in this process, one message at
 a time. The apps and messages are exactly those of the simulation engine and of a SuperLink; only
 the transport is a function call, so a 2-core benchmark spends its time training, not starting
-Ray workers (two torch processes on 2 cores run 10–20× slower)."""
+Ray workers (two torch processes on 2 cores run 10–20× slower). A ClientApp that raises is
+answered, as a SuperNode answers it, with an error reply naming the exception."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from uuid import uuid4
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -54,7 +55,11 @@ class InProcessGrid(Grid):
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
-            reply = self.client_app(message, self.contexts[message.metadata.dst_node_id])
+            try:
+                reply = self.client_app(message, self.contexts[message.metadata.dst_node_id])
+            except Exception as error:  # noqa: BLE001 - a SuperNode answers a raising ClientApp with an error reply; so does this grid
+                reason = f"{type(error)}:<'{error}'>"
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
             self.replies[message.metadata.message_id] = reply
             ids.append(message.metadata.message_id)
         return ids

@@ -1,14 +1,17 @@
-"""The Flower ServerApp: opens (or resumes) the run folder and runs `FederatedServer` on the grid
-the runtime gives it, the simulation engine's or a SuperLink's."""
+"""The Flower ServerApp: opens (or resumes) the run folder and runs the config's strategy
+(featdiff.federated.strategies) on the grid the runtime gives it, the simulation engine's or a
+SuperLink's."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from featdiff.federated.server import FederatedServer, Federation
+from featdiff.federated.federation import Federation
+from featdiff.federated.strategies import strategy_for
 from featdiff.federated.task import run_config
 from featdiff.runs import CONFIG_FILE, Run
 
@@ -23,9 +26,11 @@ def serve(grid: Grid, settings: dict) -> dict:
         run = Run.open(folder)
     else:
         run = Run.create(folder, run_config(str(settings["config"])))
-    print(f"featdiff: run folder {folder}")
+    if run.config.compute.threads is not None:
+        torch.set_num_threads(run.config.compute.threads)
     federated = run.config.federated
-    return FederatedServer(run, Federation(grid, federated.round_timeout, federated.stage_timeout)).execute()
+    federation = Federation(grid, round_timeout=federated.round_timeout, stage_timeout=federated.stage_timeout)
+    return strategy_for(federated.algorithm)(run, federation).execute()
 
 
 def make_server_app(settings: dict[str, str | bool] | None = None) -> ServerApp:
@@ -39,4 +44,4 @@ def make_server_app(settings: dict[str, str | bool] | None = None) -> ServerApp:
 
 
 app = make_server_app()
-"""What `flwr run` loads (flower/pyproject.toml): settings come from the run config."""
+"""What `flwr run` loads (featdiff/federated/flower_app/pyproject.toml): settings come from the run config."""

@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, Message
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from torch import Tensor, nn
 
-from featdiff.config import RunConfig, load_config
+from featdiff.config import RunConfig, load_config, private_training
 from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.diffusion.scaling import Standardizer
 from featdiff.errors import UserError
@@ -28,7 +28,6 @@ from featdiff.io import load_tensors
 from featdiff.seeding import initialise, named_generator
 
 FEATURE_KEYS = ("train_features", "train_labels", "test_features", "test_labels")
-DENOISER_ALGORITHMS = ("fedavg", "feddpm", "feddpm_plus", "progressive")
 
 
 def run_config(path: str) -> RunConfig:
@@ -85,14 +84,10 @@ def client_records(config: RunConfig, partition_id: int, num_partitions: int) ->
     return tensors["train_features"][index], tensors["train_labels"][index]
 
 
-def private(config: RunConfig) -> bool:
-    return config.privacy.epsilon is not None or config.privacy.noise_multiplier is not None
-
-
 def records_for_training(features: Tensor, scaler: Standardizer, config: RunConfig) -> Tensor:
     """What the denoiser sees: standardised features, or (private runs) features clipped to the
     public ball of radius R first, so the scaling is fixed a priori."""
-    if private(config):
+    if private_training(config):
         from featdiff.privacy.dp_promise import clip_to_norm  # here: private runs alone pay for the accountants' imports
 
         features = clip_to_norm(features, config.privacy.norm_bound)

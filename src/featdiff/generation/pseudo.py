@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from featdiff.config import DiffusionConfig, GenerationConfig
 from featdiff.diffusion.parameterization import Prediction
-from featdiff.diffusion.sampling import Clip, Method, sample_features
+from featdiff.diffusion.sampling import Clip, SamplerSettings, sample_features
 from featdiff.diffusion.scaling import Scaler, Standardizer, UnitIntervalMap
 from featdiff.diffusion.schedules import NoiseSchedule, make_schedule
 from featdiff.models.denoiser import FeatureDenoiser
@@ -63,17 +63,6 @@ def clip_range(scaled: Tensor, config: DiffusionConfig) -> Clip:
     return scaled.min(dim=0).values, scaled.max(dim=0).values
 
 
-@dataclass(frozen=True)
-class SamplerSettings:
-    method: Method = "ddim"
-    steps: int = 50
-    eta: float = 1.0
-
-    @classmethod
-    def of(cls, config: DiffusionConfig) -> SamplerSettings:
-        return cls(config.resolved_sampler(), config.resolved_sample_steps(), config.eta)
-
-
 @dataclass
 class FeatureGenerator:
     """A denoiser with the scaling and clipping it was trained for."""
@@ -97,12 +86,10 @@ class FeatureGenerator:
         scaled = sample_features(
             self.denoiser,
             labels.to(device),
-            self.denoiser.feature_dim,
-            self.schedule,
+            feature_dim=self.denoiser.feature_dim,
+            schedule=self.schedule,
+            sampler=sampler,
             prediction=self.prediction,
-            method=sampler.method,
-            steps=sampler.steps,
-            eta=sampler.eta,
             clip=self.clip,
             generator=generator,
             differentiable=differentiable,

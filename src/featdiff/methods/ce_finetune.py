@@ -3,9 +3,16 @@ control for every method that moves the encoder (same batches, augmentation and 
 
 from __future__ import annotations
 
-from featdiff.methods.stages import MethodContext, MethodResult, finetuned_control
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from featdiff.methods.stages import MethodContext, MethodResult
+
+TRAINS_ENCODER = True
 
 
 def run(context: MethodContext) -> MethodResult:
+    from featdiff.methods.stages import MethodResult, finetuned_control
+
     _, summary, extra = finetuned_control(context)
     return MethodResult(summary, extra, {})

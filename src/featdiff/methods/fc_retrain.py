@@ -4,9 +4,14 @@ The control of every frozen-encoder generative method: what retraining alone buy
 
 from __future__ import annotations
 
-from featdiff.methods.stages import MethodContext, MethodResult, fc_retrain_control
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from featdiff.methods.stages import MethodContext, MethodResult
 
 
 def run(context: MethodContext) -> MethodResult:
+    from featdiff.methods.stages import MethodResult, fc_retrain_control
+
     summary = fc_retrain_control(context)
     return MethodResult(summary, {}, {"fc_retrain": summary})

@@ -8,11 +8,16 @@ samples there, as LDMLR's code does (which truncates the unbounded ReLU features
 
 from __future__ import annotations
 
-from featdiff.generation.pseudo import pseudo_counts
-from featdiff.methods.stages import MethodContext, MethodResult, fc_retrain_control, retrain_with_pseudo, stage_pseudo_features
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from featdiff.methods.stages import MethodContext, MethodResult
 
 
 def run(context: MethodContext) -> MethodResult:
+    from featdiff.generation.pseudo import pseudo_counts
+    from featdiff.methods.stages import MethodResult, fc_retrain_control, retrain_with_pseudo, stage_pseudo_features
+
     controls = {"fc_retrain": fc_retrain_control(context)}
     counts = pseudo_counts(context.train_counts, context.config.generation)
     pseudo, labels = stage_pseudo_features(context, context.encoded.train, counts)

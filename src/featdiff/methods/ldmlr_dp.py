@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from featdiff.config import PrivacyConfig, RunConfig
+from featdiff.config import PrivacyConfig, RunConfig, privacy_rules
 from featdiff.data.bundle import load_dataset
 from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.features import EncodedDataset, FeatureSet
@@ -43,8 +43,12 @@ from featdiff.privacy.dp_promise import (
     train_phase_two,
 )
 from featdiff.privacy.plan import PrivacyPlan, plan_privacy
-from featdiff.seeding import initialise, named_generator, stage_generator
+from featdiff.runs import StageOutput
+from featdiff.seeding import initialise, named_generator
 from featdiff.training.classifier import WeightedFeatures
+
+rules = privacy_rules
+"""A private method: the privacy section's rules apply (featdiff.method_catalog)."""
 
 STREAM = "ldmlr_dp"
 """The prefix of every random stream of the private denoiser (`featdiff.privacy.dp_promise`)."""
@@ -142,22 +146,22 @@ def stage_private_generator(context: MethodContext, plan: PrivacyPlan) -> Featur
 
 
 def stage_control_pseudo_features(context: MethodContext, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The non-private LDMLR control's denoiser and pseudo-features, stored in `control/` so that
-    nothing beside the private release looks like it."""
+    """The non-private LDMLR control's denoiser and pseudo-features (the same streams as method
+    `ldmlr`'s), stored in `control/` so that nothing beside the private release looks like it."""
     run, config = context.run, context.config
-    if run.stage_done("control_generation"):
-        stored = run.load_tensors(f"{CONTROL}/pseudo_features.safetensors", stage="control_generation")
-        return stored["features"], stored["labels"]
-    with run.timed("denoiser_s"):
-        generator = fit_feature_generator(context, context.encoded.train)
-    run.save_tensors(f"{CONTROL}/denoiser.safetensors", generator.tensors())
-    with run.timed("generation_s"):
-        pseudo, labels = generator.generate(
-            counts, SamplerSettings.of(config.diffusion), stage_generator(config.seed, "generation", context.device)
-        )
-    run.save_tensors(f"{CONTROL}/pseudo_features.safetensors", {"features": pseudo, "labels": labels})
-    run.mark_done("control_generation")
-    return pseudo, labels
+
+    def fit_and_sample() -> StageOutput:
+        with run.timed("denoiser_s"):
+            generator = fit_feature_generator(context, context.encoded.train)
+        run.save_tensors(f"{CONTROL}/denoiser.safetensors", generator.tensors())
+        with run.timed("generation_s"):
+            pseudo, labels = generator.generate(
+                counts, SamplerSettings.of(config.diffusion), named_generator(config.seed, "generation/sampling", context.device)
+            )
+        return {"features": pseudo, "labels": labels}, {}
+
+    stored, _ = run.stage("control_generation", fit_and_sample, file=f"{CONTROL}/pseudo_features.safetensors")
+    return stored["features"], stored["labels"]
 
 
 def clipped_to_bound(encoded: EncodedDataset, norm_bound: float) -> EncodedDataset:

@@ -3,8 +3,15 @@ and retrain the classifier on real + pseudo."""
 
 from __future__ import annotations
 
-from featdiff.methods.stages import MethodContext, MethodResult, ldmlr_after_finetune
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from featdiff.methods.stages import MethodContext, MethodResult
+
+TRAINS_ENCODER = True
 
 
 def run(context: MethodContext) -> MethodResult:
+    from featdiff.methods.stages import ldmlr_after_finetune
+
     return ldmlr_after_finetune(context, refit=True)

@@ -3,8 +3,13 @@ encoder was fine-tuned with CE (the 'two clouds' case end-to-end training addres
 
 from __future__ import annotations
 
-from featdiff.methods.stages import MethodContext, MethodResult, ldmlr_after_finetune
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from featdiff.methods.stages import MethodContext, MethodResult
 
 
 def run(context: MethodContext) -> MethodResult:
+    from featdiff.methods.stages import ldmlr_after_finetune
+
     return ldmlr_after_finetune(context, refit=False)

@@ -1,9 +1,9 @@
 """Stages that several methods share: evaluation, classifier retraining, denoiser fitting with
 pseudo-feature generation, and CE fine-tuning of the encoder.
 
-Each stage stores its output in the run folder and marks itself done, so a resumed run skips it,
-and continues an unfinished one from its last checkpoint. Every random draw comes from the
-stage's own generator (`featdiff.seeding`).
+Each stage stores its output in the run folder and marks itself done (`Run.stage`), so a resumed
+run skips it, and continues an unfinished one from its last checkpoint (`Run.resume_into`). Every
+random draw comes from a stream named after the stage and its purpose (`featdiff.seeding`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from featdiff.generation.pseudo import (
     pseudo_counts,
     schedule_for,
 )
-from featdiff.runs import Run
-from featdiff.seeding import initialise, reset_parameters, stage_generator
+from featdiff.runs import Run, StageOutput
+from featdiff.seeding import initialise, named_generator, reset_parameters
 from featdiff.statistics import ClassGeometry, band_fractions
 from featdiff.training.acceleration import accelerated
 from featdiff.training.classifier import WeightedFeatures, classifier_state, train_classifier
@@ -93,26 +93,27 @@ def evaluate_all(classifier: nn.Module, encoded: EncodedDataset, prior: torch.Te
 
 
 def retrain_classifier(
-    context: MethodContext, stage: str, encoder: nn.Module, data: WeightedFeatures, random_init: bool = False
+    context: MethodContext, stage: str, encoder: nn.Module, data: WeightedFeatures, *, random_init: bool = False
 ) -> nn.Linear:
     """LDMLR's stage-3 recipe on `data`, from the encoder's fc (or a seeded random one, with
     `classifier.init: random` or `random_init`)."""
     run, config = context.run, context.config
     classifier = copy.deepcopy(encoder.fc).to(context.device)
     if random_init or config.classifier.init == "random":
-        reset_parameters(classifier, stage_generator(config.seed, stage))
-    if run.stage_done(stage):
-        classifier.load_state_dict(run.load_tensors(f"{stage}.safetensors", stage=stage))
-        return classifier
-    state = classifier_state(classifier, len(data), config.classifier, stage_generator(config.seed, stage))
-    resume = run.load_checkpoint(stage)
-    if resume is not None:
-        state.load_state_dict(resume)
-    with run.timed(f"{stage}_s"):
-        history = train_classifier(state, data, config.classifier, checkpoint=lambda saved: run.save_checkpoint(stage, saved), desc=stage)
-    run.log(stage, final_loss=history[-1], epochs=len(history))
-    run.save_tensors(f"{stage}.safetensors", classifier.state_dict())
-    run.mark_done(stage)
+        reset_parameters(classifier, named_generator(config.seed, f"{stage}/init"))
+
+    def train() -> StageOutput:
+        state = classifier_state(classifier, len(data), config.classifier, named_generator(config.seed, f"{stage}/data"))
+        run.resume_into(stage, state)
+        with run.timed(f"{stage}_s"):
+            history = train_classifier(
+                state, data, config.classifier, checkpoint=lambda saved: run.save_checkpoint(stage, saved), desc=stage
+            )
+        run.log(stage, final_loss=history[-1], epochs=len(history))
+        return classifier.state_dict(), {}
+
+    weights, _ = run.stage(stage, train)
+    classifier.load_state_dict(weights)
     return classifier
 
 
@@ -128,13 +129,12 @@ def fit_feature_generator(context: MethodContext, features: FeatureSet) -> Featu
     scaler = make_scaler(features.features, diffusion)
     scaled = scaler.encode(features.features)
     model = initialise(
-        build_denoiser(features.features.shape[1], context.bundle.num_classes, diffusion), stage_generator(config.seed, "denoiser")
+        build_denoiser(features.features.shape[1], context.bundle.num_classes, diffusion), named_generator(config.seed, "denoiser/init")
     )
     schedule = schedule_for(diffusion)
-    state = denoiser_state(model.to(device), len(features.labels), diffusion, stage_generator(config.seed, "denoiser", device))
-    resume = run.load_checkpoint("denoiser")
-    if resume is not None:
-        state.load_state_dict(resume)
+    data, draws = (named_generator(config.seed, f"denoiser/{purpose}", device) for purpose in ("data", "diffusion"))
+    state = denoiser_state(model.to(device), len(features.labels), diffusion, data, draws=draws)
+    run.resume_into("denoiser", state)
     train_denoiser(
         state,
         scaled,
@@ -154,19 +154,19 @@ def fit_feature_generator(context: MethodContext, features: FeatureSet) -> Featu
 def stage_pseudo_features(context: MethodContext, features: FeatureSet, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit the denoiser on `features` and sample counts[c] pseudo-features of class c (stored)."""
     run, config = context.run, context.config
-    if run.stage_done("generation"):
-        stored = run.load_tensors("pseudo_features.safetensors", stage="generation")
-        return stored["features"], stored["labels"]
-    with run.timed("denoiser_s"):
-        generator = fit_feature_generator(context, features)
-    run.save_tensors("denoiser.safetensors", generator.tensors())
-    with run.timed("generation_s"):
-        pseudo, labels = generator.generate(
-            counts, SamplerSettings.of(config.diffusion), stage_generator(config.seed, "generation", context.device)
-        )
-    run.save_tensors("pseudo_features.safetensors", {"features": pseudo, "labels": labels})
-    run.mark_done("generation")
-    return pseudo, labels
+
+    def fit_and_sample() -> StageOutput:
+        with run.timed("denoiser_s"):
+            generator = fit_feature_generator(context, features)
+        run.save_tensors("denoiser.safetensors", generator.tensors())
+        with run.timed("generation_s"):
+            pseudo, labels = generator.generate(
+                counts, SamplerSettings.of(config.diffusion), named_generator(config.seed, "generation/sampling", context.device)
+            )
+        return {"features": pseudo, "labels": labels}, {}
+
+    stored, _ = run.stage("generation", fit_and_sample, file="pseudo_features.safetensors")
+    return stored["features"], stored["labels"]
 
 
 def retrain_with_pseudo(
@@ -214,27 +214,26 @@ def stage_finetune(context: MethodContext) -> tuple[nn.Module, list[dict]]:
     """A CE-fine-tuned copy of the encoder (shared by ce_finetune, ldmlr_stale and ldmlr_refit)."""
     run, config, bundle, device = context.run, context.config, context.bundle, context.device
     tuned = copy.deepcopy(context.encoder).to(device)
-    if run.stage_done("finetune"):
-        tuned.load_state_dict(run.load_tensors("finetune.safetensors", stage="finetune"))
-        return tuned.eval(), run.stage_info("finetune")["history"]
-    state = finetune_state(tuned, len(bundle.train.labels), config.finetune, stage_generator(config.seed, "finetune"))
-    resume = run.load_checkpoint("finetune")
-    if resume is not None:
-        state.load_state_dict(resume)
-    with run.timed("finetune_s"), accelerated(tuned, config.compute, device):
-        history = train_finetune(
-            state,
-            bundle.train.images,
-            bundle.train.labels,
-            config.finetune,
-            bundle.augmenter(augment_padding(config)),
-            bundle.normalize,
-            checkpoint=lambda saved: run.save_checkpoint("finetune", saved),
-            on_epoch_end=lambda epoch, logged: run.log("finetune", **logged),
-        )
-    run.save_tensors("finetune.safetensors", tuned.state_dict())
-    run.mark_done("finetune", history=history)
-    return tuned.eval(), history
+
+    def finetune() -> StageOutput:
+        state = finetune_state(tuned, len(bundle.train.labels), config.finetune, named_generator(config.seed, "finetune/data"))
+        run.resume_into("finetune", state)
+        with run.timed("finetune_s"), accelerated(tuned, config.compute, device):
+            history = train_finetune(
+                state,
+                bundle.train.images,
+                bundle.train.labels,
+                config.finetune,
+                bundle.augmenter(augment_padding(config)),
+                bundle.normalize,
+                checkpoint=lambda saved: run.save_checkpoint("finetune", saved),
+                on_epoch_end=lambda epoch, logged: run.log("finetune", **logged),
+            )
+        return tuned.state_dict(), {"history": history}
+
+    weights, info = run.stage("finetune", finetune)
+    tuned.load_state_dict(weights)
+    return tuned.eval(), info["history"]
 
 
 def fc_retrain_control(context: MethodContext) -> dict:
@@ -273,7 +272,7 @@ def shown_classes(bundle: DatasetBundle) -> list[int]:
     return [order[0], order[-2], order[-1]]
 
 
-def ldmlr_after_finetune(context: MethodContext, refit: bool) -> MethodResult:
+def ldmlr_after_finetune(context: MethodContext, *, refit: bool) -> MethodResult:
     """Fine-tune E with CE, then LDMLR's stages 2+3 on the tuned encoder's features, the denoiser
     fitted to the starting encoder's features (stale) or to the tuned one's (refit)."""
     run, config, bundle = context.run, context.config, context.bundle

@@ -1,7 +1,7 @@
 """Training the feature denoiser (LDMLR's stage 2) with the shared objective and loop.
 
-`denoiser_state` builds the training state (AdamW, EMA, data position, one generator for
-batches and draws); `denoiser_loss` is the loss of one batch at fresh draws; `train_denoiser`
+`denoiser_state` builds the training state (AdamW, EMA, data position, a generator for the
+batches and one for the diffusion draws); `denoiser_loss` is the loss of one batch at fresh draws; `train_denoiser`
 runs the state to `config.steps` with a cosine learning rate that decays to 10 % of its start
 (which settles the EMA weights). A federated client or a DP trainer builds the same state and
 calls the same loss with its own step.
@@ -25,13 +25,19 @@ def make_denoiser_optimizer(model: nn.Module, config: DiffusionConfig) -> torch.
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
-def denoiser_state(model: nn.Module, size: int, config: DiffusionConfig, generator: torch.Generator) -> TrainState:
+def denoiser_state(
+    model: nn.Module, size: int, config: DiffusionConfig, generator: torch.Generator, *, draws: torch.Generator | None = None
+) -> TrainState:
     """A fresh state for `size` training rows: batches of `config.batch_size` (a remainder that
-    does not fill a batch waits for the next shuffle), EMA with `config.ema_decay`."""
+    does not fill a batch waits for the next shuffle), EMA with `config.ema_decay`.
+
+    `generator` orders the data; `draws` draws every (t, ε), so that a change in how the data is
+    ordered never moves the diffusion draws. Without `draws`, `generator` draws them too (the
+    federated clients' single stream, until they name two)."""
     return TrainState(
         model=model,
         optimizers={"denoiser": make_denoiser_optimizer(model, config)},
-        generators={"data": generator},
+        generators={"data": generator, "diffusion": generator if draws is None else draws},
         batches=ShuffledBatches(size, config.batch_size, generator, drop_last=True),
         ema=make_ema(model, config.ema_decay),
     )
@@ -54,10 +60,10 @@ def denoiser_loss(
 
 def denoiser_step(state: TrainState, features: Tensor, labels: Tensor, schedule: NoiseSchedule, config: DiffusionConfig) -> StepFunction:
     """One optimiser step of the shared objective on a batch of rows of `features` (already
-    scaled), with (t, ε) drawn from the state's data generator."""
+    scaled), with (t, ε) drawn from the state's diffusion generator."""
     device = next(state.model.parameters()).device
     features, labels = features.to(device), labels.to(device)
-    generator = state.generators["data"]
+    generator = state.generators["diffusion"]
     optimizer = state.optimizers["denoiser"]
 
     def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:

@@ -34,11 +34,15 @@ from featdiff.methods.stages import (
     seconds_per_epoch,
     shown_classes,
 )
-from featdiff.runs import Run
-from featdiff.seeding import initialise, stage_generator
+from featdiff.runs import Run, StageOutput
+from featdiff.seeding import initialise, named_generator
 from featdiff.training.acceleration import accelerated
 from featdiff.training.denoiser import denoiser_state, train_denoiser
 from featdiff.training.finetune import set_train_mode
+
+AS_TRAINED_STREAM = "e2e/features-as-trained"
+"""One stream for the augmented pass over the training images, wherever it is taken (the
+diagnostics and the re-balancing stage see the same features)."""
 
 
 def _train_features(encoder: nn.Module, bundle: DatasetBundle, device: torch.device) -> torch.Tensor:
@@ -82,7 +86,9 @@ def resolved_e2e_config(config: RunConfig, train_counts: torch.Tensor) -> EndToE
 def new_end_to_end_model(config: RunConfig, e2e_config: EndToEndConfig, encoder: nn.Module, num_classes: int) -> EndToEndModel:
     """A copy of the encoder with a freshly initialised denoiser, seeded from the run's seed, so
     the run does not depend on whatever drew from the global generator before it."""
-    denoiser = initialise(build_denoiser(int(encoder.feature_dim), num_classes, config.diffusion), stage_generator(config.seed, "denoiser"))
+    denoiser = initialise(
+        build_denoiser(int(encoder.feature_dim), num_classes, config.diffusion), named_generator(config.seed, "e2e/denoiser-init")
+    )
     return EndToEndModel(copy.deepcopy(encoder), denoiser, num_classes, e2e_config)
 
 
@@ -94,7 +100,8 @@ def _pretrain_denoiser(model: EndToEndModel, encoded: EncodedDataset, run: Run, 
         return
     diffusion = config.diffusion.model_copy(update={"steps": steps})
     scaled = model.standardizer.encode(encoded.train.features.to(device))
-    state = denoiser_state(model.denoiser, len(scaled), diffusion, stage_generator(config.seed, "denoiser", device))
+    data, draws = (named_generator(config.seed, f"e2e/pretrain-{purpose}", device) for purpose in ("data", "diffusion"))
+    state = denoiser_state(model.denoiser, len(scaled), diffusion, data, draws=draws)
     train_denoiser(state, scaled, encoded.train.labels, schedule_for(diffusion), diffusion)
     model.denoiser.load_state_dict(state.ema.module.state_dict())
 
@@ -127,57 +134,62 @@ def diagnose_as_trained(run: Run, bundle: DatasetBundle, model: EndToEndModel, d
     config = run.config
     settings = settings_for(config, resolved_e2e_config(config, bundle.train.class_counts()))
     real = features_as_trained(
-        model.encoder, bundle, config.finetune, augment_padding(config), stage_generator(config.seed, "features"), device
+        model.encoder, bundle, config.finetune, augment_padding(config), named_generator(config.seed, AS_TRAINED_STREAM), device
     )
-    generator = stage_generator(config.seed, "diagnostics", device)
+    generator = named_generator(config.seed, "e2e/diagnostics", device)
     pseudo, pseudo_labels = e2e_pseudo_features(model, diagnostic_counts(bundle.num_classes), settings, generator)
     return compare(real.features, real.labels, pseudo, pseudo_labels, bundle.num_classes)
 
 
-def stage_end_to_end(context: MethodContext, starting: EncodedDataset) -> tuple[EndToEndModel, list[dict]]:
+def stage_end_to_end(context: MethodContext, starting: EncodedDataset) -> tuple[EndToEndModel, dict]:
+    """The jointly trained model, and the stage's info: per-epoch `history` and `diagnostics`."""
     run, config, bundle, device = context.run, context.config, context.bundle, context.device
-    if run.stage_done("end_to_end"):
-        return finished_end_to_end_model(run, bundle, context.encoder, device), run.stage_info("end_to_end")["history"]
     e2e_config = resolved_e2e_config(config, context.train_counts)
-    settings = settings_for(config, e2e_config)
     model = new_end_to_end_model(config, e2e_config, context.encoder, bundle.num_classes).to(device)
-    state = end_to_end_state(model, len(bundle.train.labels), settings, stage_generator(config.seed, "end_to_end"))
-    diagnostics_generator = state.generators["diagnostics"] = stage_generator(config.seed, "diagnostics", device)
-    resume = run.load_checkpoint("end_to_end")
-    if resume is None:
-        model.initialise_statistics(starting.train.features.to(device), starting.train.labels.to(device), context.train_counts, e2e_config)
-        _pretrain_denoiser(model, starting, run, device)
-    else:
-        state.load_state_dict(resume)
-    counts = diagnostic_counts(bundle.num_classes)
 
-    def diagnose(epoch: int, logged: dict[str, float]) -> None:
+    def train() -> StageOutput:
+        settings = settings_for(config, e2e_config)
+        state = end_to_end_state(model, len(bundle.train.labels), settings, named_generator(config.seed, "e2e/data"))
+        diagnostics_generator = state.generators["diagnostics"] = named_generator(config.seed, "e2e/diagnostics", device)
+        resume = run.load_checkpoint("end_to_end")
+        if resume is None:
+            model.initialise_statistics(
+                starting.train.features.to(device), starting.train.labels.to(device), context.train_counts, e2e_config
+            )
+            _pretrain_denoiser(model, starting, run, device)
+        else:
+            state.load_state_dict(resume)
+        counts = diagnostic_counts(bundle.num_classes)
+
+        def diagnose(epoch: int, logged: dict[str, float]) -> None:
+            real = _train_features(model.encoder, bundle, device)
+            pseudo, pseudo_labels = e2e_pseudo_features(model, counts, settings, diagnostics_generator)
+            report = compare(real, bundle.train.labels, pseudo, pseudo_labels, bundle.num_classes)
+            run.log("end_to_end", **logged, diagnostics=report)
+            state.extra["diagnostics"] = [*state.extra.get("diagnostics", []), {"epoch": epoch, **report}]
+
+        with accelerated(model.encoder, config.compute, device):
+            history = train_end_to_end(
+                state,
+                bundle.train.images,
+                bundle.train.labels,
+                settings,
+                bundle.augmenter(augment_padding(config)),
+                bundle.normalize,
+                checkpoint=lambda saved: run.save_checkpoint("end_to_end", saved),
+                on_epoch_end=diagnose,
+            )
+        diagnostics = state.extra.get("diagnostics", [])
+        if diagnostics:
+            plot_history(diagnostics, run.path("diagnostics.png"))
         real = _train_features(model.encoder, bundle, device)
         pseudo, pseudo_labels = e2e_pseudo_features(model, counts, settings, diagnostics_generator)
-        report = compare(real, bundle.train.labels, pseudo, pseudo_labels, bundle.num_classes)
-        run.log("end_to_end", **logged, diagnostics=report)
-        state.extra["diagnostics"] = [*state.extra.get("diagnostics", []), {"epoch": epoch, **report}]
+        plot_two_clouds(real, bundle.train.labels, pseudo, pseudo_labels, shown_classes(bundle), run.path("two_clouds.png"))
+        return model.state_dict(), {"history": history, "diagnostics": diagnostics}
 
-    with accelerated(model.encoder, config.compute, device):
-        history = train_end_to_end(
-            state,
-            bundle.train.images,
-            bundle.train.labels,
-            settings,
-            bundle.augmenter(augment_padding(config)),
-            bundle.normalize,
-            checkpoint=lambda saved: run.save_checkpoint("end_to_end", saved),
-            on_epoch_end=diagnose,
-        )
-    diagnostics = state.extra.get("diagnostics", [])
-    if diagnostics:
-        plot_history(diagnostics, run.path("diagnostics.png"))
-    real = _train_features(model.encoder, bundle, device)
-    pseudo, pseudo_labels = e2e_pseudo_features(model, counts, settings, diagnostics_generator)
-    plot_two_clouds(real, bundle.train.labels, pseudo, pseudo_labels, shown_classes(bundle), run.path("two_clouds.png"))
-    run.save_tensors("end_to_end.safetensors", model.state_dict())
-    run.mark_done("end_to_end", history=history, diagnostics=diagnostics)
-    return model.eval(), history
+    weights, info = run.stage("end_to_end", train)
+    model.load_state_dict(weights)
+    return model.eval(), info
 
 
 def run(context: MethodContext) -> MethodResult:
@@ -188,25 +200,25 @@ def run(context: MethodContext) -> MethodResult:
     # them (encoder.features), not LDMLR's extraction path (no stem ReLU) that features.style may pick.
     starting = encode_dataset(context.encoder, bundle, FeatureConfig(style="eval"), config.seed, device)
     with run_folder.timed("end_to_end_s"):
-        model, history = stage_end_to_end(context, starting)
+        model, info = stage_end_to_end(context, starting)
     tuned_encoded = eval_features(context, model.encoder)
     e2e_config = resolved_e2e_config(config, context.train_counts)
     prior = trained_prior(e2e_config, context.train_counts, model.pseudo_label_probs)
     extra = {
-        "history": history,
-        "diagnostics": run_folder.stage_info("end_to_end")["diagnostics"],
+        "history": info["history"],
+        "diagnostics": info["diagnostics"],
         "gamma_ge": e2e_config.gamma_ge,
-        "seconds_per_epoch": seconds_per_epoch(history),
+        "seconds_per_epoch": seconds_per_epoch(info["history"]),
     }
     joint = evaluate_all(model.encoder.fc, tuned_encoded, prior, context)
     if not config.e2e.rebalance_classifier:
         return MethodResult(joint, extra, {})
     counts = pseudo_counts(context.train_counts, config.generation)
     pseudo_x, pseudo_y = e2e_pseudo_features(
-        model, counts, settings_for(config, e2e_config), stage_generator(config.seed, "generation", device)
+        model, counts, settings_for(config, e2e_config), named_generator(config.seed, "e2e/generation", device)
     )
     if config.e2e.rebalance_features == "as_trained":
-        generator = stage_generator(config.seed, "features")
+        generator = named_generator(config.seed, AS_TRAINED_STREAM)
         as_trained = features_as_trained(model.encoder, bundle, config.finetune, augment_padding(config), generator, device)
         tuned_encoded = EncodedDataset(train=as_trained, test=tuned_encoded.test, validation=tuned_encoded.validation)
     result, retrained = retrain_with_pseudo(context, "classifier", model.encoder, tuned_encoded, pseudo_x, pseudo_y)
