@@ -94,7 +94,8 @@ def _privacy(args: argparse.Namespace) -> None:
     if config.method != "ldmlr_dp":
         raise UserError(
             f"featdiff privacy prints the budget of method ldmlr_dp, and {args.config} has method {config.method}: "
-            "set method: ldmlr_dp (or --set method=ldmlr_dp) to plan a private run"
+            "set method: ldmlr_dp (or --set method=ldmlr_dp) to plan a private run "
+            "(a private federated run reports each client's ε in its results instead)"
         )
     from featdiff.methods.ldmlr_dp import noise_source, plan_for_config
 

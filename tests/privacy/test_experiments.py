@@ -71,13 +71,15 @@ def test_canary_audit_on_a_subset_reports_the_full_runs_claim():
 
 # Built to memorise (found by a sweep, seed 0): 20 records and 50 canaries in 32 dimensions, 150
 # Phase II epochs at lr 3e-3. The negative control then reached ε_lo 2.02 (49 of 50 guesses right;
-# 2.77 is the most 50 canaries can show), the same run with its noise on ε_lo 0.
+# 2.77 is the most 50 canaries can show) against a claim of 1.0; the same run with its noise on
+# ε_lo 0.29 against a reference of its own. The CLT accountant calibrates σ in milliseconds (the
+# tight one takes minutes on a loaded machine).
 AUDIT = {"canaries": 50, "seed": 0, "records": 20}
 
 
 def test_the_audit_catches_a_run_without_noise_and_not_one_with_it():
     features, labels = clusters(10, dim=32)
-    config = small_config(1.0, 150, lr=3e-3)
+    config = small_config(1.0, 150, lr=3e-3, accountant="clt")
     broken = canary_audit(config, features, labels, num_classes=4, device=CPU, spec=AuditSpec("two", noise_off=True, **AUDIT))
     assert broken["claimed_epsilon"] == pytest.approx(1.0, rel=0.01)
     assert broken["epsilon_lower_bound"] > broken["claimed_epsilon"] + 0.5, broken
