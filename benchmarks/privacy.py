@@ -18,6 +18,10 @@ Four parts, each measured one job at a time on this process's threads:
 
     python benchmarks/privacy.py [--seeds 0 1 2] [--datasets cifar10 cifar100] [--epsilons inf 10 5 1]
 
+Every run and experiment uses seeded noise (`privacy.reproducible_noise: true`) so that the tables
+can be reproduced; the report says so, and that its ε claims do not hold against anyone who knows
+the seeds (real private runs draw their noise from the operating system's entropy).
+
 Writes benchmarks/results/privacy.{json,md,png}. `--workdir DIR` keeps the run folders there and
 reuses finished runs whose saved config matches, so an interrupted benchmark continues.
 """
@@ -46,7 +50,7 @@ from featdiff.models.encoders import load_encoder
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import execute
 from featdiff.privacy.dp_promise import clip_to_norm
-from featdiff.privacy.experiments import audit_reference, canary_audit, membership_attacks
+from featdiff.privacy.experiments import AuditSpec, audit_reference, canary_audit, membership_attacks
 from featdiff.report import GROUPS, fmt, fmt_mean_std, write_report
 from featdiff.runs import Run
 
@@ -80,6 +84,7 @@ def run_config(dataset: str, public: bool, seed: int, epsilon: float, args: argp
         "phase_two_epochs": args.phase_two_epochs,
         "ldmlr_control": ldmlr_control,
         "release_per_class": args.release_per_class[dataset],
+        "reproducible_noise": True,  # replayable tables; the module docstring and the report say what it costs
     }
     return config_from_dict(base)
 
@@ -173,7 +178,15 @@ def mia_part(args: argparse.Namespace, report: dict) -> None:
         for epsilon in args.mia_epsilons:
             config = run_config(dataset, False, args.seeds[0], epsilon, args, ldmlr_control=False)
             started = time.perf_counter()
-            result = membership_attacks(config, train.features, train.labels, num_classes, torch.device("cpu"), args.shadows, args.seeds[0])
+            result = membership_attacks(
+                config,
+                train.features,
+                train.labels,
+                num_classes=num_classes,
+                device=torch.device("cpu"),
+                shadows=args.shadows,
+                seed=args.seeds[0],
+            )
             result["seconds"] = time.perf_counter() - started
             report["membership"].setdefault(dataset, {})[epsilon_label(epsilon)] = result
             print(
@@ -197,17 +210,19 @@ def audit_part(args: argparse.Namespace, report: dict) -> None:
             audits["phase I alone"] = (private[-1], "one", False)
         device, seed = torch.device("cpu"), args.audit_seed
         started = time.perf_counter()
+        shared = AuditSpec("both", canaries=args.canaries, seed=seed, records=args.audit_records)
         reference = audit_reference(
             run_config(dataset, False, seed, private[0], audit_args, ldmlr_control=False),
-            train.features, train.labels, num_classes, device, "both", args.canaries, seed, args.audit_records,
+            train.features, train.labels, num_classes=num_classes, device=device, spec=shared,
         )  # fmt: skip
         report["audit_reference_s"] = report.get("audit_reference_s", {}) | {dataset: time.perf_counter() - started}
         for name, (epsilon, phase, noise_off) in audits.items():
             config = run_config(dataset, False, seed, epsilon, audit_args, ldmlr_control=False)
             started = time.perf_counter()
+            spec = AuditSpec(phase, canaries=args.canaries, seed=seed, records=args.audit_records, noise_off=noise_off)
             result = canary_audit(
-                config, train.features, train.labels, num_classes, device, phase, args.canaries, noise_off, seed,
-                records=args.audit_records, reference=reference if phase == "both" else None,
+                config, train.features, train.labels, num_classes=num_classes, device=device, spec=spec,
+                reference=reference if phase == "both" else None,
             )  # fmt: skip
             result["seconds"] = time.perf_counter() - started
             report["audits"].setdefault(dataset, {})[name] = result
@@ -474,7 +489,9 @@ def main() -> None:
         f"(ε in {args.single_seed_epsilons}: first seed only; public encoder: seeds {args.public_seeds}, ε "
         f"{args.public_epsilons}; non-private ldmlr: first {args.ldmlr_seeds} seed(s)"
         f"{'' if args.public_ldmlr else ', not on public features'}). "
-        f"Membership: {args.shadows} shadow denoisers. Total {report['seconds']['total'] / 60:.1f} min "
+        f"Membership: {args.shadows} shadow denoisers. Noise seeded from the seeds (`privacy.reproducible_noise: true`) so the "
+        "tables can be reproduced: these ε claims do not hold against anyone who knows the seeds. "
+        f"Total {report['seconds']['total'] / 60:.1f} min "
         f"(utility {seconds['utility'] / 60:.1f}, membership {seconds['membership'] / 60:.1f}, audits "
         f"{seconds['audits'] / 60:.1f}).",
         "",

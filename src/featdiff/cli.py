@@ -81,13 +81,23 @@ def _run(args: argparse.Namespace) -> None:
         f"final epoch, top-1 % on the test set (adj. = logit-adjusted by the training prior)\n"
     )
     print(results_table(rows))
+    if "privacy" in results:  # a private method's ledger: what its guarantee covers
+        from featdiff.methods.ldmlr_dp import guarantee_summary
+
+        print(f"\n{guarantee_summary(results['privacy'])}")
     print(f"\nresults: {run.directory / 'results.json'}  ({results['wall_s']:.1f} s)")
 
 
 def _privacy(args: argparse.Namespace) -> None:
     """What a private run will spend, printed before any training."""
     config = load_config(Path(args.config), parse_overrides(args.set))
-    from featdiff.methods.ldmlr_dp import plan_for_config
+    if config.method != "ldmlr_dp":
+        raise UserError(
+            f"featdiff privacy prints the budget of method ldmlr_dp, and {args.config} has method {config.method}: "
+            "set method: ldmlr_dp (or --set method=ldmlr_dp) to plan a private run "
+            "(a private federated run reports each client's ε in its results instead)"
+        )
+    from featdiff.methods.ldmlr_dp import noise_source, plan_for_config
 
     plan = plan_for_config(config)
     privacy = config.privacy
@@ -105,6 +115,7 @@ def _privacy(args: argparse.Namespace) -> None:
     target = "∞ (not private)" if privacy.epsilon is None else f"{privacy.epsilon:g}"
     claim = "∞" if not plan.private else f"{plan.epsilon:.3f}"
     print(f"\ntarget ε {target}; claimed ({privacy.accountant}) {claim}")
+    print(f"noise: {noise_source(privacy, config.seed)}")
 
 
 def _check_new_file(out: Path) -> None:

@@ -353,6 +353,11 @@ class PrivacyConfig(_Section):
     """Adam learning rate of both phases (constant)."""
     release_per_class: int = Field(500, ge=1)
     """Pseudo-features released per class: a fixed number, never derived from private counts."""
+    reproducible_noise: bool = False
+    """false: the Poisson masks and the Gaussian noise come from generators seeded from the
+    operating system's entropy and never stored, so nobody can replay them. true: they come from
+    named streams of `seed`, for tests and benchmarks that must be replayable; the (ε, δ) claim
+    then does not hold against anyone who knows the seed (which config.yaml records)."""
     ldmlr_control: bool = True
     """Also fit non-private LDMLR in the same run as a control (a full LDMLR fit); a sweep over ε
     turns it off in all but one run per seed (`benchmarks/privacy.py`)."""

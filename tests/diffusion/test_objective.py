@@ -4,7 +4,8 @@ average, both views of a prediction, and per-example independence on the real de
 import pytest
 import torch
 
-from featdiff.diffusion.objective import denoise, denoising_loss, draw_timesteps_and_noise, loss_weight
+from featdiff.config import DiffusionConfig
+from featdiff.diffusion.objective import DenoisingObjective, denoise, denoising_loss, draw_timesteps_and_noise, loss_weight
 from featdiff.diffusion.parameterization import model_x0_and_eps
 from featdiff.diffusion.schedules import make_schedule
 from featdiff.models.denoiser import FeatureDenoiser
@@ -193,3 +194,32 @@ def test_invalid_choices_raise() -> None:
         loss_weight(t, schedule, "eps", "uniform")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         loss_weight(t, schedule, "v", "none")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prediction, weighting", [("eps", "none"), ("x0", "snr"), ("eps", "min_snr"), ("x0", "min_snr")])
+def test_the_objective_object_is_the_free_functions_bit_for_bit(prediction, weighting):
+    """`DenoisingObjective` carries (schedule, prediction, weighting) and computes exactly what
+    the spelled-out functions compute, from the same draws of the same generator."""
+    config = DiffusionConfig(schedule="linear", num_steps=T, prediction=prediction, weighting=weighting)
+    objective = DenoisingObjective.of(config)
+    schedule = make_schedule("linear", T)
+    assert torch.equal(objective.schedule.alphas_cumprod, schedule.alphas_cumprod)
+    assert (objective.prediction, objective.weighting, objective.num_steps) == (prediction, weighting, T)
+    t, noise = objective.draw(16, 5, draws=3, generator=torch.Generator().manual_seed(3), dtype=torch.float64, low=2, high=40)
+    t_free, noise_free = draw_timesteps_and_noise(16, 5, T, 3, torch.Generator().manual_seed(3), dtype=torch.float64, low=2, high=40)
+    assert torch.equal(t, t_free) and torch.equal(noise, noise_free)
+    gen = torch.Generator().manual_seed(4)
+    x0, y = torch.randn(16, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (16,), generator=gen)
+    layer = torch.nn.Linear(5, 5).double()
+
+    def model(x_t, t_, y_):
+        return layer(x_t) * (1 + t_[..., None] / T) + y_[..., None]
+
+    with torch.no_grad():
+        assert torch.equal(objective.loss(model, x0, y, t, noise), denoising_loss(model, x0, y, t, noise, schedule, prediction, weighting))
+        assert torch.equal(objective.weight(t), loss_weight(t, schedule, prediction, weighting))
+        both = objective.denoise(model, x0, y, t, noise)
+        free = denoise(model, x0, y, t, noise, schedule, prediction, weighting)
+    assert torch.equal(both.loss, free.loss) and torch.equal(both.x0_estimate, free.x0_estimate)
+    with pytest.raises(ValueError, match="weighting"):
+        DenoisingObjective(schedule, prediction, "uniform")  # type: ignore[arg-type]

@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from featdiff.diffusion.objective import draw_timesteps_and_noise
+from featdiff.diffusion.objective import DenoisingObjective, draw_timesteps_and_noise
 from featdiff.diffusion.schedules import make_schedule
 from featdiff.models.denoiser import FeatureDenoiser
 from featdiff.privacy.dp_sgd import clipped_sum, functorch_gradients, noised_mean, opacus_gradients, per_example_norms
 from featdiff.training.state import PoissonBatches
 
 SCHEDULE = make_schedule("cosine", 100)
+OBJECTIVE = DenoisingObjective(SCHEDULE)
 
 
 def _model_and_batch(batch=6, draws=4, dtype=torch.float64):
@@ -27,7 +28,7 @@ def _model_and_batch(batch=6, draws=4, dtype=torch.float64):
 def test_k_draws_averaged_before_clipping_keep_each_contribution_within_c():
     model, x0, y, t, noise = _model_and_batch()
     clip = 0.05
-    gradients = functorch_gradients(model, x0, y, t, noise, SCHEDULE)
+    gradients = functorch_gradients(model, x0, y, t, noise, OBJECTIVE)
     assert bool((per_example_norms(gradients) > clip).all()), "the test needs every example to be clipped"
     for i in range(x0.shape[0]):
         alone = {name: g[i : i + 1] for name, g in gradients.items()}
@@ -36,7 +37,7 @@ def test_k_draws_averaged_before_clipping_keep_each_contribution_within_c():
     # Counted as K separate records, each draw is clipped to C on its own, so one example moves the
     # sum by up to K·C (exactly, when its draws coincide), which the accountant does not assume.
     same_t, same_noise = t[:1, :1].expand(4, 1), noise[:1, :1].expand(4, 1, 8)
-    rows = functorch_gradients(model, x0[:1].expand(4, -1), y[:1].expand(4), same_t, same_noise, SCHEDULE)
+    rows = functorch_gradients(model, x0[:1].expand(4, -1), y[:1].expand(4), same_t, same_noise, OBJECTIVE)
     as_records, _ = clipped_sum(rows, clip)
     assert float(per_example_norms({k: v[None] for k, v in as_records.items()})) == pytest.approx(4 * clip, rel=1e-6)
 
@@ -44,8 +45,9 @@ def test_k_draws_averaged_before_clipping_keep_each_contribution_within_c():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_functorch_and_opacus_give_the_same_clipped_gradient_sum(dtype):
     model, x0, y, t, noise = _model_and_batch(dtype=dtype)
-    by_func, norms_func = clipped_sum(functorch_gradients(model, x0, y, t, noise, SCHEDULE, "x0", "min_snr"), 0.05)
-    by_opacus, norms_opacus = clipped_sum(opacus_gradients(model, x0, y, t, noise, SCHEDULE, "x0", "min_snr"), 0.05)
+    objective = DenoisingObjective(SCHEDULE, "x0", "min_snr")
+    by_func, norms_func = clipped_sum(functorch_gradients(model, x0, y, t, noise, objective), 0.05)
+    by_opacus, norms_opacus = clipped_sum(opacus_gradients(model, x0, y, t, noise, objective), 0.05)
     torch.testing.assert_close(norms_func, norms_opacus, rtol=1e-5, atol=1e-6)
     for name in by_func:
         torch.testing.assert_close(by_func[name], by_opacus[name], rtol=0, atol=1e-6, msg=name)
@@ -77,13 +79,12 @@ def test_poisson_batches_include_each_record_independently_and_resume():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_ghost_clipping_equals_clipping_materialised_per_example_gradients(dtype):
-    from featdiff.diffusion.objective import denoising_loss
     from featdiff.privacy.ghost import ghost_clipped_sum
 
     model, x0, y, t, noise = _model_and_batch(batch=7, draws=4, dtype=dtype)
-    exact = functorch_gradients(model, x0, y, t, noise, SCHEDULE)
+    exact = functorch_gradients(model, x0, y, t, noise, OBJECTIVE)
     expected, expected_norms = clipped_sum(exact, 0.05)
-    summed, norms = ghost_clipped_sum(model, lambda: denoising_loss(model, x0, y, t, noise, SCHEDULE), 0.05)
+    summed, norms = ghost_clipped_sum(model, lambda: OBJECTIVE.loss(model, x0, y, t, noise), 0.05)
     torch.testing.assert_close(norms, expected_norms, rtol=1e-5, atol=1e-7)
     for name in expected:
         torch.testing.assert_close(summed[name], expected[name], rtol=0, atol=1e-6, msg=name)

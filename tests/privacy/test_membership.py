@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.stats import binomtest, norm
 
+from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.diffusion.schedules import make_schedule
 from featdiff.models.denoiser import FeatureDenoiser
 from featdiff.privacy.membership import (
@@ -69,18 +70,20 @@ def test_offline_lira_calibrates_record_difficulty():
 
 
 def test_denoiser_loss_scores_share_noise_and_ignore_batching():
-    schedule = make_schedule("cosine", 100)
+    objective = DenoisingObjective(make_schedule("cosine", 100))
     torch.manual_seed(0)
     model = FeatureDenoiser(4, 3, width=16, depth=1, time_dim=8)
     torch.nn.init.normal_(model.output.weight, std=0.3)
     records = torch.randn(10, 4)
     records[3] = records[7]
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 2])
-    whole = denoiser_loss_scores(model, records, labels, schedule, [10, 50], draws=3, seed=5)
-    small = denoiser_loss_scores(model, records, labels, schedule, [10, 50], draws=3, seed=5, batch_size=3)
+    scores = {"objective": objective, "timesteps": [10, 50], "draws": 3}
+    whole = denoiser_loss_scores(model, records, labels, **scores, seed=5)
+    small = denoiser_loss_scores(model, records, labels, **scores, seed=5, batch_size=3)
     torch.testing.assert_close(whole, small)
     assert whole[3] == whole[7], "the same record must get the same score: members and non-members share the draws"
-    assert not torch.equal(whole, denoiser_loss_scores(model, records, labels, schedule, [10, 50], draws=3, seed=6))
+    assert not torch.equal(whole, denoiser_loss_scores(model, records, labels, **scores, seed=6))
+    assert not torch.equal(whole, denoiser_loss_scores(model, records, labels, **scores, seed=5, stream="another stream"))
 
 
 def test_distance_scores_against_brute_force():

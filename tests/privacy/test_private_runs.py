@@ -1,5 +1,6 @@
 """Private runs from the command line: the budget is checked before anything is written, the plan
-is printed without training, and a digits run carries its privacy ledger."""
+is printed without training, a digits run carries its privacy ledger and keeps its non-private
+control apart, and its noise cannot be replayed from the seed unless the config asks for it."""
 
 import json
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "configs/digits_ldmlr_dp.yaml"
@@ -53,10 +55,34 @@ def test_privacy_command_prints_both_accountants_and_the_calibrated_noise():
     assert "claimed (prv)" in result.stdout
 
 
-def test_digits_private_run_reports_its_ledger_and_controls(tmp_path):
-    out = tmp_path / "dp"
-    result = featdiff("run", CONFIG, *FAST, "--out", str(out))
+def test_privacy_command_says_when_the_noise_is_seeded():
+    assert "operating system's entropy" in featdiff("privacy", CONFIG).stdout
+    result = featdiff("privacy", CONFIG, "--set", "privacy.reproducible_noise=true")
     assert result.returncode == 0, result.stderr
+    assert "does not hold against anyone who knows the seed" in result.stdout
+
+
+def test_privacy_command_refuses_a_non_private_method():
+    result = featdiff("privacy", "configs/digits_ldmlr.yaml")
+    assert_one_line_error(result, "method ldmlr_dp", "method: ldmlr_dp")
+    assert result.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def default_runs(tmp_path_factory) -> tuple[Path, Path, str]:
+    """Two private runs of one config and seed, with the default (unreplayable) noise; the first
+    one's terminal output."""
+    folder = tmp_path_factory.mktemp("default-noise")
+    outputs = []
+    for name in ("first", "second"):
+        result = featdiff("run", CONFIG, *FAST, "--out", str(folder / name))
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    return folder / "first", folder / "second", outputs[0]
+
+
+def test_digits_private_run_reports_its_ledger_and_controls(default_runs):
+    out, _, stdout = default_runs
     results = json.loads((out / "results.json").read_text())
     ledger = results["privacy"]
     assert ledger["private"] and ledger["epsilon"] <= 5.0 and ledger["delta"] == 1e-6
@@ -66,3 +92,47 @@ def test_digits_private_run_reports_its_ledger_and_controls(tmp_path):
     assert set(results["controls"]) >= {"ce", "fc_retrain", "ldmlr", "dp_pseudo_only"}
     assert results["pseudo_counts"] == [20] * 10
     assert not (out / "checkpoints").exists()
+    assert ledger["reproducible_noise"] is False and "entropy" in ledger["noise_source"]
+    assert "to be audited" not in ledger["does_not_cover"] and "found no leak" in ledger["does_not_cover"]
+    # The guarantee names exactly the files it covers; the non-private control lives apart.
+    covered = set(ledger["covered_files"])
+    assert covered == {
+        "dp_phase_one.safetensors",
+        "dp_denoiser.safetensors",
+        "dp_pseudo_features.safetensors",
+        "dp_pseudo_classifier.safetensors",
+    }
+    assert all((out / name).is_file() for name in covered)
+    assert {path.name for path in (out / "control").iterdir()} == {"denoiser.safetensors", "pseudo_features.safetensors"}
+    assert not (out / "denoiser.safetensors").exists() and not (out / "pseudo_features.safetensors").exists()
+    assert ledger["covered_rows"] == ["dp_pseudo_only"]
+    # The terminal summary gives ε and the rows it covers.
+    summary = [line for line in stdout.splitlines() if line.startswith("privacy: ")]
+    assert len(summary) == 1 and f"ε = {ledger['epsilon']:.3g}" in summary[0] and "covers the row dp_pseudo_only only" in summary[0]
+
+
+def test_two_runs_with_the_same_seed_draw_different_noise(default_runs):
+    first, second, _ = default_runs
+    a, b = load_file(first / "dp_denoiser.safetensors"), load_file(second / "dp_denoiser.safetensors")
+    assert a.keys() == b.keys()
+    assert any(not a[name].equal(b[name]) for name in a)
+    # The seeded parts (encoder, non-private control) are the same in both runs.
+    for name in ("encoder.safetensors", "control/denoiser.safetensors"):
+        x, y = load_file(first / name), load_file(second / name)
+        assert all(x[key].equal(y[key]) for key in x), name
+
+
+def test_reproducible_noise_replays_a_run_bit_for_bit_and_says_what_that_costs(tmp_path):
+    seeded = [*FAST, "--set", "privacy.reproducible_noise=true", "--set", "privacy.ldmlr_control=false"]
+    outputs = []
+    for name in ("first", "second"):
+        result = featdiff("run", CONFIG, *seeded, "--out", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    for name in ("dp_denoiser.safetensors", "dp_pseudo_features.safetensors"):
+        a, b = load_file(tmp_path / "first" / name), load_file(tmp_path / "second" / name)
+        assert all(a[key].equal(b[key]) for key in a), name
+    ledger = json.loads((tmp_path / "first" / "results.json").read_text())["privacy"]
+    assert ledger["reproducible_noise"] is True
+    for text in (ledger["noise_source"], ledger["covers"], outputs[0]):
+        assert "does not hold against anyone who knows the seed" in text

@@ -1,9 +1,11 @@
 """The denoising objective: the one place a diffusion loss is computed.
 
-Every trainer — LDMLR's stage 2, end-to-end training, DP-SGD and federated clients — draws
-(t, ε) with `draw_timesteps_and_noise` and calls `denoise` / `denoising_loss` on those explicit
-draws, so the loss is a deterministic function that tests, privacy accounting and replays can
-pin down.
+Every trainer — LDMLR's stage 2, end-to-end training, DP-SGD and federated clients — holds one
+`DenoisingObjective` (schedule, prediction, weighting: what travels together, as in DiT's
+`GaussianDiffusion`), draws (t, ε) with its `draw` and evaluates `loss` / `denoise` on those
+explicit draws, so the loss is a deterministic function that tests, privacy accounting and
+replays can pin down. The free functions below are the same computations with every parameter
+spelled out; the object calls them, so both give bit-identical numbers.
 
 Shapes: x0 (B, D), y (B,); t (B, K) and ε (B, K, D) for K noise draws per example (t (B,) and
 ε (B, D) mean K = 1). The loss comes back per example, shape (B,), averaged over its K draws:
@@ -27,9 +29,10 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from featdiff.config import DiffusionConfig
 from featdiff.diffusion.parameterization import Denoiser, Prediction, check_prediction, denoising_target, model_x0_and_eps
 from featdiff.diffusion.process import q_sample, snr
-from featdiff.diffusion.schedules import NoiseSchedule
+from featdiff.diffusion.schedules import NoiseSchedule, make_schedule
 
 Weighting = Literal["none", "snr", "min_snr"]
 
@@ -125,3 +128,57 @@ def denoising_loss(
 ) -> Tensor:
     """Per-example loss (B,) at given draws."""
     return denoise(model, x0, y, t, noise, schedule, prediction, weighting, min_snr_gamma).loss
+
+
+@dataclass(frozen=True, eq=False)
+class DenoisingObjective:
+    """The diffusion objective of one model: its forward process (`schedule`), what the model
+    predicts and how each draw's error is weighted. Built once per run (`of`) and handed to every
+    trainer, scorer and per-example-gradient path, so those can never disagree on it."""
+
+    schedule: NoiseSchedule
+    prediction: Prediction = "eps"
+    weighting: Weighting = "none"
+    min_snr_gamma: float = 5.0
+
+    def __post_init__(self) -> None:
+        check_prediction(self.prediction)
+        if self.weighting not in get_args(Weighting):
+            raise ValueError(f"unknown weighting {self.weighting!r}; expected one of {get_args(Weighting)}")
+
+    @classmethod
+    def of(cls, config: DiffusionConfig) -> DenoisingObjective:
+        """The objective a diffusion config trains (its presets resolved)."""
+        return cls(make_schedule(config.schedule, config.num_steps), config.resolved_prediction(), config.resolved_weighting())
+
+    @property
+    def num_steps(self) -> int:
+        return self.schedule.num_steps
+
+    def draw(
+        self,
+        batch: int,
+        feature_dim: int,
+        *,
+        draws: int = 1,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        low: int = 0,
+        high: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(t, ε) for `batch` examples, K = `draws` each, t in [low, high) (see
+        `draw_timesteps_and_noise`: t first, then ε, from `generator`)."""
+        return draw_timesteps_and_noise(batch, feature_dim, self.num_steps, draws, generator, device, dtype, low, high)
+
+    def weight(self, t: Tensor) -> Tensor:
+        """Per-draw weight, shaped like t, in float64."""
+        return loss_weight(t, self.schedule, self.prediction, self.weighting, self.min_snr_gamma)
+
+    def denoise(self, model: Denoiser, x0: Tensor, y: Tensor, t: Tensor, noise: Tensor) -> Denoised:
+        """The per-example loss and the model's x̂0 at the given draws."""
+        return denoise(model, x0, y, t, noise, self.schedule, self.prediction, self.weighting, self.min_snr_gamma)
+
+    def loss(self, model: Denoiser, x0: Tensor, y: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The per-example loss (B,) at the given draws."""
+        return self.denoise(model, x0, y, t, noise).loss

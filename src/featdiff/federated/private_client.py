@@ -1,5 +1,10 @@
 """A private client's training: dp-promise's phases on its own records, one accountant for all it
-releases. Imported only by private runs (it pulls in the accountants)."""
+releases. Imported only by private runs (it pulls in the accountants).
+
+The seeded generators a caller hands in drive what need not be secret (Phase II's diffusion
+draws) and name the client's streams; every Poisson mask and every Gaussian noise draw comes
+from the client's private generators (`featdiff.privacy.noise`): the operating system's entropy,
+or with `privacy.reproducible_noise` a named stream of the caller's generator's seed."""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from featdiff.config import DiffusionConfig, PrivacyConfig, RunConfig
+from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.diffusion.schedules import NoiseSchedule
 from featdiff.privacy.dp_promise import phase_state, train_phase_one, train_phase_two
+from featdiff.privacy.noise import PrivateNoise, private_noise
 from featdiff.privacy.plan import PrivacyPlan, plan_privacy
 
 
@@ -44,6 +51,12 @@ def with_phase_two_steps(plan: PrivacyPlan, steps: int) -> PrivacyPlan:
     return dataclasses.replace(plan, phase_two=dataclasses.replace(plan.phase_two, steps=steps))
 
 
+def client_noise(privacy: PrivacyConfig, stream: torch.Generator, phase: str) -> PrivateNoise:
+    """The private generators of one phase of one client, on `stream`'s device; reproducible ones
+    are named after `stream`'s seed (unique per client and round), entropy ones after nothing."""
+    return private_noise(stream.initial_seed(), f"client dp/{phase}", reproducible=privacy.reproducible_noise, device=stream.device)
+
+
 def private_warmup(
     model: nn.Module,
     records: Tensor,
@@ -52,23 +65,41 @@ def private_warmup(
     config: RunConfig,
     generators: tuple[torch.Generator, torch.Generator],
 ) -> dict[str, float]:
-    """Phase I, then the warm-up's share of Phase II; returns the ε the client's plan claims."""
+    """Phase I, then the warm-up's share of Phase II; returns the ε the client's plan claims.
+    `generators`: the seeded streams of the two phases (Phase I draws nothing seeded: its
+    diffusion draw is its mechanism)."""
     size = len(labels)
     plan = client_plan(config, size, records.shape[1])
     privacy, warmup_steps = client_privacy(config, size)
-    first = phase_state(model, size, privacy.phase_one_batch, privacy, config.diffusion.ema_decay, generators[0])
-    train_phase_one(first, records, schedule, privacy, config.diffusion, plan)
-    second = phase_state(model, size, privacy.phase_two_batch, privacy, config.diffusion.ema_decay, generators[1])
-    train_phase_two(second, records, labels, schedule, privacy, config.diffusion, with_phase_two_steps(plan, warmup_steps))
+    objective = _objective(schedule, config.diffusion)
+    ema_decay = config.diffusion.ema_decay
+    noise = client_noise(privacy, generators[0], "phase I")
+    first = phase_state(model, size=size, batch=privacy.phase_one_batch, lr=privacy.lr, ema_decay=ema_decay, noise=noise)
+    train_phase_one(first, records, objective, privacy, plan, noise=noise)
+    noise = client_noise(privacy, generators[1], "phase II")
+    second = phase_state(
+        model, size=size, batch=privacy.phase_two_batch, lr=privacy.lr, ema_decay=ema_decay, noise=noise, draws=generators[1]
+    )
+    train_phase_two(second, records, labels, objective, privacy, with_phase_two_steps(plan, warmup_steps), noise=noise)
     return {"epsilon": plan.epsilon, "noise-multiplier": plan.phase_two.noise_multiplier}
 
 
 def private_round(
     model: nn.Module, records: Tensor, labels: Tensor, schedule: NoiseSchedule, config: RunConfig, generator: torch.Generator
 ) -> None:
-    """`local_steps` more steps of the client's Phase II DP-SGD, from the broadcast weights."""
+    """`local_steps` more steps of the client's Phase II DP-SGD, from the broadcast weights;
+    `generator` is the round's seeded stream (diffusion draws)."""
     size = len(labels)
     plan = client_plan(config, size, records.shape[1])
     privacy = client_privacy(config, size)[0]
-    state = phase_state(model, size, privacy.phase_two_batch, privacy, config.diffusion.ema_decay, generator)
-    train_phase_two(state, records, labels, schedule, privacy, config.diffusion, with_phase_two_steps(plan, config.federated.local_steps))
+    noise = client_noise(privacy, generator, "round")
+    state = phase_state(
+        model, size=size, batch=privacy.phase_two_batch, lr=privacy.lr, ema_decay=config.diffusion.ema_decay, noise=noise, draws=generator
+    )
+    objective = _objective(schedule, config.diffusion)
+    train_phase_two(state, records, labels, objective, privacy, with_phase_two_steps(plan, config.federated.local_steps), noise=noise)
+
+
+def _objective(schedule: NoiseSchedule, diffusion: DiffusionConfig) -> DenoisingObjective:
+    """The client's objective on the schedule its caller built (the caller's, so both agree)."""
+    return DenoisingObjective(schedule, diffusion.resolved_prediction(), diffusion.resolved_weighting())

@@ -19,7 +19,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from torch import Tensor, nn
 
 from featdiff.config import RunConfig, load_config, private_training
-from featdiff.diffusion.objective import denoising_loss, draw_timesteps_and_noise
+from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.diffusion.scaling import Standardizer
 from featdiff.errors import UserError
 from featdiff.federated.partition import dirichlet_partition
@@ -113,10 +113,9 @@ def fixed_loss(model: nn.Module, records: Tensor, labels: Tensor, schedule, conf
     generator = torch.Generator().manual_seed(seed)
     diffusion = config.diffusion
     with torch.no_grad():
-        t, noise = draw_timesteps_and_noise(len(labels), records.shape[1], schedule.num_steps, 1, generator, records.device, records.dtype)
-        losses = denoising_loss(
-            model.eval(), records, labels, t, noise, schedule, diffusion.resolved_prediction(), diffusion.resolved_weighting()
-        )
+        objective = DenoisingObjective(schedule, diffusion.resolved_prediction(), diffusion.resolved_weighting())
+        t, noise = objective.draw(len(labels), records.shape[1], generator=generator, device=records.device, dtype=records.dtype)
+        losses = objective.loss(model.eval(), records, labels, t, noise)
     model.train()
     return float(losses.mean()), len(labels)
 

@@ -6,34 +6,64 @@ itself saw the private features, so only the denoiser and the pseudo-features ar
 as controls `fc_retrain`, non-private `ldmlr` from the same run (`privacy.ldmlr_control`), and
 `dp_pseudo_only`, a classifier trained on the released pseudo-features alone (randomly
 initialised), which is as private as the release. `privacy` in results.json is the ledger: mechanism, (ε, δ) under both
-accountants, steps and sampling rates per phase, σ, C, R, S, K, and what the guarantee covers.
+accountants, steps and sampling rates per phase, σ, C, R, S, K, where the noise came from, and
+exactly which files and result rows the guarantee covers. The non-private control's denoiser and
+pseudo-features live apart, in `control/`, so they cannot be mistaken for the release.
 """
 
 from __future__ import annotations
 
 import torch
 
-from featdiff.config import RunConfig, privacy_rules
+from featdiff.config import PrivacyConfig, RunConfig, privacy_rules
 from featdiff.data.bundle import load_dataset
+from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.features import EncodedDataset, FeatureSet
-from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, build_denoiser, pseudo_counts, schedule_for
+from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, build_denoiser, pseudo_counts
 from featdiff.methods.stages import (
     MethodContext,
     MethodResult,
     evaluate_all,
     fc_retrain_control,
+    fit_feature_generator,
     retrain_classifier,
     retrain_with_pseudo,
-    stage_pseudo_features,
 )
 from featdiff.models.encoders import encoder_for
-from featdiff.privacy.dp_promise import clip_to_norm, generator_for, phase_state, private_records, train_phase_one, train_phase_two
+from featdiff.privacy.dp_promise import (
+    clip_to_norm,
+    generator_for,
+    initialisation_generator,
+    phase_one_noise,
+    phase_state,
+    phase_two_draws,
+    phase_two_noise,
+    private_records,
+    train_phase_one,
+    train_phase_two,
+)
 from featdiff.privacy.plan import PrivacyPlan, plan_privacy
-from featdiff.seeding import initialise, stage_generator
+from featdiff.runs import StageOutput
+from featdiff.seeding import initialise, named_generator
 from featdiff.training.classifier import WeightedFeatures
 
 rules = privacy_rules
 """A private method: the privacy section's rules apply (featdiff.method_catalog)."""
+
+STREAM = "ldmlr_dp"
+"""The prefix of every random stream of the private denoiser (`featdiff.privacy.dp_promise`)."""
+CONTROL = "control"
+"""The sub-folder of the non-private LDMLR control's denoiser and pseudo-features."""
+COVERED_FILES = (
+    "dp_phase_one.safetensors",
+    "dp_denoiser.safetensors",
+    "dp_pseudo_features.safetensors",
+    "dp_pseudo_classifier.safetensors",
+)
+"""The files of a private run the guarantee covers: both phases' denoisers, the release, and the
+classifier trained on the release alone. Every other file (the encoder, the classifiers trained on
+real features, `control/`) is not private."""
+COVERED_ROWS = ("dp_pseudo_only",)
 
 
 def privacy_plan(context: MethodContext) -> PrivacyPlan:
@@ -57,29 +87,41 @@ def stage_private_generator(context: MethodContext, plan: PrivacyPlan) -> Featur
     """Phase I then Phase II, each a resumable stage; the generator samples Phase II's EMA."""
     run, config, device = context.run, context.config, context.device
     privacy, diffusion = config.privacy, config.diffusion
-    schedule = schedule_for(diffusion)
+    objective = DenoisingObjective.of(diffusion)
     train = context.encoded.train
     records = private_records(train.features, privacy.norm_bound)
     model = build_denoiser(records.shape[1], context.bundle.num_classes, diffusion)
-    model = initialise(model, stage_generator(config.seed, "denoiser")).to(device)
+    model = initialise(model, initialisation_generator(config.seed, STREAM)).to(device)
     size = len(train.labels)
     if run.stage_done("dp_phase_one"):
         model.load_state_dict(run.load_tensors("dp_phase_one.safetensors", stage="dp_phase_one"))
     else:
-        state = phase_state(
-            model, size, privacy.phase_one_batch, privacy, diffusion.ema_decay, stage_generator(config.seed, "denoiser", device)
-        )
+        noise = phase_one_noise(config.seed, STREAM, privacy, device)
+        state = phase_state(model, size=size, batch=privacy.phase_one_batch, lr=privacy.lr, ema_decay=diffusion.ema_decay, noise=noise)
         resume = run.load_checkpoint("dp_phase_one")
         if resume is not None:
             state.load_state_dict(resume)
         with run.timed("dp_phase_one_s"):
             train_phase_one(
-                state, records, schedule, privacy, diffusion, plan, checkpoint=lambda saved: run.save_checkpoint("dp_phase_one", saved)
+                state,
+                records,
+                objective,
+                privacy,
+                plan,
+                noise=noise,
+                checkpoint=lambda saved: run.save_checkpoint("dp_phase_one", saved),
             )
         run.save_tensors("dp_phase_one.safetensors", model.state_dict())
         run.mark_done("dp_phase_one")
+    noise = phase_two_noise(config.seed, STREAM, privacy, device)
     state = phase_state(
-        model, size, privacy.phase_two_batch, privacy, diffusion.ema_decay, stage_generator(config.seed, "dp_phase_two", device)
+        model,
+        size=size,
+        batch=privacy.phase_two_batch,
+        lr=privacy.lr,
+        ema_decay=diffusion.ema_decay,
+        noise=noise,
+        draws=phase_two_draws(config.seed, STREAM, device),
     )
     if run.stage_done("dp_phase_two"):
         state.ema.module.load_state_dict(run.load_tensors("dp_denoiser.safetensors", stage="dp_phase_two"))
@@ -92,15 +134,34 @@ def stage_private_generator(context: MethodContext, plan: PrivacyPlan) -> Featur
                 state,
                 records,
                 train.labels,
-                schedule,
+                objective,
                 privacy,
-                diffusion,
                 plan,
+                noise=noise,
                 checkpoint=lambda saved: run.save_checkpoint("dp_phase_two", saved),
             )
         run.save_tensors("dp_denoiser.safetensors", state.ema.module.state_dict())
         run.mark_done("dp_phase_two")
-    return generator_for(state.ema.module, plan, schedule, diffusion.resolved_prediction())
+    return generator_for(state.ema.module, plan, objective)
+
+
+def stage_control_pseudo_features(context: MethodContext, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The non-private LDMLR control's denoiser and pseudo-features (the same streams as method
+    `ldmlr`'s), stored in `control/` so that nothing beside the private release looks like it."""
+    run, config = context.run, context.config
+
+    def fit_and_sample() -> StageOutput:
+        with run.timed("denoiser_s"):
+            generator = fit_feature_generator(context, context.encoded.train)
+        run.save_tensors(f"{CONTROL}/denoiser.safetensors", generator.tensors())
+        with run.timed("generation_s"):
+            pseudo, labels = generator.generate(
+                counts, SamplerSettings.of(config.diffusion), named_generator(config.seed, "generation/sampling", context.device)
+            )
+        return {"features": pseudo, "labels": labels}, {}
+
+    stored, _ = run.stage("control_generation", fit_and_sample, file=f"{CONTROL}/pseudo_features.safetensors")
+    return stored["features"], stored["labels"]
 
 
 def clipped_to_bound(encoded: EncodedDataset, norm_bound: float) -> EncodedDataset:
@@ -113,11 +174,23 @@ def clipped_to_bound(encoded: EncodedDataset, norm_bound: float) -> EncodedDatas
     return EncodedDataset(train=clip(encoded.train), test=clip(encoded.test), validation=clip(encoded.validation))
 
 
+def noise_source(privacy: PrivacyConfig, seed: int) -> str:
+    """Where the run's DP noise came from, in words, and what that means for the claim."""
+    if privacy.reproducible_noise:
+        return (
+            f"seeded from the run's seed ({seed}, recorded in config.yaml) because privacy.reproducible_noise is true: "
+            "the (ε, δ) claim does not hold against anyone who knows the seed, who can regenerate and subtract the noise"
+        )
+    return "the operating system's entropy, never stored (a floating-point Gaussian sampler, not a discrete or secure one)"
+
+
 def ledger(plan: PrivacyPlan, context: MethodContext) -> dict:
-    """What the guarantee is, under which assumptions, and what it does not cover."""
-    privacy = context.config.privacy
+    """What the guarantee is, under which assumptions, what it covers (files and result rows)
+    and what it does not."""
+    config = context.config
+    privacy = config.privacy
     table = plan.table()
-    encoder = context.config.encoder
+    encoder = config.encoder
     source = f"{encoder.checkpoint}, trained on other data" if encoder.public else (encoder.checkpoint or "trained in this run")
     # ε is null for a run without noise (ε = ∞; JSON has no infinity).
     return {
@@ -139,17 +212,47 @@ def ledger(plan: PrivacyPlan, context: MethodContext) -> dict:
         "clip_norm_C": privacy.clip_norm,
         "draws_K": privacy.draws,
         "released_per_class": privacy.release_per_class,
+        "reproducible_noise": privacy.reproducible_noise,
+        "noise_source": noise_source(privacy, config.seed),
+        "covered_files": list(COVERED_FILES),
+        "covered_rows": list(COVERED_ROWS),
         "covers": (
-            "the released denoiser and pseudo-features (and the dp_pseudo_only classifier), with respect to the "
-            f"training feature records given the encoder ({source})"
+            f"the files {', '.join(COVERED_FILES)} (both phases' denoisers, the released pseudo-features and the "
+            "dp_pseudo_only classifier trained on them alone), with respect to the training feature records given the "
+            f"encoder ({source})"
             + ("; the encoder never saw these images, so this extends to the training images themselves" if encoder.public else "")
+            + (
+                "; it does not hold against anyone who knows the seed (privacy.reproducible_noise is true)"
+                if privacy.reproducible_noise
+                else ""
+            )
         ),
         "does_not_cover": (
-            ("" if encoder.public else "the encoder, trained without privacy on the same images (DP end to end needs a public encoder); ")
-            + "the classifiers trained on real features (the method's own result, fc_retrain, ldmlr); Phase I's regression "
-            "target, which depends on the clean record and is covered only by dp-promise's argument on x_t (to be audited)"
+            "every file of the run folder not in covered_files, among them "
+            + ("" if encoder.public else "the encoder, trained without privacy on the same images (DP end to end needs a public encoder); ")
+            + f"the classifiers trained on real features (the method's own result, fc_retrain, ldmlr) and the non-private "
+            f"LDMLR control in {CONTROL}/; Phase I's regression target, which depends on the clean record: dp-promise's "
+            "argument covers only the noisy input x_t, and one-run canary audits of Phase I alone found no leak "
+            "(ε_lo = 0 on CIFAR-10-LT and on digits; a lower bound, not a proof)"
         ),
     }
+
+
+def guarantee_summary(ledger: dict) -> str:
+    """The lines a private run prints under its results table: ε, and which rows and files the
+    guarantee covers (every other row and file is not private)."""
+    if not ledger["private"]:
+        return "privacy: not private (privacy.epsilon is null, ε = ∞): no row or file is covered by a guarantee"
+    lines = [
+        f"privacy: (ε = {ledger['epsilon']:.3g}, δ = {ledger['delta']:g})-DP ({ledger['accountant']} accountant, "
+        f"{ledger['adjacency'].replace('_', ' ')} adjacency) covers the row {', '.join(ledger['covered_rows'])} only,",
+        f"  and the files {', '.join(ledger['covered_files'])} only (results.json's privacy ledger says why)",
+    ]
+    if ledger["reproducible_noise"]:
+        lines.append(
+            "privacy: the noise was seeded (privacy.reproducible_noise: true): the claim does not hold against anyone who knows the seed"
+        )
+    return "\n".join(lines)
 
 
 def run(context: MethodContext) -> MethodResult:
@@ -157,7 +260,7 @@ def run(context: MethodContext) -> MethodResult:
     plan = privacy_plan(context)
     controls = {"fc_retrain": fc_retrain_control(context)}
     if config.privacy.ldmlr_control:
-        ldmlr_pseudo = stage_pseudo_features(context, context.encoded.train, pseudo_counts(context.train_counts, config.generation))
+        ldmlr_pseudo = stage_control_pseudo_features(context, pseudo_counts(context.train_counts, config.generation))
         controls["ldmlr"], _ = retrain_with_pseudo(context, "ldmlr_classifier", context.encoder, context.encoded, *ldmlr_pseudo)
     generator = stage_private_generator(context, plan)
     if context.run.stage_done("dp_generation"):
@@ -167,7 +270,7 @@ def run(context: MethodContext) -> MethodResult:
         counts = torch.full((bundle.num_classes,), config.privacy.release_per_class)
         with context.run.timed("dp_generation_s"):
             pseudo, labels = generator.generate(
-                counts, SamplerSettings.of(config.diffusion), stage_generator(config.seed, "generation", context.device)
+                counts, SamplerSettings.of(config.diffusion), named_generator(config.seed, f"{STREAM}/release sampling", context.device)
             )
         context.run.save_tensors("dp_pseudo_features.safetensors", {"features": pseudo, "labels": labels})
         context.run.mark_done("dp_generation")

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.stats import binom
 
 
-def p_value(epsilon: float, delta: float, guesses: int, correct: int, canaries: int) -> float:
+def p_value(epsilon: float, *, delta: float, guesses: int, correct: int, canaries: int) -> float:
     """P[Bin(r, q) ≥ v] + 2·m·δ·max_{i=1..v} P[v − i ≤ Bin(r, q) < v]/i, q = e^ε/(1 + e^ε)
     (Steinke et al., Appendix D): how likely v correct guesses of r are under (ε, δ)-DP."""
     q = 1 / (1 + math.exp(-epsilon))
@@ -30,19 +30,20 @@ def p_value(epsilon: float, delta: float, guesses: int, correct: int, canaries: 
     return min(1.0, tail + 2 * canaries * delta * float(np.max(below / i)))
 
 
-def epsilon_lower_bound(delta: float, guesses: int, correct: int, canaries: int, confidence: float = 0.95) -> float:
+def epsilon_lower_bound(*, delta: float, guesses: int, correct: int, canaries: int, confidence: float = 0.95) -> float:
     """The largest ε rejected at level β = 1 − confidence (0 when even ε = 0 is not rejected)."""
     beta = 1 - confidence
-    if guesses == 0 or p_value(0.0, delta, guesses, correct, canaries) >= beta:
+    counts = {"delta": delta, "guesses": guesses, "correct": correct, "canaries": canaries}
+    if guesses == 0 or p_value(0.0, **counts) >= beta:
         return 0.0
     low, high = 0.0, 1.0
-    while p_value(high, delta, guesses, correct, canaries) < beta:
+    while p_value(high, **counts) < beta:
         low, high = high, 2 * high
         if high > 100:
             return low
     for _ in range(60):
         middle = (low + high) / 2
-        if p_value(middle, delta, guesses, correct, canaries) < beta:
+        if p_value(middle, **counts) < beta:
             low = middle
         else:
             high = middle
@@ -59,7 +60,9 @@ class AuditResult:
     k_out: int
 
 
-def one_run_audit(scores: np.ndarray, included: np.ndarray, delta: float, guess_counts: list[int], confidence: float = 0.95) -> AuditResult:
+def one_run_audit(
+    scores: np.ndarray, included: np.ndarray, *, delta: float, guess_counts: list[int], confidence: float = 0.95
+) -> AuditResult:
     """ε_lo from canary `scores` (higher = more likely a member) and their true inclusion, trying
     each k in `guess_counts` (k/2 highest guessed in, k/2 lowest out). Choosing k after seeing the
     result costs a Bonferroni correction: each k is tested at β / len(guess_counts)."""
@@ -72,7 +75,7 @@ def one_run_audit(scores: np.ndarray, included: np.ndarray, delta: float, guess_
         if k_in + k_out > len(scores):
             raise ValueError(f"{k} guesses for {len(scores)} canaries")
         correct = int(included[order[:k_in]].sum() + (~included[order[len(scores) - k_out :]]).sum())
-        bound = epsilon_lower_bound(delta, k, correct, len(scores), level)
+        bound = epsilon_lower_bound(delta=delta, guesses=k, correct=correct, canaries=len(scores), confidence=level)
         if bound > best.epsilon_lower_bound:
             best = AuditResult(bound, k, correct, len(scores), k_in, k_out)
     return best

@@ -23,9 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from featdiff.diffusion.objective import Weighting, denoising_loss
-from featdiff.diffusion.parameterization import Prediction
-from featdiff.diffusion.schedules import NoiseSchedule
+from featdiff.diffusion.objective import DenoisingObjective
 
 Gradients = dict[str, Tensor]
 """Parameter name -> per-example gradients (B, *shape), or a summed gradient (*shape)."""
@@ -35,17 +33,8 @@ def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
 
 
-def functorch_gradients(
-    model: nn.Module,
-    x0: Tensor,
-    y: Tensor,
-    t: Tensor,
-    noise: Tensor,
-    schedule: NoiseSchedule,
-    prediction: Prediction = "eps",
-    weighting: Weighting = "none",
-) -> Gradients:
-    """Per-example gradients (B, ...) of `denoising_loss` (each example's mean over its K draws)."""
+def functorch_gradients(model: nn.Module, x0: Tensor, y: Tensor, t: Tensor, noise: Tensor, objective: DenoisingObjective) -> Gradients:
+    """Per-example gradients (B, ...) of `objective.loss` (each example's mean over its K draws)."""
     params = {name: p.detach() for name, p in trainable(model).items()}
     frozen = {name: p.detach() for name, p in model.named_parameters() if name not in params}
     buffers = dict(model.named_buffers())
@@ -54,28 +43,19 @@ def functorch_gradients(
         def denoiser(x_t: Tensor, t_: Tensor, y_: Tensor) -> Tensor:
             return functional_call(model, (params, frozen, buffers), (x_t, t_, y_))
 
-        return denoising_loss(denoiser, x0[None], y[None], t[None], noise[None], schedule, prediction, weighting)[0]
+        return objective.loss(denoiser, x0[None], y[None], t[None], noise[None])[0]
 
     return vmap(grad(single), in_dims=(None, 0, 0, 0, 0))(params, x0, y, t, noise)
 
 
-def opacus_gradients(
-    model: nn.Module,
-    x0: Tensor,
-    y: Tensor,
-    t: Tensor,
-    noise: Tensor,
-    schedule: NoiseSchedule,
-    prediction: Prediction = "eps",
-    weighting: Weighting = "none",
-) -> Gradients:
+def opacus_gradients(model: nn.Module, x0: Tensor, y: Tensor, t: Tensor, noise: Tensor, objective: DenoisingObjective) -> Gradients:
     """The same per-example gradients through Opacus's hooks (one forward over (B, K, D))."""
     from opacus import GradSampleModule
 
     wrapped = GradSampleModule(model, loss_reduction="sum")
     try:
         wrapped.zero_grad(set_to_none=True)
-        denoising_loss(wrapped, x0, y, t, noise, schedule, prediction, weighting).sum().backward()
+        objective.loss(wrapped, x0, y, t, noise).sum().backward()
         return {name: p.grad_sample.detach().clone() for name, p in trainable(model).items()}
     finally:
         wrapped.zero_grad(set_to_none=True)
@@ -95,9 +75,10 @@ def clipped_sum(gradients: Gradients, clip_norm: float) -> tuple[Gradients, Tens
 
 
 def noised_mean(
-    summed: Gradients, clip_norm: float, noise_multiplier: float, expected_batch: float, generator: torch.Generator | None
+    summed: Gradients, *, clip_norm: float, noise_multiplier: float, expected_batch: float, generator: torch.Generator
 ) -> Gradients:
-    """(Σ clipped + N(0, σ²C²·I)) / (q·N): the private gradient."""
+    """(Σ clipped + N(0, σ²C²·I)) / (q·N): the private gradient. `generator` is the private one
+    (`featdiff.privacy.noise`): whoever can replay it can subtract the noise."""
     return {
         name: (g + noise_multiplier * clip_norm * torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device))
         / expected_batch
@@ -113,7 +94,7 @@ def apply_private_gradients(model: nn.Module, gradients: Gradients, optimizer: t
     optimizer.zero_grad(set_to_none=True)
 
 
-PerExampleGradients = Callable[..., Gradients]
+PerExampleGradients = Callable[[nn.Module, Tensor, Tensor, Tensor, Tensor, DenoisingObjective], Gradients]
 PATHS: dict[str, PerExampleGradients] = {"functorch": functorch_gradients, "opacus": opacus_gradients}
 
 
@@ -124,9 +105,8 @@ def chunked_clipped_sum(
     y: Tensor,
     t: Tensor,
     noise: Tensor,
-    schedule: NoiseSchedule,
-    prediction: Prediction,
-    weighting: Weighting,
+    objective: DenoisingObjective,
+    *,
     clip_norm: float,
     chunk: int = 128,
 ) -> tuple[Gradients, Tensor]:
@@ -136,7 +116,7 @@ def chunked_clipped_sum(
     norms = []
     for start in range(0, len(x0), chunk):
         part = slice(start, start + chunk)
-        gradients = PATHS[path](model, x0[part], y[part], t[part], noise[part], schedule, prediction, weighting)
+        gradients = PATHS[path](model, x0[part], y[part], t[part], noise[part], objective)
         summed, part_norms = clipped_sum(gradients, clip_norm)
         for name in total:
             total[name] += summed[name]

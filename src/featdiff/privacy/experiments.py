@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from featdiff.config import ClassifierConfig, PrivacyConfig, RunConfig
+from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings
 from featdiff.privacy.audit import one_run_audit
 from featdiff.privacy.dp_promise import fit_private_generator, private_records
@@ -41,7 +43,7 @@ from featdiff.privacy.membership import (
     tpr_bound,
 )
 from featdiff.privacy.plan import PrivacyPlan, plan_privacy
-from featdiff.seeding import reset_parameters
+from featdiff.seeding import named_generator, reset_parameters
 from featdiff.training.classifier import WeightedFeatures, classifier_state, train_classifier
 
 CANDIDATE_TIMESTEPS = (10, 25, 50, 100, 200, 300, 500)
@@ -73,23 +75,39 @@ def _ceilings(plan: PrivacyPlan) -> dict:
 
 
 def membership_attacks(
-    config: RunConfig, features: Tensor, labels: Tensor, num_classes: int, device: torch.device, shadows: int = 4, seed: int = 0
+    config: RunConfig, features: Tensor, labels: Tensor, *, num_classes: int, device: torch.device, shadows: int = 4, seed: int = 0
 ) -> dict:
     """Every attack's metrics against a target trained on half the records (see module docstring).
-    `shadows` must be even (complementary pairs of halves) or 0 (no LiRA)."""
+    `shadows` must be even (complementary pairs of halves) or 0 (no LiRA). Each random choice has
+    its own named stream of `seed` ("membership …")."""
     if shadows % 2:
         raise ValueError(f"shadows must be even (complementary pairs of halves), got {shadows}")
-    generator = torch.Generator().manual_seed(seed)
-    members = halves_per_class(labels, generator)
-    calibration = torch.rand(len(labels), generator=generator) < 0.2
+    members = halves_per_class(labels, named_generator(seed, "membership target halves"))
+    calibration = torch.rand(len(labels), generator=named_generator(seed, "membership calibration split")) < 0.2
     plan = _plan(config, int(members.sum()), features.shape[1])
     diffusion, privacy = config.diffusion, config.privacy
-    target = fit_private_generator(features[members], labels[members], num_classes, privacy, diffusion, plan, seed, device)
+    objective = DenoisingObjective.of(diffusion)
+
+    def fit(chosen: Tensor, chosen_plan: PrivacyPlan, stream: str) -> FeatureGenerator:
+        return fit_private_generator(
+            features[chosen],
+            labels[chosen],
+            num_classes=num_classes,
+            privacy=privacy,
+            diffusion=diffusion,
+            plan=chosen_plan,
+            seed=seed,
+            device=device,
+            stream=stream,
+        )
+
+    target = fit(members, plan, "membership target")
     records = private_records(features, privacy.norm_bound)
-    prediction, weighting = diffusion.resolved_prediction(), diffusion.resolved_weighting()
 
     def loss_scores(model, timesteps) -> np.ndarray:
-        scores = denoiser_loss_scores(model, records, labels, target.schedule, timesteps, LOSS_DRAWS, seed + 1, prediction, weighting)
+        scores = denoiser_loss_scores(
+            model, records, labels, objective=objective, timesteps=timesteps, draws=LOSS_DRAWS, seed=seed, stream="membership loss draws"
+        )
         return scores.numpy()
 
     by_timestep = {}
@@ -107,11 +125,10 @@ def membership_attacks(
     for index in range(shadows):
         # Shadows come in complementary pairs, so every record is out of half of them.
         if index % 2 == 0:
-            half = halves_per_class(labels, torch.Generator().manual_seed(seed * 1000 + 100 + index))
+            half = halves_per_class(labels, named_generator(seed, f"membership shadow halves {index // 2}"))
         else:
             half = ~half
-        shadow_plan = _plan(config, int(half.sum()), features.shape[1])
-        shadow = fit_private_generator(features[half], labels[half], num_classes, privacy, diffusion, shadow_plan, seed + 1 + index, device)
+        shadow = fit(half, _plan(config, int(half.sum()), features.shape[1]), f"membership shadow {index}")
         shadow_scores.append(loss_scores(shadow.denoiser, chosen))
         shadow_mask.append(half.numpy())
     if shadows:
@@ -119,16 +136,19 @@ def membership_attacks(
         results["lira_offline"] = attack_metrics(lira[inside], lira[outside]) | {"shadows": shadows}
 
     counts = torch.full((num_classes,), privacy.release_per_class)
-    released, released_labels = target.generate(counts, SamplerSettings.of(diffusion), torch.Generator(device=device).manual_seed(seed))
+    released, released_labels = target.generate(
+        counts, SamplerSettings.of(diffusion), named_generator(seed, "membership release sampling", device)
+    )
     clipped = records / plan.feature_scale
     distance = distance_scores(clipped, released).numpy()
     results["distance_to_release"] = attack_metrics(distance[inside], distance[outside])
 
     classifier = torch.nn.Linear(features.shape[1], num_classes)
-    reset_parameters(classifier, torch.Generator().manual_seed(seed))
+    reset_parameters(classifier, named_generator(seed, "membership release classifier initialisation"))
     recipe = ClassifierConfig(epochs=100, batch_size=256)
     data = WeightedFeatures(released, released_labels, torch.ones(len(released_labels)))
-    train_classifier(classifier_state(classifier, len(data), recipe, torch.Generator().manual_seed(seed)), data, recipe)
+    order = named_generator(seed, "membership release classifier data order")
+    train_classifier(classifier_state(classifier, len(data), recipe, order), data, recipe)
     ce = classifier_loss_scores(classifier, clipped, labels).numpy()
     results["classifier_on_release_loss"] = attack_metrics(ce[inside], ce[outside])
     results["ceiling"] = _ceilings(plan)
@@ -152,6 +172,27 @@ def scaled_to(privacy: PrivacyConfig, full_size: int, size: int) -> PrivacyConfi
     return privacy.model_copy(update={"phase_one_batch": batch(privacy.phase_one_batch), "phase_two_batch": batch(privacy.phase_two_batch)})
 
 
+Phase = Literal["one", "two", "both"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditSpec:
+    """What one canary audit runs: which `phase` ("one" or "two" alone, or "both"), `canaries`
+    (m), the `seed` of its streams, `records` (audit the config's mechanism on a random subset of
+    that many records, batches scaled by `scaled_to`; None: all of them) and `noise_off` (the
+    negative control: clipping kept, no noise, the same ε claimed)."""
+
+    phase: Phase
+    canaries: int = 500
+    seed: int = 0
+    records: int | None = None
+    noise_off: bool = False
+
+    def __post_init__(self) -> None:
+        if self.phase not in ("one", "two", "both"):
+            raise ValueError(f"phase must be 'one', 'two' or 'both', got {self.phase!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class AuditSetup:
     """What one audit trains on: the canaries and which are in, the records, the mechanism and its claim."""
@@ -167,27 +208,26 @@ class AuditSetup:
     full_noise_multiplier: float | None
 
 
-def audit_setup(
-    config: RunConfig, features: Tensor, labels: Tensor, num_classes: int, phase: str, canaries: int, seed: int, records: int | None
-) -> AuditSetup:
-    """The canaries and inclusion bits, then the record subset, from one seeded stream: audits with
-    the same seed, canary count and subset size share canaries and records (and so a reference)."""
-    if phase not in ("one", "two", "both"):
-        raise ValueError(f"phase must be 'one', 'two' or 'both', got {phase!r}")
-    generator = torch.Generator().manual_seed(seed)
-    canary_x, canary_y = make_canaries(canaries, features.shape[1], num_classes, config.privacy.norm_bound, generator)
-    included = torch.rand(canaries, generator=generator) < 0.5
+def audit_setup(config: RunConfig, features: Tensor, labels: Tensor, *, num_classes: int, spec: AuditSpec) -> AuditSetup:
+    """The canaries, their inclusion bits and the record subset, each from its own named stream
+    of the spec's seed: audits with the same seed, canary count and subset size share canaries and
+    records (and so a reference)."""
+    seed, canaries = spec.seed, spec.canaries
+    canary_x, canary_y = make_canaries(
+        canaries, features.shape[1], num_classes, config.privacy.norm_bound, named_generator(seed, "audit canaries")
+    )
+    included = torch.rand(canaries, generator=named_generator(seed, "audit canary inclusion")) < 0.5
     privacy = config.privacy
-    if phase == "two":
+    if spec.phase == "two":
         privacy = privacy.model_copy(update={"phase_one_epochs": 0.0})
     full_plan = plan_privacy(privacy, config.diffusion, len(features), features.shape[1])
-    if records is not None and records < len(features):
-        subset = torch.randperm(len(features), generator=generator)[:records]
-        privacy = scaled_to(privacy, len(features), records + canaries // 2)
+    if spec.records is not None and spec.records < len(features):
+        subset = torch.randperm(len(features), generator=named_generator(seed, "audit record subset"))[: spec.records]
+        privacy = scaled_to(privacy, len(features), spec.records + canaries // 2)
         features, labels = features[subset], labels[subset]
     plan = plan_privacy(privacy, config.diffusion, len(features) + canaries // 2, features.shape[1])
     claimed = plan.epsilon
-    if phase == "one":
+    if spec.phase == "one":
         # Phase I alone: no Phase II step runs, and only Phase I's ε is claimed.
         claimed = plan.table()["phase_one"][plan.accountant]
         plan = dataclasses.replace(plan, phase_two=dataclasses.replace(plan.phase_two, steps=0))
@@ -195,83 +235,96 @@ def audit_setup(
     return AuditSetup(canary_x, canary_y, included, features, labels, privacy, plan, claimed, full_sigma)
 
 
+def _fit_audited(
+    config: RunConfig, setup: AuditSetup, x: Tensor, y: Tensor, *, num_classes: int, device: torch.device, spec: AuditSpec, noise_off: bool
+) -> FeatureGenerator:
+    """One training run of the audit's mechanism. The audited run and its reference share every
+    seeded stream ("canary audit/…"), so they differ only in the canaries and the private noise."""
+    return fit_private_generator(
+        x,
+        y,
+        num_classes=num_classes,
+        privacy=setup.privacy,
+        diffusion=config.diffusion,
+        plan=setup.plan,
+        seed=spec.seed,
+        device=device,
+        stream="canary audit",
+        noise_off=noise_off,
+    )
+
+
 def audit_reference(
-    config: RunConfig,
-    features: Tensor,
-    labels: Tensor,
-    num_classes: int,
-    device: torch.device,
-    phase: str,
-    canaries: int,
-    seed: int,
-    records: int | None,
+    config: RunConfig, features: Tensor, labels: Tensor, *, num_classes: int, device: torch.device, spec: AuditSpec
 ) -> FeatureGenerator:
     """A canary-free run on the audit's records with the noise off: a reference that several audits
     of the same records can share. Any canary-free model keeps the audit valid (it is independent
     of the inclusion bits); one close to the audited runs gives the scores their power."""
-    setup = audit_setup(config, features, labels, num_classes, phase, canaries, seed, records)
-    return fit_private_generator(
-        setup.features, setup.labels, num_classes, setup.privacy, config.diffusion, setup.plan, seed, device, noise_off=True
-    )
+    setup = audit_setup(config, features, labels, num_classes=num_classes, spec=spec)
+    return _fit_audited(config, setup, setup.features, setup.labels, num_classes=num_classes, device=device, spec=spec, noise_off=True)
 
 
 def canary_audit(
     config: RunConfig,
     features: Tensor,
     labels: Tensor,
+    *,
     num_classes: int,
     device: torch.device,
-    phase: str,
-    canaries: int = 500,
-    noise_off: bool = False,
-    seed: int = 0,
-    records: int | None = None,
+    spec: AuditSpec,
     reference: FeatureGenerator | None = None,
 ) -> dict:
-    """ε_lo of one training run of `phase` ("one" or "two" alone, or "both") with its claimed ε.
+    """ε_lo of one training run of `spec.phase` with its claimed ε.
 
-    `records`: audit the config's mechanism on a random subset of that many records instead of
-    all of them, batches scaled (`scaled_to`) so the sampling rates, steps, σ and claimed ε are
-    the full run's. DP holds for every dataset; on a small one each canary weighs more in the
-    average gradient, which is what gives the negative control its power. `reference`: a
-    canary-free model of the same records (`audit_reference`); None trains one like the audited run."""
-    setup = audit_setup(config, features, labels, num_classes, phase, canaries, seed, records)
+    With `spec.records` the config's mechanism runs on a random subset of that many records, batches
+    scaled (`scaled_to`) so the sampling rates, steps, σ and claimed ε are the full run's. DP holds
+    for every dataset; on a small one each canary weighs more in the average gradient, which is
+    what gives the negative control its power. `reference`: a canary-free model of the same
+    records (`audit_reference`), shared by several audits; None trains one like the audited run
+    (`shared_reference` in the result says which)."""
+    setup = audit_setup(config, features, labels, num_classes=num_classes, spec=spec)
     privacy, plan, included = setup.privacy, setup.plan, setup.included
     canary_x, canary_y = setup.canary_x, setup.canary_y
     x = torch.cat([setup.features, canary_x[included]])
     y = torch.cat([setup.labels, canary_y[included]])
-    model = fit_private_generator(x, y, num_classes, privacy, config.diffusion, plan, seed, device, noise_off=noise_off)
+    fit = dict(num_classes=num_classes, device=device, spec=spec, noise_off=spec.noise_off)
+    model = _fit_audited(config, setup, x, y, **fit)
     # A reference run without any canary calibrates each canary's difficulty (as LiRA does):
     # the score is how much lower the audited model's loss is than the reference's.
+    shared_reference = reference is not None
     if reference is None:
-        reference = fit_private_generator(
-            setup.features, setup.labels, num_classes, privacy, config.diffusion, plan, seed, device, noise_off=noise_off
-        )
-    schedule = model.schedule
+        reference = _fit_audited(config, setup, setup.features, setup.labels, **fit)
     split = privacy.split_timestep
-    timesteps = [split + offset for offset in PHASE_ONE_OFFSETS] if phase == "one" else [t for t in PHASE_TWO_TIMESTEPS if t < split]
+    timesteps = [split + offset for offset in PHASE_ONE_OFFSETS] if spec.phase == "one" else [t for t in PHASE_TWO_TIMESTEPS if t < split]
     canary_records = private_records(canary_x, privacy.norm_bound)
-    score_labels = torch.full_like(canary_y, model.denoiser.null_class) if phase == "one" else canary_y
-    diffusion = config.diffusion
+    score_labels = torch.full_like(canary_y, model.denoiser.null_class) if spec.phase == "one" else canary_y
+    objective = DenoisingObjective.of(config.diffusion)
 
     def losses(denoiser) -> np.ndarray:
-        prediction, weighting = diffusion.resolved_prediction(), diffusion.resolved_weighting()
-        draws = 4 * LOSS_DRAWS
         return -denoiser_loss_scores(
-            denoiser, canary_records, score_labels, schedule, timesteps, draws, seed + 7, prediction, weighting
+            denoiser,
+            canary_records,
+            score_labels,
+            objective=objective,
+            timesteps=timesteps,
+            draws=4 * LOSS_DRAWS,
+            seed=spec.seed,
+            stream="canary audit loss draws",
         ).numpy()
 
     scores = losses(reference.denoiser) - losses(model.denoiser)
+    canaries = spec.canaries
     guesses = sorted({max(2, canaries // 10), canaries // 2, canaries})
-    audit = one_run_audit(scores, included.numpy(), plan.delta, guesses)
+    audit = one_run_audit(scores, included.numpy(), delta=plan.delta, guess_counts=guesses)
     claimed = setup.claimed
     return {
-        "phase": phase,
-        "noise_off": noise_off,
+        "phase": spec.phase,
+        "noise_off": spec.noise_off,
+        "reproducible_noise": privacy.reproducible_noise,
         "records": len(setup.labels),
-        "noise_multiplier": None if plan.phase_two is None or phase == "one" else plan.phase_two.noise_multiplier,
+        "noise_multiplier": None if plan.phase_two is None or spec.phase == "one" else plan.phase_two.noise_multiplier,
         "full_run_noise_multiplier": setup.full_noise_multiplier,
-        "shared_reference": reference is not None,
+        "shared_reference": shared_reference,
         "claimed_epsilon": claimed if not math.isinf(claimed) else None,
         "epsilon_lower_bound": audit.epsilon_lower_bound,
         "canaries": canaries,

@@ -24,9 +24,8 @@ from scipy.stats import beta as beta_distribution
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
-from featdiff.diffusion.objective import Weighting, denoising_loss
-from featdiff.diffusion.parameterization import Prediction
-from featdiff.diffusion.schedules import NoiseSchedule
+from featdiff.diffusion.objective import DenoisingObjective
+from featdiff.seeding import named_generator
 
 FPRS = (0.01, 0.001)
 
@@ -96,17 +95,18 @@ def denoiser_loss_scores(
     model: nn.Module,
     records: Tensor,
     labels: Tensor,
-    schedule: NoiseSchedule,
+    *,
+    objective: DenoisingObjective,
     timesteps: Sequence[int],
     draws: int,
     seed: int,
-    prediction: Prediction = "eps",
-    weighting: Weighting = "none",
+    stream: str = "membership loss draws",
     batch_size: int = 4096,
 ) -> Tensor:
     """−(mean denoising loss over `timesteps` × `draws`) per record, (N,). Draw j at timestep t
-    uses the same ε for every record (generated from `seed`), shared by members and non-members."""
-    generator = torch.Generator().manual_seed(seed)
+    uses the same ε for every record (from the named stream `stream` of `seed`), shared by
+    members and non-members, and by every model scored with the same seed and stream."""
+    generator = named_generator(seed, stream)
     noise = torch.randn(len(timesteps), draws, records.shape[1], generator=generator, dtype=records.dtype)
     t = torch.tensor(list(timesteps)).repeat_interleave(draws)
     shared = noise.flatten(0, 1)
@@ -116,9 +116,7 @@ def denoiser_loss_scores(
         x0 = records[start : start + batch_size].to(device)
         y = labels[start : start + batch_size].to(device)
         b = len(x0)
-        losses = denoising_loss(
-            model, x0, y, t.expand(b, -1).to(device), shared.expand(b, -1, -1).to(device), schedule, prediction, weighting
-        )
+        losses = objective.loss(model, x0, y, t.expand(b, -1).to(device), shared.expand(b, -1, -1).to(device))
         scores.append(-losses.cpu())
     return torch.cat(scores)
 

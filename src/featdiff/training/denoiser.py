@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from featdiff.config import DiffusionConfig
-from featdiff.diffusion.objective import denoising_loss, draw_timesteps_and_noise
+from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.diffusion.schedules import NoiseSchedule
 from featdiff.training.loop import StepFunction, apply_update, cosine_lr, run_steps
 from featdiff.training.state import ShuffledBatches, TrainState, make_ema
@@ -52,8 +52,9 @@ def denoiser_loss(
     draws: int = 1,
 ) -> Tensor:
     """Per-example loss (B,) of a batch at fresh draws of (t, ε) from `generator`."""
-    t, noise = draw_timesteps_and_noise(x0.shape[0], x0.shape[1], schedule.num_steps, draws, generator, x0.device, x0.dtype)
-    return denoising_loss(model, x0, labels, t, noise, schedule, config.resolved_prediction(), config.resolved_weighting())
+    objective = DenoisingObjective(schedule, config.resolved_prediction(), config.resolved_weighting())
+    t, noise = objective.draw(x0.shape[0], x0.shape[1], draws=draws, generator=generator, device=x0.device, dtype=x0.dtype)
+    return objective.loss(model, x0, labels, t, noise)
 
 
 def denoiser_step(state: TrainState, features: Tensor, labels: Tensor, schedule: NoiseSchedule, config: DiffusionConfig) -> StepFunction:

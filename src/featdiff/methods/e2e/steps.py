@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from featdiff.config import DiffusionConfig, EndToEndConfig, FinetuneConfig, PseudoFilterConfig
-from featdiff.diffusion.objective import denoise, draw_timesteps_and_noise
+from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.diffusion.schedules import NoiseSchedule
 from featdiff.generation.filter import band_weights
 from featdiff.generation.pseudo import SamplerSettings
@@ -89,17 +89,9 @@ def diffusion_terms(
     standardised features, and the semantic terms on its x̂0 estimate z̃₀."""
     config, schedule = settings.e2e, settings.schedule
     scaled = model.standardizer.encode(features)
-    t, noise = draw_timesteps_and_noise(scaled.shape[0], scaled.shape[1], schedule.num_steps, 1, generator, scaled.device, scaled.dtype)
-    denoised = denoise(
-        model.denoiser,
-        scaled,
-        labels,
-        t,
-        noise,
-        schedule,
-        settings.diffusion.resolved_prediction(),
-        settings.diffusion.resolved_weighting(),
-    )
+    objective = DenoisingObjective(schedule, settings.diffusion.resolved_prediction(), settings.diffusion.resolved_weighting())
+    t, noise = objective.draw(scaled.shape[0], scaled.shape[1], generator=generator, device=scaled.device, dtype=scaled.dtype)
+    denoised = objective.denoise(model.denoiser, scaled, labels, t, noise)
     terms = {"ldm": denoised.loss.mean()}
     estimate, t = denoised.x0_estimate[:, 0], t[:, 0]
     time_weight = semantic_timestep_weight(t, schedule, config.semantic_weighting, config.semantic_max_t).to(scaled.dtype)
