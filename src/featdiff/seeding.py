@@ -26,12 +26,6 @@ def named_generator(seed: int, name: str, device: torch.device | str = "cpu") ->
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-stage_generator = named_generator
-"""The stream named by a stage alone, as code written before streams were named by purpose calls
-it (privacy/dp_promise.py, methods/ldmlr_dp.py, benchmarks/privacy_audit.py); new code names the
-purpose too ("<stage>/<purpose>")."""
-
-
 @torch.no_grad()
 def reset_parameters(module: nn.Module, generator: torch.Generator) -> None:
     """PyTorch's default initialisation of every Linear, Conv1d/Conv2d and Embedding (without

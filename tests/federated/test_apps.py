@@ -188,6 +188,7 @@ def test_private_clients_claim_at_most_their_budget(make_config, tmp_path):
     config.write_text(text)
     results = run(config, tmp_path / "run")
     assert results["private"] and 9.0 <= results["warmup"]["max_client_epsilon"] <= 10.0
+    assert results["reproducible_noise"] is False  # the clients' DP noise came from OS entropy
     assert "refined" not in results  # the head refinement touches real features without DP
 
 

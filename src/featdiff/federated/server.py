@@ -102,6 +102,7 @@ class FederatedServer:
         results |= {
             "algorithm": self.fed.algorithm,
             "private": self.private,
+            "reproducible_noise": self.private and self.config.privacy.reproducible_noise,
             "client_counts": setup.client_counts.tolist(),
             "setup": self.run.stage_info("setup"),
             "wall_s": self.run.elapsed_s,

@@ -93,14 +93,11 @@ def stage_private_generator(context: MethodContext, plan: PrivacyPlan) -> Featur
     model = build_denoiser(records.shape[1], context.bundle.num_classes, diffusion)
     model = initialise(model, initialisation_generator(config.seed, STREAM)).to(device)
     size = len(train.labels)
-    if run.stage_done("dp_phase_one"):
-        model.load_state_dict(run.load_tensors("dp_phase_one.safetensors", stage="dp_phase_one"))
-    else:
+
+    def phase_one() -> tuple[dict[str, torch.Tensor], dict]:
         noise = phase_one_noise(config.seed, STREAM, privacy, device)
         state = phase_state(model, size=size, batch=privacy.phase_one_batch, lr=privacy.lr, ema_decay=diffusion.ema_decay, noise=noise)
-        resume = run.load_checkpoint("dp_phase_one")
-        if resume is not None:
-            state.load_state_dict(resume)
+        run.resume_into("dp_phase_one", state)
         with run.timed("dp_phase_one_s"):
             train_phase_one(
                 state,
@@ -111,8 +108,10 @@ def stage_private_generator(context: MethodContext, plan: PrivacyPlan) -> Featur
                 noise=noise,
                 checkpoint=lambda saved: run.save_checkpoint("dp_phase_one", saved),
             )
-        run.save_tensors("dp_phase_one.safetensors", model.state_dict())
-        run.mark_done("dp_phase_one")
+        return model.state_dict(), {}
+
+    weights, _ = run.stage("dp_phase_one", phase_one)
+    model.load_state_dict(weights)
     noise = phase_two_noise(config.seed, STREAM, privacy, device)
     state = phase_state(
         model,
@@ -123,12 +122,9 @@ def stage_private_generator(context: MethodContext, plan: PrivacyPlan) -> Featur
         noise=noise,
         draws=phase_two_draws(config.seed, STREAM, device),
     )
-    if run.stage_done("dp_phase_two"):
-        state.ema.module.load_state_dict(run.load_tensors("dp_denoiser.safetensors", stage="dp_phase_two"))
-    else:
-        resume = run.load_checkpoint("dp_phase_two")
-        if resume is not None:
-            state.load_state_dict(resume)
+
+    def phase_two() -> tuple[dict[str, torch.Tensor], dict]:
+        run.resume_into("dp_phase_two", state)
         with run.timed("dp_phase_two_s"):
             train_phase_two(
                 state,
@@ -140,8 +136,10 @@ def stage_private_generator(context: MethodContext, plan: PrivacyPlan) -> Featur
                 noise=noise,
                 checkpoint=lambda saved: run.save_checkpoint("dp_phase_two", saved),
             )
-        run.save_tensors("dp_denoiser.safetensors", state.ema.module.state_dict())
-        run.mark_done("dp_phase_two")
+        return state.ema.module.state_dict(), {}
+
+    denoiser, _ = run.stage("dp_phase_two", phase_two, file="dp_denoiser.safetensors")
+    state.ema.module.load_state_dict(denoiser)
     return generator_for(state.ema.module, plan, objective)
 
 
@@ -263,17 +261,17 @@ def run(context: MethodContext) -> MethodResult:
         ldmlr_pseudo = stage_control_pseudo_features(context, pseudo_counts(context.train_counts, config.generation))
         controls["ldmlr"], _ = retrain_with_pseudo(context, "ldmlr_classifier", context.encoder, context.encoded, *ldmlr_pseudo)
     generator = stage_private_generator(context, plan)
-    if context.run.stage_done("dp_generation"):
-        stored = context.run.load_tensors("dp_pseudo_features.safetensors", stage="dp_generation")
-        pseudo, labels = stored["features"], stored["labels"]
-    else:
+
+    def release() -> tuple[dict[str, torch.Tensor], dict]:
         counts = torch.full((bundle.num_classes,), config.privacy.release_per_class)
         with context.run.timed("dp_generation_s"):
-            pseudo, labels = generator.generate(
+            features, labels = generator.generate(
                 counts, SamplerSettings.of(config.diffusion), named_generator(config.seed, f"{STREAM}/release sampling", context.device)
             )
-        context.run.save_tensors("dp_pseudo_features.safetensors", {"features": pseudo, "labels": labels})
-        context.run.mark_done("dp_generation")
+        return {"features": features, "labels": labels}, {}
+
+    stored, _ = context.run.stage("dp_generation", release, file="dp_pseudo_features.safetensors")
+    pseudo, labels = stored["features"], stored["labels"]
     summary, extra = retrain_with_pseudo(context, "classifier", context.encoder, context.encoded, pseudo, labels)
     alone = WeightedFeatures(pseudo, labels, torch.ones(len(labels)))
     classifier = retrain_classifier(context, "dp_pseudo_classifier", context.encoder, alone, random_init=True)
