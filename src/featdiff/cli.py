@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> None:
     )
     print(results_table(rows))
     if "privacy" in results:  # a private method's ledger: what its guarantee covers
-        from featdiff.methods.ldmlr_dp import guarantee_summary
+        from featdiff.methods.ldmlr_dp.method import guarantee_summary
 
         print(f"\n{guarantee_summary(results['privacy'])}")
     print(f"\nresults: {run.directory / 'results.json'}  ({results['wall_s']:.1f} s)")
@@ -97,7 +97,7 @@ def _privacy(args: argparse.Namespace) -> None:
             "set method: ldmlr_dp (or --set method=ldmlr_dp) to plan a private run "
             "(a private federated run reports each client's ε in its results instead)"
         )
-    from featdiff.methods.ldmlr_dp import noise_source, plan_for_config
+    from featdiff.methods.ldmlr_dp.method import noise_source, plan_for_config
 
     plan = plan_for_config(config)
     privacy = config.privacy

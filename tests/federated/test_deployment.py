@@ -99,6 +99,7 @@ def assert_same_run(expected: Path, got: Path) -> None:
         assert [entry[key] for entry in rounds[0]] == [entry[key] for entry in rounds[1]], key
 
 
+@pytest.mark.slow
 def test_the_simulation_engine_gives_the_in_process_weights_and_leaves_nothing_behind(make_config, tmp_path):
     """`featdiff federated --engine simulation` as a user runs it: the in-process weights, no
     deprecation warning, and no Ray session left in the temporary folder (Ray's default
@@ -210,6 +211,7 @@ class LosingANode(InProcessGrid):
         return super().push_messages([m for m in messages if self.contexts[m.metadata.dst_node_id].node_config["partition-id"] != KILLED])
 
 
+@pytest.mark.slow
 def test_an_installed_featdiff_on_a_superlink_gives_the_in_process_weights_and_survives_a_killed_supernode(
     make_config, tmp_path, federation
 ):

@@ -34,6 +34,7 @@ def test_sets(data_root):
     return {name: load_packed(data_root / f"{name}_test.npz") for name in ("cifar10", "cifar100")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("dataset", "imbalance", "top1", "top1_adjusted", "groups", "groups_adjusted"), CASES)
 def test_shipped_encoder_reproduces_published_accuracy(
     data_root, test_sets, dataset, imbalance, top1, top1_adjusted, groups, groups_adjusted

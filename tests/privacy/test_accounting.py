@@ -51,6 +51,7 @@ def test_dp_promise_configs_clt_reproduces_the_paper_and_tight_accounting_does_n
     assert tight_epsilon(phases, delta) == pytest.approx(tight, abs=0.02)
 
 
+@pytest.mark.slow
 def test_tight_epsilon_agrees_with_dp_accountings_pld_on_random_two_phase_settings():
     import dp_accounting
     from dp_accounting.pld import PLDAccountant

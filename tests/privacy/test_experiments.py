@@ -91,6 +91,7 @@ def test_the_audit_catches_a_run_without_noise_and_not_one_with_it():
     assert private["epsilon_lower_bound"] < private["claimed_epsilon"], private
 
 
+@pytest.mark.slow
 def test_membership_attacks_report_every_attack_beside_its_ceiling():
     features, labels = clusters(30)
     config = small_config(3.0, 2)
@@ -106,6 +107,7 @@ def test_membership_attacks_report_every_attack_beside_its_ceiling():
         membership_attacks(config, features, labels, num_classes=4, device=CPU, shadows=3)
 
 
+@pytest.mark.slow
 def test_membership_attacks_find_a_memorising_denoiser():
     """Not private, few records, many epochs: the loss attack must separate members clearly."""
     features, labels = clusters(25, dim=16, seed=1)

@@ -55,6 +55,7 @@ def test_privacy_command_prints_both_accountants_and_the_calibrated_noise():
     assert "claimed (prv)" in result.stdout
 
 
+@pytest.mark.slow
 def test_privacy_command_says_when_the_noise_is_seeded():
     assert "operating system's entropy" in featdiff("privacy", CONFIG).stdout
     result = featdiff("privacy", CONFIG, "--set", "privacy.reproducible_noise=true")
@@ -111,6 +112,7 @@ def test_digits_private_run_reports_its_ledger_and_controls(default_runs):
     assert len(summary) == 1 and f"ε = {ledger['epsilon']:.3g}" in summary[0] and "covers the row dp_pseudo_only only" in summary[0]
 
 
+@pytest.mark.slow
 def test_two_runs_with_the_same_seed_draw_different_noise(default_runs):
     first, second, _ = default_runs
     a, b = load_file(first / "dp_denoiser.safetensors"), load_file(second / "dp_denoiser.safetensors")
@@ -122,6 +124,7 @@ def test_two_runs_with_the_same_seed_draw_different_noise(default_runs):
         assert all(x[key].equal(y[key]) for key in x), name
 
 
+@pytest.mark.slow
 def test_reproducible_noise_replays_a_run_bit_for_bit_and_says_what_that_costs(tmp_path):
     seeded = [*FAST, "--set", "privacy.reproducible_noise=true", "--set", "privacy.ldmlr_control=false"]
     outputs = []

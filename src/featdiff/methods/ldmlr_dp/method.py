@@ -1,21 +1,10 @@
-"""`ldmlr_dp`: LDMLR with a differentially private denoiser, trained in dp-promise's two phases
-(`featdiff.privacy`), and a release of a fixed number of pseudo-features per class.
-
-Reported: the classifier retrained on real + DP pseudo-features (the LDMLR use: the classifier
-itself saw the private features, so only the denoiser and the pseudo-features are private), and
-as controls `fc_retrain`, non-private `ldmlr` from the same run (`privacy.ldmlr_control`), and
-`dp_pseudo_only`, a classifier trained on the released pseudo-features alone (randomly
-initialised), which is as private as the release. `privacy` in results.json is the ledger: mechanism, (ε, δ) under both
-accountants, steps and sampling rates per phase, σ, C, R, S, K, where the noise came from, and
-exactly which files and result rows the guarantee covers. The non-private control's denoiser and
-pseudo-features live apart, in `control/`, so they cannot be mistaken for the release.
-"""
+"""The stages of `ldmlr_dp` (the method's rules and entry point are its package's __init__)."""
 
 from __future__ import annotations
 
 import torch
 
-from featdiff.config import PrivacyConfig, RunConfig, privacy_rules
+from featdiff.config import PrivacyConfig, RunConfig
 from featdiff.data.bundle import load_dataset
 from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.features import EncodedDataset, FeatureSet
@@ -47,9 +36,6 @@ from featdiff.runs import StageOutput
 from featdiff.seeding import initialise, named_generator
 from featdiff.training.classifier import WeightedFeatures
 
-rules = privacy_rules
-"""A private method: the privacy section's rules apply (featdiff.method_catalog)."""
-
 STREAM = "ldmlr_dp"
 """The prefix of every random stream of the private denoiser (`featdiff.privacy.dp_promise`)."""
 CONTROL = "control"
@@ -76,11 +62,6 @@ def plan_for_config(config: RunConfig) -> PrivacyPlan:
     bundle = load_dataset(config.data, seed=config.seed)
     feature_dim = int(encoder_for(bundle.name, bundle.num_classes, bundle.train.images.shape[1]).feature_dim)
     return plan_privacy(config.privacy, config.diffusion, len(bundle.train.labels), feature_dim)
-
-
-def preflight(config: RunConfig) -> None:
-    """Refuse a budget the config cannot meet before anything is written."""
-    plan_for_config(config)
 
 
 def stage_private_generator(context: MethodContext, plan: PrivacyPlan) -> FeatureGenerator:
