@@ -24,7 +24,8 @@ def rows(new: dict, committed: dict) -> list[str]:
                 mean, std = old["mean"], old["std"]
                 within = abs(value - mean) <= std + 1e-9
                 verdict = "yes" if within else f"no ({(value - mean) / std:+.1f} std)" if std else "no"
-                lines.append(f"| {split} | {method} | {'adjusted' if kind == 'acc_adjusted' else 'plain'} | {value:.2f} | {mean:.2f} ± {std:.2f} | {verdict} |")
+                accuracy = "adjusted" if kind == "acc_adjusted" else "plain"
+                lines.append(f"| {split} | {method} | {accuracy} | {value:.2f} | {mean:.2f} ± {std:.2f} | {verdict} |")
     return lines
 
 
