@@ -36,7 +36,8 @@ def test_a_config_with_every_section_changed_round_trips(tmp_path):
         "name": "everything",
         "method": "e2e",
         "seed": 7,
-        "data": {"dataset": "cifar100", "imbalance_factor": 50, "validation_fraction": 0.1},
+        "data": {"dataset": "cifar100", "imbalance_factor": 50, "train_holdout_fraction": 0.1},
+        "evaluation": {"validation_fraction": 0.3, "validation_seed": 4},
         "encoder": {"milestones": [3, 5], "lr": "1e-2"},
         "diffusion": {"faithful": True, "scaling": "standardize", "sample_steps": 20, "lr": 2e-4},
         "generation": {"count_rule": "balanced", "floor": 0},
@@ -129,13 +130,21 @@ def test_wrong_types_and_choices_name_their_key(values, fragments):
     rejects(values, *fragments)
 
 
+def test_the_train_holdout_keeps_its_old_name_in_saved_configs():
+    """Configs written before the test set's validation part existed call the training holdout
+    data.validation_fraction; they still load, as the renamed key."""
+    assert config_from_dict({"data": {"validation_fraction": 0.25}}).data.train_holdout_fraction == 0.25
+
+
 @pytest.mark.parametrize(
     "values, key",
     [
         ({"name": ""}, "name"),
         ({"name": "a/b"}, "name"),
         ({"data": {"imbalance_factor": 0.5}}, "data.imbalance_factor"),
-        ({"data": {"validation_fraction": 1.0}}, "data.validation_fraction"),
+        ({"data": {"train_holdout_fraction": 1.0}}, "data.train_holdout_fraction"),
+        ({"evaluation": {"validation_fraction": 0.0}}, "evaluation.validation_fraction"),
+        ({"evaluation": {"validation_fraction": 1.0}}, "evaluation.validation_fraction"),
         ({"encoder": {"epochs": 0}}, "encoder.epochs"),
         ({"encoder": {"lr": 0}}, "encoder.lr"),
         ({"encoder": {"augment_padding": -1}}, "encoder.augment_padding"),

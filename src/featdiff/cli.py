@@ -76,11 +76,13 @@ def _run(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         raise Interrupted(run.directory) from None
     rows = {**results["controls"], results["method"]: results}
+    parts = results["test_parts"]
     print(
-        f"\n{results['dataset']}, imbalance factor {results['imbalance_factor']:g}, seed {results['seed']}, "
-        f"final epoch, top-1 % on the test set (adj. = logit-adjusted by the training prior)\n"
+        f"\n{results['dataset']}, imbalance factor {results['imbalance_factor']:g}, seed {results['seed']}, final epoch, "
+        f"top-1 % on the report part of the test set ({parts['report']} images; adj. = logit-adjusted by the training prior; "
+        f"tuned = logits − τ·log(real prior), τ chosen on the {parts['validation']}-image validation part)\n"
     )
-    print(results_table(rows))
+    print(results_table(rows, part="report"))
     if "privacy" in results:  # a private method's ledger: what its guarantee covers
         from featdiff.methods.ldmlr_dp.method import guarantee_summary
 

@@ -68,8 +68,34 @@ class DataConfig(_Section):
     """n_max / n_min."""
     source: Literal["ldmlr-packed", "ldmlr-official", "ldam-official"] = "ldmlr-packed"
     root: str = "../shared/data/cifar-lt"
-    validation_fraction: Float = Field(0.0, ge=0, lt=1)
-    """Share of each class's training images held out for validation (never the test set)."""
+    train_holdout_fraction: Float = Field(0.0, ge=0, lt=1)
+    """Share of each class's training images held out of training and scored as `train_holdout`.
+    Not a validation set for choosing knobs: the shipped encoders memorised their training
+    images, so held-out training images are not test-like (that is `evaluation`'s validation part).
+    Configs written before the rename say `validation_fraction`; it is read as this key."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_holdout(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "validation_fraction" in values and "train_holdout_fraction" not in values:
+            values = dict(values)
+            values["train_holdout_fraction"] = values.pop("validation_fraction")
+        return values
+
+
+class EvaluationConfig(_Section):
+    """The validation protocol (`featdiff.evaluation.protocol`): each class's test images are split
+    once into a validation part, on which every knob is chosen, and a disjoint report part, which
+    the tables report. Every summary in results.json has both (`validation`, `report`) besides the
+    full test set, and `tuned`: logit adjustment with τ chosen on the validation part."""
+
+    validation_fraction: Float = Field(0.2, gt=0, lt=1)
+    """Share of every class's test images in the validation part (the rest is the report part)."""
+    validation_seed: int = 0
+    """Seeds the split, not the run's seed: every run and seed of a dataset sees the same parts."""
+    shuffle_report_labels: bool = False
+    """A check of the protocol, not a setting: the report part is scored against permuted labels
+    (its numbers become meaningless); every validation number and every choice must not change."""
 
 
 class EncoderConfig(_Section):
@@ -468,6 +494,7 @@ class RunConfig(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)

@@ -38,7 +38,7 @@ class EncodedDataset:
 
     train: FeatureSet
     test: FeatureSet
-    validation: FeatureSet | None
+    train_holdout: FeatureSet | None
 
 
 def _digest(*parts: bytes) -> str:
@@ -125,33 +125,33 @@ def encode_dataset(
     device: torch.device,
     cache: Path | None = None,
 ) -> EncodedDataset:
-    """Extract (or load from the cache) the training, validation and test features."""
+    """Extract (or load from the cache) the training, train-holdout and test features."""
     key = _digest(
         encoder_fingerprint(model),
         images_fingerprint(bundle.train),
         images_fingerprint(bundle.test),
-        f"{config.style}|{config.augmented_views}|{seed}|{bundle.validation is not None}".encode(),
+        f"{config.style}|{config.augmented_views}|{seed}|holdout={bundle.train_holdout is not None}".encode(),
     )
     path = (cache or cache_dir()) / "features" / f"{key}.safetensors"
-    stored = _read_cache(path, with_validation=bundle.validation is not None)
+    stored = _read_cache(path, with_holdout=bundle.train_holdout is not None)
     if stored is None:
         train = _encode_views(model, bundle, bundle.train, config, seed, device)
         eval_config = FeatureConfig(style="eval", augmented_views=0)
         test = _encode_views(model, bundle, bundle.test, eval_config, seed, device)
         stored = {"train_x": train.features, "train_y": train.labels, "test_x": test.features, "test_y": test.labels}
-        if bundle.validation is not None:
-            validation = _encode_views(model, bundle, bundle.validation, eval_config, seed, device)
-            stored |= {"val_x": validation.features, "val_y": validation.labels}
+        if bundle.train_holdout is not None:
+            holdout = _encode_views(model, bundle, bundle.train_holdout, eval_config, seed, device)
+            stored |= {"holdout_x": holdout.features, "holdout_y": holdout.labels}
         atomic_save_tensors(path, stored)
-    validation = FeatureSet(stored["val_x"], stored["val_y"]) if "val_x" in stored else None
+    holdout = FeatureSet(stored["holdout_x"], stored["holdout_y"]) if "holdout_x" in stored else None
     return EncodedDataset(
         train=FeatureSet(stored["train_x"], stored["train_y"]),
         test=FeatureSet(stored["test_x"], stored["test_y"]),
-        validation=validation,
+        train_holdout=holdout,
     )
 
 
-def _read_cache(path: Path, with_validation: bool) -> dict[str, torch.Tensor] | None:
+def _read_cache(path: Path, with_holdout: bool) -> dict[str, torch.Tensor] | None:
     """The cached features, or None when there are none; a damaged file is deleted so it gets rebuilt.
 
     Cache files are written atomically, so damage means a disk problem or a hand-made copy: the
@@ -164,7 +164,7 @@ def _read_cache(path: Path, with_validation: bool) -> dict[str, torch.Tensor] | 
     except TENSOR_READ_ERRORS as error:
         problem = describe_error(error)
     else:
-        needed = (*_CACHED_KEYS, "val_x", "val_y") if with_validation else _CACHED_KEYS
+        needed = (*_CACHED_KEYS, "holdout_x", "holdout_y") if with_holdout else _CACHED_KEYS
         missing = [name for name in needed if name not in stored]
         if not missing and len(stored["train_x"]) == len(stored["train_y"]) and len(stored["test_x"]) == len(stored["test_y"]):
             return stored

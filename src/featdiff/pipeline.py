@@ -17,6 +17,7 @@ from torch import nn
 from featdiff.config import RunConfig, config_to_dict
 from featdiff.data.bundle import DatasetBundle, load_dataset
 from featdiff.errors import UserError
+from featdiff.evaluation.protocol import split_test_set
 from featdiff.features import encode_dataset
 from featdiff.io import atomic_save_tensors
 from featdiff.method_catalog import method_named
@@ -100,7 +101,10 @@ def execute(run: Run) -> dict:
     with run.timed("features_s"):
         encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
 
-    context = MethodContext(run, bundle, encoder, encoded, device, controls={})
+    evaluation = config.evaluation
+    shuffle = evaluation.shuffle_report_labels
+    parts = split_test_set(encoded.test.labels, evaluation.validation_fraction, evaluation.validation_seed, shuffle_report_labels=shuffle)
+    context = MethodContext(run, bundle, encoder, encoded, device, controls={}, parts=parts)
     if not starts_from_scratch(config) and not config.encoder.public:  # a random classifier's accuracy is no control
         context.controls["ce"] = evaluate_all(encoder.fc, encoded, context.real_prior, context)
     outcome = method.run(context)
@@ -113,6 +117,12 @@ def execute(run: Run) -> dict:
         **outcome.summary,
         "controls": {name: summary for name, summary in controls.items() if name != config.method},
         **outcome.extra,
+        "test_parts": {
+            "validation": len(parts.validation),
+            "report": len(parts.report),
+            "validation_seed": evaluation.validation_seed,
+            "report_labels_shuffled": evaluation.shuffle_report_labels,
+        },
         "train_counts": context.train_counts.tolist(),
         "stage_s": run.stage_seconds,
         "wall_s": run.elapsed_s,

@@ -25,14 +25,21 @@ def fmt_mean_std(values: Sequence[float | None]) -> str:
     return f"{mean:.2f} ± {std:.2f}"
 
 
-def results_table(rows: dict[str, dict]) -> str:
-    """One row per method: top-1 overall/many/medium/few, plain and logit-adjusted (%)."""
-    header = "| method | " + " | ".join(GROUPS) + " | " + " | ".join(f"{g} (adj.)" for g in GROUPS) + " |"
-    lines = [header, "|" + "---|" * (1 + 2 * len(GROUPS))]
+def results_table(rows: dict[str, dict], *, part: str | None = None) -> str:
+    """One row per method: top-1 overall/many/medium/few, plain and logit-adjusted (%), of the
+    whole summary or of one part of the test set (`part="report"`), which then adds the overall
+    accuracy with τ chosen on the validation part."""
+    tuned = part == "report"
+    header = "| method | " + " | ".join(GROUPS) + " | " + " | ".join(f"{g} (adj.)" for g in GROUPS) + (" | tuned (τ) |" if tuned else " |")
+    lines = [header, "|" + "---|" * (1 + 2 * len(GROUPS) + tuned)]
     for name, summary in rows.items():
-        plain = [fmt(summary["acc"][g]) for g in GROUPS]
-        adjusted = [fmt(summary["acc_adjusted"][g]) for g in GROUPS]
-        lines.append(f"| {name} | " + " | ".join(plain + adjusted) + " |")
+        scores = summary if part is None else summary[part]
+        plain = [fmt(scores["acc"][g]) for g in GROUPS]
+        adjusted = [fmt(scores["acc_adjusted"][g]) for g in GROUPS]
+        cells = plain + adjusted
+        if tuned:
+            cells.append(f"{fmt(summary['tuned']['report']['acc']['overall'])} ({summary['tuned']['tau']:g})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Everything a run needs to know about its dataset, from one config section.
 
-Bundles the train / validation / test image sets with the constants that belong to the dataset
+Bundles the train / train-holdout / test image sets with the constants that belong to the dataset
 (normalisation, augmentation padding, which group rule to report), so methods stay dataset-agnostic.
 """
 
@@ -27,7 +27,8 @@ class DatasetBundle:
     name: str
     train: ImageSet
     test: ImageSet
-    validation: ImageSet | None
+    train_holdout: ImageSet | None
+    """Training images held out of training (`data.train_holdout_fraction`), or None."""
     mean: tuple[float, ...]
     std: tuple[float, ...]
     flip: bool
@@ -51,7 +52,7 @@ class DatasetBundle:
         return augment
 
 
-def split_validation(train: ImageSet, fraction: float, generator: torch.Generator) -> tuple[ImageSet, ImageSet]:
+def split_train_holdout(train: ImageSet, fraction: float, generator: torch.Generator) -> tuple[ImageSet, ImageSet]:
     """Hold out round(fraction·n_c) images of every class (at least one stays in training)."""
     keep, held = [], []
     for c in range(train.num_classes):
@@ -70,15 +71,15 @@ def load_dataset(config: DataConfig, seed: int = 0) -> DatasetBundle:
     else:
         train, test = load_cifar_lt(config.dataset, config.imbalance_factor, Path(config.root), source=config.source)
         mean, std, flip = CIFAR_MEAN, CIFAR_STD, True
-    validation = None
-    if config.validation_fraction > 0:
+    train_holdout = None
+    if config.train_holdout_fraction > 0:
         generator = torch.Generator().manual_seed(seed)
-        train, validation = split_validation(train, config.validation_fraction, generator)
+        train, train_holdout = split_train_holdout(train, config.train_holdout_fraction, generator)
     return DatasetBundle(
         name=config.dataset,
         train=train,
         test=test,
-        validation=validation,
+        train_holdout=train_holdout,
         mean=mean,
         std=std,
         flip=flip,

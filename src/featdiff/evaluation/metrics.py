@@ -117,6 +117,17 @@ def summarize(
     return summary
 
 
+def accuracy_by_group(logits: torch.Tensor, labels: torch.Tensor, train_counts: torch.Tensor, *, index_groups: bool = False) -> dict:
+    """Top-1 % of `logits` overall and per many/medium/few group (`acc`), and per index group
+    (`acc_index`) when asked: the accuracies of `summarize` without per-class lists or ECE."""
+    correct = logits.detach().cpu().argmax(dim=1) == labels.cpu()
+    labels, train_counts = labels.cpu(), train_counts.cpu()
+    result = {"acc": {"overall": _percent(correct), **_group_accuracies(correct, labels, group_masks(train_counts, "shots"))}}
+    if index_groups:
+        result["acc_index"] = _group_accuracies(correct, labels, group_masks(train_counts, "index"))
+    return result
+
+
 def _group_accuracies(correct: torch.Tensor, labels: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict[str, float | None]:
     return {name: _percent(correct[mask[labels]]) for name, mask in masks.items()}
 

@@ -19,6 +19,7 @@ from featdiff.data.bundle import DatasetBundle
 from featdiff.diffusion.parameterization import Prediction
 from featdiff.evaluation.diagnostics import compare, plot_two_clouds
 from featdiff.evaluation.metrics import summarize
+from featdiff.evaluation.protocol import TestParts, part_summaries
 from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
 from featdiff.generation.filter import band_weights
 from featdiff.generation.pseudo import (
@@ -51,6 +52,8 @@ class MethodContext:
     device: torch.device
     controls: dict
     """Controls the pipeline evaluated before the method ran (`ce`, the encoder as it is)."""
+    parts: TestParts
+    """The test set's validation and report parts (`featdiff.evaluation.protocol`)."""
 
     @property
     def config(self) -> RunConfig:
@@ -76,19 +79,23 @@ class MethodResult:
     controls: dict
 
 
-def evaluate(classifier: nn.Module, features: FeatureSet, train_counts: torch.Tensor, prior: torch.Tensor, index_groups: bool) -> dict:
+def logits_of(classifier: nn.Module, features: FeatureSet) -> torch.Tensor:
     device = next(classifier.parameters()).device
     with torch.inference_mode():
-        logits = classifier(features.features.to(device)).cpu()
-    return summarize(logits, features.labels, train_counts, prior=prior, index_groups=index_groups)
+        return classifier(features.features.to(device)).cpu()
 
 
 def evaluate_all(classifier: nn.Module, encoded: EncodedDataset, prior: torch.Tensor, context: MethodContext) -> dict:
-    """Test-set summary, plus the validation split's when the run holds one out."""
-    index_groups = context.bundle.index_groups
-    result = evaluate(classifier, encoded.test, context.train_counts, prior, index_groups)
-    if encoded.validation is not None:
-        result["validation"] = evaluate(classifier, encoded.validation, context.train_counts, prior, index_groups)
+    """The full test set's summary (what the tables before the validation protocol report), its
+    `validation` and `report` parts', `tuned` (τ chosen on the validation part), and the
+    train holdout's when the run holds one out. `prior` is the prior the classifier was trained under."""
+    index_groups, counts = context.bundle.index_groups, context.train_counts
+    logits = logits_of(classifier, encoded.test)
+    result = summarize(logits, encoded.test.labels, counts, prior=prior, index_groups=index_groups)
+    result |= part_summaries(logits, encoded.test.labels, context.parts, counts, prior=prior, index_groups=index_groups)
+    if encoded.train_holdout is not None:
+        holdout = encoded.train_holdout
+        result["train_holdout"] = summarize(logits_of(classifier, holdout), holdout.labels, counts, prior=prior, index_groups=index_groups)
     return result
 
 

@@ -220,6 +220,6 @@ def run(context: MethodContext) -> MethodResult:
     if config.e2e.rebalance_features == "as_trained":
         generator = named_generator(config.seed, AS_TRAINED_STREAM)
         as_trained = features_as_trained(model.encoder, bundle, config.finetune, augment_padding(config), generator, device)
-        tuned_encoded = EncodedDataset(train=as_trained, test=tuned_encoded.test, validation=tuned_encoded.validation)
+        tuned_encoded = EncodedDataset(train=as_trained, test=tuned_encoded.test, train_holdout=tuned_encoded.train_holdout)
     result, retrained = retrain_with_pseudo(context, "classifier", model.encoder, tuned_encoded, pseudo_x, pseudo_y)
     return MethodResult(result, extra | retrained, {"e2e_joint_classifier": joint})

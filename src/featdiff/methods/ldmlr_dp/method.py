@@ -150,7 +150,7 @@ def clipped_to_bound(encoded: EncodedDataset, norm_bound: float) -> EncodedDatas
     def clip(split: FeatureSet | None) -> FeatureSet | None:
         return None if split is None else FeatureSet(clip_to_norm(split.features, norm_bound), split.labels)
 
-    return EncodedDataset(train=clip(encoded.train), test=clip(encoded.test), validation=clip(encoded.validation))
+    return EncodedDataset(train=clip(encoded.train), test=clip(encoded.test), train_holdout=clip(encoded.train_holdout))
 
 
 def noise_source(privacy: PrivacyConfig, seed: int) -> str:

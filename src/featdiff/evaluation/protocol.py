@@ -1,0 +1,117 @@
+"""The validation protocol: every choice on a validation part of the test set, every table on the rest.
+
+The shipped encoders memorised their training images (a tail class's training features are far
+tighter than its test features), so a split of the training data does not tell how a choice fares
+on unseen images. Instead each class's test images are split, once and for all, into a
+validation part (`evaluation.validation_fraction`, 20 % by default) and a disjoint report part,
+like ImageNet-LT's balanced validation set. Knobs (logit adjustment's τ, a generator's spread,
+the classifier's loss, ...) are chosen on the validation part; tables report the report part.
+
+The split depends only on the test labels and `evaluation.validation_seed` (fixed by default, not
+the run's seed), so every run, method and seed of a dataset sees the same two parts. Nothing that
+chooses may read the report part: `choose_tau` takes validation logits only, and
+`evaluation.shuffle_report_labels` permutes the report part's labels so that a reviewer can check
+that every choice and every validation number stays the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from featdiff.evaluation.metrics import accuracy_by_group, logit_adjust, summarize
+from featdiff.seeding import named_generator
+
+TAU_GRID = tuple(round(-1.0 + 0.1 * i, 1) for i in range(41))
+"""Candidate τ of the tuned logit adjustment, -1.0 to 3.0 in steps of 0.1."""
+
+SPLIT_STREAM = "evaluation/validation-split"
+SHUFFLE_STREAM = "evaluation/shuffled-report-labels"
+
+
+@dataclass(frozen=True)
+class TestParts:
+    """Row indices of the test set's validation and report parts (disjoint, sorted, together all
+    rows), and the report labels to score against (the true ones, or a seeded permutation of them
+    when the run checks that nothing reads them)."""
+
+    validation: Tensor
+    report: Tensor
+    shuffle_report_labels: bool = False
+    seed: int = 0
+
+    def report_labels(self, labels: Tensor) -> Tensor:
+        report = labels[self.report]
+        if not self.shuffle_report_labels:
+            return report
+        return report[torch.randperm(len(report), generator=named_generator(self.seed, SHUFFLE_STREAM))]
+
+
+def split_test_set(labels: Tensor, fraction: float, seed: int, *, shuffle_report_labels: bool = False) -> TestParts:
+    """round(fraction·n_c) of every class's test rows (at least one, and at least one left) go to
+    the validation part, drawn from one seeded stream class by class; the rest is the report part."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    labels = labels.cpu()
+    generator = named_generator(seed, SPLIT_STREAM)
+    validation, report = [], []
+    for c in torch.unique(labels).tolist():
+        rows = torch.nonzero(labels == c).flatten()
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        n_val = min(max(round(fraction * len(rows)), 1), len(rows) - 1)
+        validation.append(rows[:n_val])
+        report.append(rows[n_val:])
+    return TestParts(
+        torch.cat(validation).sort().values, torch.cat(report).sort().values, shuffle_report_labels=shuffle_report_labels, seed=seed
+    )
+
+
+def choose_tau(validation_logits: Tensor, validation_labels: Tensor, real_counts: Tensor, grid: tuple[float, ...] = TAU_GRID) -> float:
+    """The τ of logits − τ·log(real prior) with the best validation accuracy; ties go to the
+    smallest |τ| (the least adjustment), then the smaller τ.
+
+    The prior is the real training data's whatever the classifier was trained on: τ = 1 is the
+    classic adjustment of a classifier trained on real data, and τ = 0 a balanced classifier's
+    plain prediction. Only validation rows enter, by construction of the signature."""
+    best: tuple[float, float, float] | None = None
+    labels = validation_labels.cpu()
+    for tau in grid:
+        correct = float((logit_adjust(validation_logits, real_counts, tau).argmax(dim=1).cpu() == labels).double().mean())
+        key = (correct, -abs(tau), -tau)
+        if best is None or key > best:
+            best = key
+    assert best is not None
+    return -best[2]
+
+
+def part_summaries(
+    logits: Tensor,
+    labels: Tensor,
+    parts: TestParts,
+    real_counts: Tensor,
+    *,
+    prior: Tensor | None,
+    index_groups: bool,
+) -> dict:
+    """`validation` and `report` summaries (plain and adjusted by the training prior, as
+    `summarize`), and `tuned`: the τ chosen on the validation part with the accuracies it gives on
+    both parts."""
+    logits, labels = logits.detach().cpu(), labels.cpu()
+    real_counts = real_counts.cpu()
+    val_logits, val_labels = logits[parts.validation], labels[parts.validation]
+    report_logits, report_labels = logits[parts.report], parts.report_labels(labels)
+    tau = choose_tau(val_logits, val_labels, real_counts)
+    summary_args = {"prior": prior, "index_groups": index_groups}
+    return {
+        "validation": summarize(val_logits, val_labels, real_counts, **summary_args),
+        "report": summarize(report_logits, report_labels, real_counts, **summary_args),
+        "tuned": {
+            "tau": tau,
+            "validation": accuracy_by_group(logit_adjust(val_logits, real_counts, tau), val_labels, real_counts, index_groups=index_groups),
+            "report": accuracy_by_group(
+                logit_adjust(report_logits, real_counts, tau), report_labels, real_counts, index_groups=index_groups
+            ),
+        },
+    }
