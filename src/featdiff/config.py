@@ -194,6 +194,19 @@ class ClassifierConfig(_Section):
     lr: Float = Field(1e-3, gt=0)
     weight_decay: Float = 1e-5
     init: Literal["encoder", "random"] = "encoder"
+    loss: Literal["ce", "logit_adjusted", "margin"] = "ce"
+    """ce: LDMLR's weighted cross-entropy; logit_adjusted: cross-entropy of logits + τ·log(π), π the
+    class prior of the set the head trains on (real counts plus pseudo-features' weight; Menon et
+    al., ICLR 2021), so it learns the balanced posterior; margin: LDAM's margins (Cao et al.,
+    NeurIPS 2019), Δ_c ∝ n_c^(-1/4) subtracted from the true class's logit, the rarest class's = `margin`."""
+    loss_tau: Float = Field(1.0, ge=0)
+    """τ of the logit-adjusted loss."""
+    margin: Float = Field(0.5, gt=0)
+    """The largest margin of the margin loss (the rarest class's), in logit units. On raw features
+    the head can absorb part of any margin into a larger logit scale; LDAM normalises for that
+    reason (`normalize: true` fixes the features' norm)."""
+    normalize: bool = False
+    """Train (and evaluate) the head on L2-normalised features, scaled to the sphere of radius √D."""
 
 
 class PseudoFilterConfig(_Section):

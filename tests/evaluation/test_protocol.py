@@ -125,3 +125,13 @@ def test_a_run_reports_both_parts_and_ignores_the_report_labels_for_every_choice
         assert ours["report"]["acc"]["overall"] > check["report"]["acc"]["overall"] + 30  # ~90 % against ~10 %
         assert ours["acc"] == check["acc"]  # the full test set is scored against the true labels
     assert shuffled["test_parts"]["report_labels_shuffled"] and not parts["report_labels_shuffled"]
+
+
+def test_a_frozen_encoder_run_reports_the_cheap_heads_beside_its_result(tmp_path):
+    results = _fast_digits_run(tmp_path, "controls")
+    assert set(results["controls"]) == {"ce", "fc_retrain_la", "fc_retrain_normalized"}
+    for summary in (results, *results["controls"].values()):
+        assert {"acc", "validation", "report", "tuned"} <= set(summary)
+    # The logit-adjusted head predicts under a uniform prior: its adjusted scores are its plain ones.
+    la_head = results["controls"]["fc_retrain_la"]
+    assert la_head["acc_adjusted"] == la_head["acc"]

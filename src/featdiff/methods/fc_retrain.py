@@ -1,6 +1,7 @@
 """`fc_retrain`: the classifier retrained on real features only, with LDMLR's stage-3 recipe.
 
-The control of every frozen-encoder generative method: what retraining alone buys."""
+The control of every frozen-encoder generative method: what retraining alone buys. Reported beside
+the other cheap heads (`featdiff.methods.stages.CHEAP_HEADS`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def run(context: MethodContext) -> MethodResult:
-    from featdiff.methods.stages import MethodResult, fc_retrain_control
+    from featdiff.methods.stages import MethodResult, cheap_controls
 
-    summary = fc_retrain_control(context)
-    return MethodResult(summary, {}, {"fc_retrain": summary})
+    controls = cheap_controls(context)
+    return MethodResult(controls["fc_retrain"], {}, controls)

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 def run(context: MethodContext) -> MethodResult:
     from featdiff.generation.pseudo import pseudo_counts
-    from featdiff.methods.stages import MethodResult, fc_retrain_control, retrain_with_pseudo, stage_pseudo_features
+    from featdiff.methods.stages import MethodResult, cheap_controls, retrain_with_pseudo, stage_pseudo_features
 
-    controls = {"fc_retrain": fc_retrain_control(context)}
+    controls = cheap_controls(context)
     counts = pseudo_counts(context.train_counts, context.config.generation)
     pseudo, labels = stage_pseudo_features(context, context.encoded.train, counts)
     summary, extra = retrain_with_pseudo(context, "classifier", context.encoder, context.encoded, pseudo, labels)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from featdiff.config import FeatureConfig, RunConfig
+from featdiff.config import ClassifierConfig, FeatureConfig, RunConfig
 from featdiff.data.bundle import DatasetBundle
 from featdiff.diffusion.parameterization import Prediction
 from featdiff.evaluation.diagnostics import compare, plot_two_clouds
@@ -35,7 +35,14 @@ from featdiff.runs import Run, StageOutput
 from featdiff.seeding import initialise, named_generator, reset_parameters
 from featdiff.statistics import ClassGeometry, band_fractions
 from featdiff.training.acceleration import accelerated
-from featdiff.training.classifier import WeightedFeatures, classifier_state, train_classifier
+from featdiff.training.classifier import (
+    WeightedFeatures,
+    class_mass,
+    classifier_head,
+    classifier_state,
+    train_classifier,
+    trained_prior,
+)
 from featdiff.training.denoiser import denoiser_state, train_denoiser
 from featdiff.training.finetune import finetune_state, train_finetune
 
@@ -99,29 +106,44 @@ def evaluate_all(classifier: nn.Module, encoded: EncodedDataset, prior: torch.Te
     return result
 
 
+@dataclass(frozen=True)
+class TrainedHead:
+    """A retrained classifier and the prior it predicts under (for the post-hoc adjusted scores)."""
+
+    module: nn.Module
+    prior: torch.Tensor
+
+
 def retrain_classifier(
-    context: MethodContext, stage: str, encoder: nn.Module, data: WeightedFeatures, *, random_init: bool = False
-) -> nn.Linear:
-    """LDMLR's stage-3 recipe on `data`, from the encoder's fc (or a seeded random one, with
+    context: MethodContext,
+    stage: str,
+    encoder: nn.Module,
+    data: WeightedFeatures,
+    *,
+    random_init: bool = False,
+    recipe: ClassifierConfig | None = None,
+) -> TrainedHead:
+    """LDMLR's stage-3 recipe (`recipe`, default the run's `classifier` section: its loss, its
+    feature normalisation) on `data`, from the encoder's fc (or a seeded random one, with
     `classifier.init: random` or `random_init`)."""
     run, config = context.run, context.config
-    classifier = copy.deepcopy(encoder.fc).to(context.device)
-    if random_init or config.classifier.init == "random":
-        reset_parameters(classifier, named_generator(config.seed, f"{stage}/init"))
+    recipe = config.classifier if recipe is None else recipe
+    fc = copy.deepcopy(encoder.fc).to(context.device)
+    if random_init or recipe.init == "random":
+        reset_parameters(fc, named_generator(config.seed, f"{stage}/init"))
+    classifier = classifier_head(fc, recipe)
 
     def train() -> StageOutput:
-        state = classifier_state(classifier, len(data), config.classifier, named_generator(config.seed, f"{stage}/data"))
+        state = classifier_state(classifier, len(data), recipe, named_generator(config.seed, f"{stage}/data"))
         run.resume_into(stage, state)
         with run.timed(f"{stage}_s"):
-            history = train_classifier(
-                state, data, config.classifier, checkpoint=lambda saved: run.save_checkpoint(stage, saved), desc=stage
-            )
+            history = train_classifier(state, data, recipe, checkpoint=lambda saved: run.save_checkpoint(stage, saved), desc=stage)
         run.log(stage, final_loss=history[-1], epochs=len(history))
         return classifier.state_dict(), {}
 
     weights, _ = run.stage(stage, train)
     classifier.load_state_dict(weights)
-    return classifier
+    return TrainedHead(classifier, trained_prior(recipe, class_mass(data, context.bundle.num_classes)))
 
 
 def real_features(encoded: EncodedDataset) -> WeightedFeatures:
@@ -206,10 +228,8 @@ def retrain_with_pseudo(
         torch.cat([real.labels, pseudo_labels]),
         torch.cat([torch.ones(len(real.labels)), weights]),
     )
-    classifier = retrain_classifier(context, stage, encoder, combined)
-    pseudo_mass = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, pseudo_labels, weights.double())
-    trained_counts = context.train_counts.double() + pseudo_mass
-    return evaluate_all(classifier, encoded, trained_counts / trained_counts.sum(), context), extra
+    head = retrain_classifier(context, stage, encoder, combined)
+    return evaluate_all(head.module, encoded, head.prior, context), extra
 
 
 def augment_padding(config: RunConfig) -> int:
@@ -244,9 +264,29 @@ def stage_finetune(context: MethodContext) -> tuple[nn.Module, list[dict]]:
 
 
 def fc_retrain_control(context: MethodContext) -> dict:
-    """The classifier retrained on real features only: the control of frozen-encoder methods."""
-    classifier = retrain_classifier(context, "fc_retrain", context.encoder, real_features(context.encoded))
-    return evaluate_all(classifier, context.encoded, context.real_prior, context)
+    """The classifier retrained on real features only, with the run's classifier recipe: the
+    control of frozen-encoder methods."""
+    head = retrain_classifier(context, "fc_retrain", context.encoder, real_features(context.encoded))
+    return evaluate_all(head.module, context.encoded, head.prior, context)
+
+
+CHEAP_HEADS = {
+    "fc_retrain_la": {"loss": "logit_adjusted", "loss_tau": 1.0, "normalize": False},
+    "fc_retrain_normalized": {"loss": "ce", "normalize": True},
+}
+"""The cheap discriminative controls every frozen-encoder run reports beside `ce` (whose tuned
+row is post-hoc logit adjustment with τ chosen on validation) and `fc_retrain`: the head retrained
+on real features with the logit-adjusted loss, and on L2-normalised features."""
+
+
+def cheap_controls(context: MethodContext) -> dict:
+    """`fc_retrain` (the run's recipe) and the heads of `CHEAP_HEADS`, all on real features only."""
+    controls = {"fc_retrain": fc_retrain_control(context)}
+    data = real_features(context.encoded)
+    for name, change in CHEAP_HEADS.items():
+        head = retrain_classifier(context, name, context.encoder, data, recipe=context.config.classifier.model_copy(update=change))
+        controls[name] = evaluate_all(head.module, context.encoded, head.prior, context)
+    return controls
 
 
 def eval_features(context: MethodContext, encoder: nn.Module) -> EncodedDataset:

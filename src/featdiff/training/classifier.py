@@ -1,4 +1,5 @@
-"""Retraining a linear classifier on fixed feature vectors (LDMLR's stage 3).
+"""Retraining a linear classifier on fixed feature vectors (LDMLR's stage 3), with cross-entropy,
+the logit-adjusted loss or LDAM's margin loss, on raw or L2-normalised features.
 
 Features live on the compute device as one tensor and are batched by index, so an epoch is a few
 matrix multiplies rather than a DataLoader walk.
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featdiff.config import ClassifierConfig
+from featdiff.models.heads import NormalizedLinear
 from featdiff.training.loop import apply_update, run_steps
 from featdiff.training.state import ShuffledBatches, TrainState
 
@@ -34,6 +36,59 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: 
     """Weighted mean, so a pseudo weight below 1 lowers pseudo-features' share of the gradient."""
     losses = F.cross_entropy(logits, labels, reduction="none")
     return (losses * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def class_mass(data: WeightedFeatures, num_classes: int) -> Tensor:
+    """Each class's total weight in `data` (float64, (C,)): its real count plus its pseudo-features' weight."""
+    return torch.zeros(num_classes, dtype=torch.float64).index_add_(0, data.labels.cpu(), data.weights.cpu().double())
+
+
+def _log_prior(mass: Tensor) -> Tensor:
+    # A class absent from the training set gets a tiny prior instead of log 0 = -inf.
+    prior = mass.clamp_min(1e-12)
+    return torch.log(prior / prior.sum())
+
+
+@dataclass(frozen=True)
+class ClassifierLoss:
+    """The loss of `config.loss` for a training set with class mass π: cross-entropy of
+    logits + `offsets` (τ·log π for the logit-adjusted loss) with `margins[y]` taken off the true
+    class's logit (LDAM's Δ_y for the margin loss); both are zero for plain cross-entropy."""
+
+    offsets: Tensor
+    margins: Tensor
+
+    @classmethod
+    def of(cls, config: ClassifierConfig, mass: Tensor) -> ClassifierLoss:
+        zeros = torch.zeros_like(mass, dtype=torch.float32)
+        if config.loss == "logit_adjusted":
+            return cls(offsets=(config.loss_tau * _log_prior(mass)).float(), margins=zeros)
+        if config.loss == "margin":
+            inverse_root = mass.clamp_min(1e-12) ** -0.25
+            return cls(offsets=zeros, margins=(config.margin * inverse_root / inverse_root.max()).float())
+        return cls(offsets=zeros, margins=zeros)
+
+    def to(self, device: torch.device) -> ClassifierLoss:
+        return ClassifierLoss(self.offsets.to(device), self.margins.to(device))
+
+    def __call__(self, logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+        shifted = logits + self.offsets - F.one_hot(labels, logits.shape[1]) * self.margins[labels, None]
+        return weighted_cross_entropy(shifted, labels, weights)
+
+
+def trained_prior(config: ClassifierConfig, mass: Tensor) -> Tensor:
+    """The prior a head trained with `config` on class mass π predicts under, for the post-hoc
+    adjusted evaluation: π itself for cross-entropy and the margin loss, π^(1−τ) for the
+    logit-adjusted loss (uniform at τ = 1, which is what that loss removes)."""
+    prior = mass.clamp_min(1e-12)
+    if config.loss == "logit_adjusted":
+        prior = prior ** (1.0 - config.loss_tau)
+    return prior / prior.sum()
+
+
+def classifier_head(fc: nn.Linear, config: ClassifierConfig) -> nn.Module:
+    """The module trained and evaluated: `fc` itself, or `fc` on normalised features."""
+    return NormalizedLinear(fc) if config.normalize else fc
 
 
 def make_classifier_optimizer(classifier: nn.Module, config: ClassifierConfig) -> torch.optim.Optimizer:
@@ -65,10 +120,13 @@ def train_classifier(
     device = next(classifier.parameters()).device
     features, labels, weights = (t.to(device) for t in (data.features, data.labels, data.weights))
     optimizer = state.optimizers["classifier"]
+    with torch.no_grad():
+        num_classes = classifier(features[:1]).shape[1]
+    loss_of = ClassifierLoss.of(config, class_mass(data, num_classes)).to(device)
 
     def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
         index = index.to(device)
-        loss = weighted_cross_entropy(classifier(features[index]), labels[index], weights[index])
+        loss = loss_of(classifier(features[index]), labels[index], weights[index])
         apply_update(loss, optimizer)
         return {"loss": loss.detach()}
 

@@ -12,8 +12,8 @@ from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, build_
 from featdiff.methods.stages import (
     MethodContext,
     MethodResult,
+    cheap_controls,
     evaluate_all,
-    fc_retrain_control,
     fit_feature_generator,
     retrain_classifier,
     retrain_with_pseudo,
@@ -237,7 +237,7 @@ def guarantee_summary(ledger: dict) -> str:
 def run(context: MethodContext) -> MethodResult:
     config, bundle = context.config, context.bundle
     plan = privacy_plan(context)
-    controls = {"fc_retrain": fc_retrain_control(context)}
+    controls = cheap_controls(context)
     if config.privacy.ldmlr_control:
         ldmlr_pseudo = stage_control_pseudo_features(context, pseudo_counts(context.train_counts, config.generation))
         controls["ldmlr"], _ = retrain_with_pseudo(context, "ldmlr_classifier", context.encoder, context.encoded, *ldmlr_pseudo)
@@ -255,7 +255,7 @@ def run(context: MethodContext) -> MethodResult:
     pseudo, labels = stored["features"], stored["labels"]
     summary, extra = retrain_with_pseudo(context, "classifier", context.encoder, context.encoded, pseudo, labels)
     alone = WeightedFeatures(pseudo, labels, torch.ones(len(labels)))
-    classifier = retrain_classifier(context, "dp_pseudo_classifier", context.encoder, alone, random_init=True)
-    uniform = torch.full((bundle.num_classes,), 1.0 / bundle.num_classes, dtype=torch.float64)
-    controls["dp_pseudo_only"] = evaluate_all(classifier, clipped_to_bound(context.encoded, config.privacy.norm_bound), uniform, context)
+    head = retrain_classifier(context, "dp_pseudo_classifier", context.encoder, alone, random_init=True)
+    clipped = clipped_to_bound(context.encoded, config.privacy.norm_bound)
+    controls["dp_pseudo_only"] = evaluate_all(head.module, clipped, head.prior, context)
     return MethodResult(summary, extra | {"privacy": ledger(plan, context)}, controls)
