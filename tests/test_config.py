@@ -302,10 +302,11 @@ def test_privacy_rules_hold_for_private_federated_runs_only():
 
 
 KNOBS = {
-    "ldmlr_dp": {"diffusion": {"num_steps": 500}},  # privacy.split_timestep stays 900
-    "e2e": {"diffusion": {"faithful": True}, "filter": {"enabled": True, "radius": "max"}},
+    ("ldmlr_dp",): {"diffusion": {"num_steps": 500}},  # privacy.split_timestep stays 900
+    ("e2e",): {"diffusion": {"faithful": True}, "filter": {"enabled": True, "radius": "max"}},
+    ("ldmlr", "ldmlr_stale", "ldmlr_refit"): {"diffusion": {"guidance": 0.5}},  # diffusion.label_dropout stays 0
 }
-"""Per rule owner, valid values of other sections that only that owner's rules refuse."""
+"""Per group of rule owners, valid values of other sections that only those owners' rules refuse."""
 FEDERATED_KNOBS = {"federated": {"clients": 5, "clients_per_round": 8}}
 
 
@@ -319,12 +320,13 @@ def merged(*parts: dict) -> dict:
 
 @pytest.mark.parametrize("method", method_names())
 def test_each_method_ignores_the_knobs_only_other_methods_and_federated_runs_constrain(method):
-    others = [knobs for owner, knobs in KNOBS.items() if owner != method]
+    others = [knobs for owners, knobs in KNOBS.items() if method not in owners]
     config = config_from_dict(merged({"method": method}, *others, FEDERATED_KNOBS))
     assert config.method == method and config.federated.clients_per_round == 8
-    if method in KNOBS:  # and its own rules still refuse them
-        with pytest.raises(UserError):
-            config_from_dict(merged({"method": method}, KNOBS[method]))
+    for owners, knobs in KNOBS.items():  # and its own rules still refuse them
+        if method in owners:
+            with pytest.raises(UserError):
+                config_from_dict(merged({"method": method}, knobs))
 
 
 def test_a_private_method_keeps_refusing_what_it_refused():
@@ -334,6 +336,20 @@ def test_a_private_method_keeps_refusing_what_it_refused():
     )
     assert config_from_dict({"method": "ldmlr", "diffusion": {"num_steps": 500}}).privacy.split_timestep == 900
     assert config_from_dict({"method": "ldmlr_dp", "diffusion": {"num_steps": 500}, "privacy": {"split_timestep": 450}})
+
+
+def test_guidance_needs_a_trained_unconditional_model_where_stage_two_trains_it():
+    for method in ("ldmlr", "ldmlr_stale", "ldmlr_refit"):
+        rejects({"method": method, "diffusion": {"guidance": 0.5}}, "config key 'diffusion.guidance' is 0.5", "label_dropout")
+        assert config_from_dict({"method": method, "diffusion": {"guidance": 0.5, "label_dropout": 0.1}}).diffusion.guidance == 0.5
+    # A private denoiser's Phase I trains the null class label-free.
+    assert config_from_dict({"method": "ldmlr_dp", "diffusion": {"guidance": 0.5}}).diffusion.guidance == 0.5
+
+
+def test_pseudo_only_needs_a_count_for_every_class():
+    rejects({"generation": {"include_real": False}}, "config key 'generation.include_real'", "count_rule: uniform")
+    config = config_from_dict({"generation": {"include_real": False, "count_rule": "uniform", "per_class": 300}})
+    assert config.generation.per_class == 300
 
 
 def test_e2e_filter_radius_is_its_own_rule():

@@ -143,6 +143,15 @@ class DiffusionConfig(_Section):
     """Clamp x0 estimates while sampling to the training features' per-dimension range (scaled
     space). Without it, ε-errors at the noisiest steps (ᾱ ≈ 1e-9 under the cosine schedule) are
     amplified ~1e4× in the x0 estimate and samples diverge. The faithful preset clamps to [-1, 1]."""
+    guidance: Float = Field(1.0, ge=0)
+    """Classifier-free guidance scale w when sampling: ε̂_∅ + w·(ε̂_y − ε̂_∅). 1 is the conditional
+    model; w < 1 mixes in the unconditional one (a wider, class-blurred spread); w > 1 sharpens.
+    Needs a trained null class: `label_dropout` > 0 (a private denoiser's Phase I trains it label-free)."""
+    label_dropout: Float = Field(0.0, ge=0, lt=1)
+    """Share of training labels replaced by the null class, so that the unconditional model exists."""
+    clip_widen: Float = Field(1.0, gt=0)
+    """x̂0's clip box (the training range per dimension) scaled about its centre by this factor
+    while sampling: > 1 lets samples leave the memorised range."""
     width: int = Field(256, ge=1)
     depth: int = Field(3, ge=1)
     time_dim: int = 128
@@ -178,12 +187,44 @@ class DiffusionConfig(_Section):
 
 
 class GenerationConfig(_Section):
-    count_rule: Literal["ldmlr", "balanced"] = "ldmlr"
-    """ldmlr: max(round(ratio * n_c), floor) per class; balanced: fill every class up to the head."""
+    """How many pseudo-features of each class, how they are post-processed (`featdiff.generation`),
+    and what the classifier trains on. Every knob applies to every generator (the diffusion
+    model of `ldmlr`, the class Gaussian of `gaussian`)."""
+
+    count_rule: Literal["ldmlr", "balanced", "uniform"] = "ldmlr"
+    """ldmlr: max(round(ratio * n_c), floor) per class; balanced: fill every class up to the head;
+    uniform: `per_class` of every class (with include_real: false, a balanced pseudo-only set)."""
     ratio: Float = Field(0.2, ge=0)
     floor: int = Field(5, ge=0)
+    per_class: Annotated[int, Field(ge=1)] | None = None
+    """The uniform rule's count per class; null: the head class's training count."""
     pseudo_weight: Float = Field(1.0, ge=0)
     """Loss weight of a pseudo-feature relative to a real one in classifier retraining."""
+    include_real: bool = True
+    """false: the classifier trains on pseudo-features alone (pseudo-only)."""
+    temperature: Float = Field(1.0, gt=0)
+    """Spread of every class's samples (the sampler's noise, the Gaussian's draws), times
+    (n_max / n_c)^temperature_power: tail classes' test features are wider than their training features."""
+    temperature_power: Float = Field(0.0, ge=0)
+    transfer: Literal["none", "calibration", "residual"] = "none"
+    """Head-to-tail transfer on the generator's output (`featdiff.generation.transfer`): a class
+    borrows mean and variation from its nearest more frequent classes, by a Gaussian of their
+    covariance (calibration, Yang et al. 2021) or by their real residuals (residual, as RSG)."""
+    transfer_strength: Float = Field(0.5, ge=0, le=1)
+    """β: the rarest class's share of borrowed statistics (class c's: β·(1 − n_c / n_max))."""
+    transfer_neighbours: int = Field(3, ge=1)
+    """k: how many of the nearest more frequent classes a class borrows from."""
+    shrinkage: Float = Field(0.2, ge=0, le=1)
+    """The class Gaussian's covariance shrinkage λ towards the pooled within-class covariance (`gaussian`)."""
+
+    @model_validator(mode="after")
+    def _pseudo_only_fills_every_class(self) -> GenerationConfig:
+        config_rule(
+            self.include_real or self.count_rule == "uniform",
+            "include_real",
+            f"false (pseudo-only) needs count_rule: uniform, so that every class has pseudo-features; got count_rule {self.count_rule!r}",
+        )
+        return self
 
 
 class ClassifierConfig(_Section):
@@ -571,6 +612,17 @@ def privacy_rules(config: RunConfig) -> None:
         config.privacy.split_timestep < config.diffusion.num_steps,
         "privacy.split_timestep",
         f"must be below diffusion.num_steps ({config.diffusion.num_steps}), got {config.privacy.split_timestep}",
+    )
+
+
+def guidance_rules(config: RunConfig) -> None:
+    """For methods that sample a denoiser trained by LDMLR's stage 2 (`ldmlr`, `ldmlr_stale`,
+    `ldmlr_refit`): classifier-free guidance mixes in the unconditional model, which only label
+    dropout trains there."""
+    config_rule(
+        config.diffusion.guidance == 1.0 or config.diffusion.label_dropout > 0,
+        "diffusion.guidance",
+        f"is {config.diffusion.guidance:g}, which needs an unconditional model: set diffusion.label_dropout > 0 (e.g. 0.1), or guidance: 1",
     )
 
 

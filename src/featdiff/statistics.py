@@ -1,9 +1,11 @@
 """Class statistics of feature vectors: means, covariances, radii, and where a sample sits.
 
 The one home of these numbers for every consumer: the AID/OOD filter (prototype and radius of
-each class), end-to-end training (EMA prototypes and covariances of a moving encoder), and the
-diagnostics (Fréchet distances, spreads). All are computed for every class in one pass, without
-a Python loop over classes.
+each class), end-to-end training (EMA prototypes and covariances of a moving encoder), the
+diagnostics (Fréchet distances, spreads), the class-Gaussian generator and the federation's
+sufficient statistics (count, sum and sum of outer products per class, which add over chunks
+and over clients). All are computed for every class in one pass, without a Python loop over
+samples.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from featdiff.diffusion.scaling import Standardizer
 
 ID, AID, OOD = 0, 1, 2
 BAND_NAMES = ("id", "aid", "ood")
@@ -146,3 +150,63 @@ class ClassStatistics(nn.Module):
 
     def radii(self, kappa: float = 1.0) -> Tensor:
         return trace_radius(self.covariances, kappa)
+
+
+@dataclass(frozen=True)
+class SufficientStatistics:
+    counts: Tensor
+    """(C,) records per class."""
+    sums: Tensor
+    """(C, D) per-class sums of features."""
+    outer: Tensor
+    """(C, D, D) per-class sums of x·xᵀ."""
+
+    @classmethod
+    def of(cls, features: Tensor, labels: Tensor, num_classes: int) -> SufficientStatistics:
+        """The statistics of one set of features (float64): one D×D product per class present,
+        never an N×D×D tensor, so any N fits; sum the statistics of chunks to stream a large set."""
+        x = features.detach().to(torch.float64)
+        labels = labels.to(x.device)
+        dim = x.shape[1]
+        counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
+        sums = torch.zeros(num_classes, dim, dtype=torch.float64, device=x.device).index_add_(0, labels, x)
+        outer = torch.zeros(num_classes, dim, dim, dtype=torch.float64, device=x.device)
+        order = torch.argsort(labels, stable=True)
+        present = torch.nonzero(counts).flatten().tolist()
+        for c, rows in zip(present, x[order].split(counts[counts > 0].long().tolist()), strict=True):
+            outer[c] = rows.T @ rows
+        return cls(counts, sums, outer)
+
+    def __add__(self, other: SufficientStatistics) -> SufficientStatistics:
+        return SufficientStatistics(self.counts + other.counts, self.sums + other.sums, self.outer + other.outer)
+
+    @staticmethod
+    def total(parts: list[SufficientStatistics]) -> SufficientStatistics:
+        result = parts[0]
+        for part in parts[1:]:
+            result = result + part
+        return result
+
+    def means_and_covariances(self) -> tuple[Tensor, Tensor]:
+        """Per-class mean (C, D) and population covariance (C, D, D); zeros where a class is absent."""
+        mass = self.counts.clamp_min(1.0)
+        means = self.sums / mass[:, None]
+        covariances = self.outer / mass[:, None, None] - means[:, :, None] * means[:, None, :]
+        return means, covariances
+
+    def standardizer(self, min_std: float = 1e-6) -> Standardizer:
+        """The per-dimension scaling of the pooled features (what `Standardizer.fit` computes on them)."""
+        total = self.counts.sum()
+        mean = self.sums.sum(0) / total
+        second = torch.diagonal(self.outer.sum(0)) / total
+        scaler = Standardizer(self.sums.shape[1], min_std=min_std)
+        scaler.mean.copy_(mean)
+        scaler.std.copy_((second - mean.square()).clamp_min(0).sqrt().clamp(min=min_std))
+        return scaler
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {"counts": self.counts, "sums": self.sums, "outer": self.outer}
+
+    @classmethod
+    def from_dict(cls, tensors: dict[str, Tensor]) -> SufficientStatistics:
+        return cls(tensors["counts"].to(torch.float64), tensors["sums"].to(torch.float64), tensors["outer"].to(torch.float64))

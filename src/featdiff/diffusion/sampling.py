@@ -38,21 +38,39 @@ Method = Literal["ddpm", "ddim"]
 @dataclass(frozen=True)
 class SamplerSettings:
     """How to sample, apart from what the denoiser was trained with: the sampler, its number of
-    steps (DDIM; DDPM always takes all T) and DDIM's η. One object, so the choice travels from
-    the config to every sampling call together."""
+    steps (DDIM; DDPM always takes all T), DDIM's η, the classifier-free guidance scale w (the
+    model output is ε̂_∅ + w·(ε̂_y − ε̂_∅): 1 is the conditional model, w < 1 mixes in the
+    unconditional one, w > 1 sharpens) and how much wider than the training range x̂0 may go
+    (`clip_widen`, the box scaled about its centre). One object, so the choice travels from the
+    config to every sampling call together."""
 
     method: Method = "ddim"
     steps: int = 50
     eta: float = 1.0
+    guidance: float = 1.0
+    clip_widen: float = 1.0
 
     def __post_init__(self) -> None:
         if self.method not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler {self.method!r}; expected 'ddpm' or 'ddim'")
+        if self.guidance < 0 or self.clip_widen <= 0:
+            raise ValueError(f"guidance must be >= 0 and clip_widen > 0, got {self.guidance}, {self.clip_widen}")
 
     @classmethod
     def of(cls, config: DiffusionConfig) -> SamplerSettings:
         """The sampler a run's diffusion config resolves to."""
-        return cls(config.resolved_sampler(), config.resolved_sample_steps(), config.eta)
+        return cls(config.resolved_sampler(), config.resolved_sample_steps(), config.eta, config.guidance, config.clip_widen)
+
+
+def widened(clip: Clip, factor: float) -> Clip:
+    """A box clip scaled about its centre by `factor` (a ball's radius likewise); None stays None."""
+    if clip is None or factor == 1.0:
+        return clip
+    if isinstance(clip, float):
+        return clip * factor
+    low, high = clip
+    centre, half = (high + low) / 2, (high - low) / 2
+    return centre - factor * half, centre + factor * half
 
 
 @dataclass(frozen=True)
@@ -175,28 +193,42 @@ def eval_mode(model: Denoiser) -> Iterator[None]:
         model.train(was_training)
 
 
-def _initial_noise(y: Tensor, feature_dim: int, generator: torch.Generator | None, noise: Tensor | None) -> Tensor:
+def _initial_noise(
+    y: Tensor, feature_dim: int, generator: torch.Generator | None, noise: Tensor | None, temperature: Tensor | None
+) -> Tensor:
     if noise is not None:
         if noise.shape != (y.shape[0], feature_dim):
             expected = (y.shape[0], feature_dim)
             raise ValueError(f"noise must have shape {expected}, got {tuple(noise.shape)}")
         return noise
-    return torch.randn((y.shape[0], feature_dim), generator=generator, device=y.device)
+    drawn = torch.randn((y.shape[0], feature_dim), generator=generator, device=y.device)
+    return drawn if temperature is None else drawn * temperature
 
 
-def _step_noise(x: Tensor, sigma: float, generator: torch.Generator | None) -> Tensor | None:
+def _step_noise(x: Tensor, sigma: float, generator: torch.Generator | None, temperature: Tensor | None) -> Tensor | None:
     if sigma == 0:
         return None
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    drawn = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return drawn if temperature is None else drawn * temperature
 
 
-def _predict(model: Denoiser, x: Tensor, t: int, y: Tensor) -> Tensor:
+def _model_output(model: Denoiser, x: Tensor, t: int, y: Tensor) -> Tensor:
     """The model at one timestep shared by the whole batch, through its fast path if it has one
     (`FeatureDenoiser.forward_shared_timestep`)."""
     shared = getattr(model, "forward_shared_timestep", None)
     if shared is not None:
         return shared(x, t, y)
     return model(x, torch.full_like(y, t), y)
+
+
+def _predict(model: Denoiser, x: Tensor, t: int, y: Tensor, guidance: float) -> Tensor:
+    """The model output, or its classifier-free guided version ε̂_∅ + w·(ε̂_y − ε̂_∅), the null
+    class's in one batched call with the conditional one."""
+    if guidance == 1.0:
+        return _model_output(model, x, t, y)
+    null = torch.full_like(y, model.null_class)
+    conditional, unconditional = _model_output(model, torch.cat([x, x]), t, torch.cat([y, null])).chunk(2)
+    return unconditional + guidance * (conditional - unconditional)
 
 
 def _run(
@@ -208,12 +240,15 @@ def _run(
     clip: Clip,
     generator: torch.Generator | None,
     differentiable: bool,
+    guidance: float = 1.0,
+    temperature: Tensor | None = None,
 ) -> Tensor:
     grad_context = contextlib.nullcontext() if differentiable else torch.inference_mode()
     with eval_mode(model), grad_context:
         for step in plan:
-            x0, eps = x0_and_eps_at_step(_predict(model, x, step.t, y), x, prediction, step.sqrt_recip_ac, step.sqrt_recipm1_ac, clip)
-            noise = _step_noise(x, step.sigma, generator)
+            output = _predict(model, x, step.t, y, guidance)
+            x0, eps = x0_and_eps_at_step(output, x, prediction, step.sqrt_recip_ac, step.sqrt_recipm1_ac, clip)
+            noise = _step_noise(x, step.sigma, generator, temperature)
             if isinstance(step, AncestralStep):
                 x = ancestral_update(x, x0, noise, step)
             else:
@@ -233,10 +268,13 @@ def ddpm_sample(
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
     differentiable: bool = False,
+    guidance: float = 1.0,
+    temperature: Tensor | None = None,
 ) -> Tensor:
-    """Ancestral sampling over all T steps (LDMLR's sampler, with clip=(-1, 1))."""
-    x = _initial_noise(y, feature_dim, generator, noise)
-    return _run(model, y, x, ancestral_plan(schedule), prediction, clip, generator, differentiable)
+    """Ancestral sampling over all T steps (LDMLR's sampler, with clip=(-1, 1)). `temperature`
+    (B, 1) scales every noise draw of each sample (x_T's and each step's)."""
+    x = _initial_noise(y, feature_dim, generator, noise, temperature)
+    return _run(model, y, x, ancestral_plan(schedule), prediction, clip, generator, differentiable, guidance, temperature)
 
 
 def ddim_sample(
@@ -251,12 +289,15 @@ def ddim_sample(
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
     differentiable: bool = False,
+    guidance: float = 1.0,
+    temperature: Tensor | None = None,
 ) -> Tensor:
     """DDIM with any number of steps and any η; `differentiable=True` keeps the autograd graph
-    through every step (for training through the sampler), otherwise it runs in inference mode."""
-    x = _initial_noise(y, feature_dim, generator, noise)
+    through every step (for training through the sampler), otherwise it runs in inference mode.
+    `temperature` (B, 1) scales every noise draw of each sample."""
+    x = _initial_noise(y, feature_dim, generator, noise, temperature)
     plan = ddim_plan(schedule, steps, eta)
-    return _run(model, y, x, plan, prediction, clip, generator, differentiable)
+    return _run(model, y, x, plan, prediction, clip, generator, differentiable, guidance, temperature)
 
 
 def sample_features(
@@ -272,22 +313,36 @@ def sample_features(
     chunk_size: int = 1024,
     progress: bool = True,
     differentiable: bool = False,
+    temperature: Tensor | None = None,
 ) -> Tensor:
     """Generates one feature per label, in chunks so that activations stay bounded for any N.
 
     Draws are consumed chunk after chunk from the one generator, so for a fixed seed the samples
     depend on chunk_size (their distribution does not). `differentiable` keeps the graph through
-    every step (training through the sampler).
+    every step (training through the sampler). `temperature` (one per label) scales each sample's
+    noise draws; `sampler.guidance` and `sampler.clip_widen` apply as `SamplerSettings` says.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    clip = widened(clip, sampler.clip_widen)
+    temperatures = [None] * -(-labels.shape[0] // chunk_size) if temperature is None else temperature.to(labels.device).split(chunk_size)
     chunks = []
     bar = progress_bar(total=labels.shape[0], unit="feat", desc=f"sampling ({sampler.method})", disable=not progress)
     with bar:
-        for y in labels.split(chunk_size):
+        for y, temperature_chunk in zip(labels.split(chunk_size), temperatures, strict=True):
+            scale = None if temperature_chunk is None else temperature_chunk.to(torch.float32)[:, None]
             if sampler.method == "ddpm":
                 sample = ddpm_sample(
-                    model, y, feature_dim, schedule, prediction=prediction, clip=clip, generator=generator, differentiable=differentiable
+                    model,
+                    y,
+                    feature_dim,
+                    schedule,
+                    prediction=prediction,
+                    clip=clip,
+                    generator=generator,
+                    differentiable=differentiable,
+                    guidance=sampler.guidance,
+                    temperature=scale,
                 )
             else:
                 sample = ddim_sample(
@@ -301,6 +356,8 @@ def sample_features(
                     clip=clip,
                     generator=generator,
                     differentiable=differentiable,
+                    guidance=sampler.guidance,
+                    temperature=scale,
                 )
             chunks.append(sample)
             bar.update(y.shape[0])

@@ -30,7 +30,6 @@ from featdiff.diffusion.scaling import Standardizer
 from featdiff.federated.client import local_update
 from featdiff.federated.creff import class_gradients
 from featdiff.federated.head import train_head
-from featdiff.federated.sufficient import SufficientStatistics
 from featdiff.federated.task import (
     client_records,
     fixed_loss,
@@ -46,6 +45,7 @@ from featdiff.federated.task import (
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, schedule_for
 from featdiff.progress import silenced
 from featdiff.seeding import named_generator
+from featdiff.statistics import SufficientStatistics
 from featdiff.training.denoiser import denoiser_state, train_denoiser
 
 SIMULATED_FAILURE = 1001

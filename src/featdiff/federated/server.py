@@ -27,11 +27,11 @@ from featdiff.evaluation.metrics import summarize
 from featdiff.federated.aggregation import weighted_average
 from featdiff.federated.creff import average_class_gradients
 from featdiff.federated.federation import Exchange, Federation, round_config, round_sample
-from featdiff.federated.sufficient import SufficientStatistics
 from featdiff.federated.task import encoded_features, fixed_scaler, from_record, to_record
 from featdiff.progress import progress, silenced
 from featdiff.runs import Run
 from featdiff.seeding import named_generator, reset_parameters
+from featdiff.statistics import SufficientStatistics
 
 HEAD_ROUND_OFFSET = 10_000
 """Head rounds draw their clients as rounds 10 001, 10 002, …: apart from the denoiser's rounds."""

@@ -31,10 +31,23 @@ def balanced_counts(train_counts: Tensor) -> Tensor:
     return train_counts.max() - train_counts
 
 
+def uniform_counts(train_counts: Tensor, per_class: int | None) -> Tensor:
+    """`per_class` of every class (the head class's training count when None)."""
+    count = int(train_counts.max()) if per_class is None else per_class
+    return torch.full_like(train_counts, count, dtype=torch.int64)
+
+
 def pseudo_counts(train_counts: Tensor, config: GenerationConfig) -> Tensor:
     if config.count_rule == "balanced":
         return balanced_counts(train_counts)
+    if config.count_rule == "uniform":
+        return uniform_counts(train_counts, config.per_class)
     return ldmlr_counts(train_counts, config.ratio, config.floor)
+
+
+def labels_for(counts: Tensor) -> Tensor:
+    """counts[c] copies of every class c, in class order."""
+    return torch.repeat_interleave(torch.arange(counts.numel()), counts.cpu())
 
 
 def schedule_for(config: DiffusionConfig) -> NoiseSchedule:
@@ -80,8 +93,10 @@ class FeatureGenerator:
         generator: torch.Generator | None = None,
         differentiable: bool = False,
         progress: bool = False,
+        temperature: Tensor | None = None,
     ) -> Tensor:
-        """One pseudo-feature per label, in the encoder's feature space, on the denoiser's device."""
+        """One pseudo-feature per label, in the encoder's feature space, on the denoiser's device;
+        `temperature` (one per label) scales each sample's noise draws."""
         device = next(self.denoiser.parameters()).device
         scaled = sample_features(
             self.denoiser,
@@ -94,13 +109,18 @@ class FeatureGenerator:
             generator=generator,
             differentiable=differentiable,
             progress=progress,
+            temperature=temperature,
         )
         return self.scaler.decode(scaled)
 
-    def generate(self, counts: Tensor, sampler: SamplerSettings, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """counts[c] pseudo-features of every class c; (features, labels) on the CPU."""
-        labels = torch.repeat_interleave(torch.arange(counts.numel()), counts.cpu())
-        return self.sample(labels, sampler, generator, progress=True).cpu(), labels
+    def generate(
+        self, counts: Tensor, sampler: SamplerSettings, generator: torch.Generator, *, temperatures: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """counts[c] pseudo-features of every class c, class c's noise scaled by temperatures[c];
+        (features, labels) on the CPU."""
+        labels = labels_for(counts)
+        temperature = None if temperatures is None else temperatures[labels]
+        return self.sample(labels, sampler, generator, progress=True, temperature=temperature).cpu(), labels
 
     def tensors(self) -> dict[str, Tensor]:
         """Everything needed to sample again, as safetensors-ready tensors."""

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from featdiff.config import guidance_rules
+
 if TYPE_CHECKING:
     from featdiff.methods.stages import MethodContext, MethodResult
+
+rules = guidance_rules
 
 
 def run(context: MethodContext) -> MethodResult:

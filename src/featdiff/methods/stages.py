@@ -22,6 +22,7 @@ from featdiff.evaluation.metrics import summarize
 from featdiff.evaluation.protocol import TestParts, part_summaries
 from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
 from featdiff.generation.filter import band_weights
+from featdiff.generation.gaussian import ClassGaussian
 from featdiff.generation.pseudo import (
     FeatureGenerator,
     SamplerSettings,
@@ -31,9 +32,10 @@ from featdiff.generation.pseudo import (
     pseudo_counts,
     schedule_for,
 )
+from featdiff.generation.transfer import HeadToTail, class_temperatures
 from featdiff.runs import Run, StageOutput
 from featdiff.seeding import initialise, named_generator, reset_parameters
-from featdiff.statistics import ClassGeometry, band_fractions
+from featdiff.statistics import ClassGeometry, SufficientStatistics, band_fractions
 from featdiff.training.acceleration import accelerated
 from featdiff.training.classifier import (
     WeightedFeatures,
@@ -180,8 +182,35 @@ def fit_feature_generator(context: MethodContext, features: FeatureSet) -> Featu
     return FeatureGenerator(state.ema.module.eval(), scaler, bounds, schedule, prediction)
 
 
+def generation_temperatures(context: MethodContext) -> torch.Tensor | None:
+    """Per-class sampling temperatures of `generation` (None when every class's is 1)."""
+    generation = context.config.generation
+    if generation.temperature == 1.0 and generation.temperature_power == 0.0:
+        return None
+    return class_temperatures(context.train_counts, generation.temperature, generation.temperature_power)
+
+
+def post_processed(context: MethodContext, features: FeatureSet, pseudo: torch.Tensor, labels: torch.Tensor, stream: str) -> torch.Tensor:
+    """The generator's output after `generation.transfer` (head-to-tail transfer from `features`,
+    the generator's own training set), drawing from the stream `<stream>/transfer`."""
+    config = context.config
+    generation = config.generation
+    if generation.transfer == "none":
+        return pseudo
+    transfer = HeadToTail.fitted(
+        generation.transfer,
+        features.features,
+        features.labels,
+        context.bundle.num_classes,
+        strength=generation.transfer_strength,
+        neighbours=generation.transfer_neighbours,
+    )
+    return transfer(pseudo, labels, named_generator(config.seed, f"{stream}/transfer"))
+
+
 def stage_pseudo_features(context: MethodContext, features: FeatureSet, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit the denoiser on `features` and sample counts[c] pseudo-features of class c (stored)."""
+    """Fit the denoiser on `features` and sample counts[c] pseudo-features of class c with the
+    sampling and transfer knobs (stored)."""
     run, config = context.run, context.config
 
     def fit_and_sample() -> StageOutput:
@@ -189,12 +218,33 @@ def stage_pseudo_features(context: MethodContext, features: FeatureSet, counts: 
             generator = fit_feature_generator(context, features)
         run.save_tensors("denoiser.safetensors", generator.tensors())
         with run.timed("generation_s"):
-            pseudo, labels = generator.generate(
-                counts, SamplerSettings.of(config.diffusion), named_generator(config.seed, "generation/sampling", context.device)
-            )
+            stream = named_generator(config.seed, "generation/sampling", context.device)
+            temperatures = generation_temperatures(context)
+            pseudo, labels = generator.generate(counts, SamplerSettings.of(config.diffusion), stream, temperatures=temperatures)
+            pseudo = post_processed(context, features, pseudo, labels, "generation")
         return {"features": pseudo, "labels": labels}, {}
 
     stored, _ = run.stage("generation", fit_and_sample, file="pseudo_features.safetensors")
+    return stored["features"], stored["labels"]
+
+
+def stage_gaussian_pseudo_features(
+    context: MethodContext, features: FeatureSet, counts: torch.Tensor, *, stage: str = "gaussian_generation"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class-Gaussian generator (`generation.shrinkage`) fitted to `features`, sampled with the
+    same counts, temperatures and transfer as the diffusion generator (stored)."""
+    run, config = context.run, context.config
+
+    def fit_and_sample() -> StageOutput:
+        with run.timed(f"{stage}_s"):
+            statistics = SufficientStatistics.of(features.features, features.labels, context.bundle.num_classes)
+            gaussian = ClassGaussian.fitted(statistics, config.generation.shrinkage)
+            temperatures = generation_temperatures(context)
+            pseudo, labels = gaussian.generate(counts, named_generator(config.seed, f"{stage}/sampling"), temperatures=temperatures)
+            pseudo = post_processed(context, features, pseudo, labels, stage)
+        return {"features": pseudo, "labels": labels}, {}
+
+    stored, _ = run.stage(stage, fit_and_sample, file=f"{stage}.safetensors")
     return stored["features"], stored["labels"]
 
 
@@ -206,7 +256,8 @@ def retrain_with_pseudo(
     pseudo_features: torch.Tensor,
     pseudo_labels: torch.Tensor,
 ) -> tuple[dict, dict]:
-    """Retrain the classifier on real plus (optionally AID/OOD-filtered, weighted) pseudo-features.
+    """Retrain the classifier on real (unless `generation.include_real` is false) plus (optionally
+    AID/OOD-filtered, weighted) pseudo-features.
 
     Logit adjustment uses the prior of what the classifier was trained on: real counts plus the
     pseudo-features' total weight per class. Returns the summary and what to add to results.json.
@@ -222,12 +273,15 @@ def retrain_with_pseudo(
         extra["filter_bands"] = band_fractions(band)
     kept = weights > 0
     pseudo_features, pseudo_labels, weights = pseudo_features[kept], pseudo_labels[kept], weights[kept]
-    real = encoded.train
-    combined = WeightedFeatures(
-        torch.cat([real.features, pseudo_features]),
-        torch.cat([real.labels, pseudo_labels]),
-        torch.cat([torch.ones(len(real.labels)), weights]),
-    )
+    if config.generation.include_real:
+        real = encoded.train
+        combined = WeightedFeatures(
+            torch.cat([real.features, pseudo_features]),
+            torch.cat([real.labels, pseudo_labels]),
+            torch.cat([torch.ones(len(real.labels)), weights]),
+        )
+    else:
+        combined = WeightedFeatures(pseudo_features, pseudo_labels, weights)
     head = retrain_classifier(context, stage, encoder, combined)
     return evaluate_all(head.module, encoded, head.prior, context), extra
 

@@ -67,11 +67,21 @@ def denoiser_step(state: TrainState, features: Tensor, labels: Tensor, schedule:
 
     def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
         index = index.to(device)
-        loss = denoiser_loss(state.model, features[index], labels[index], schedule, config, generator).mean()
+        batch_labels = labels[index]
+        if config.label_dropout > 0:
+            batch_labels = dropped_labels(batch_labels, config.label_dropout, state.model.null_class, generator)
+        loss = denoiser_loss(state.model, features[index], batch_labels, schedule, config, generator).mean()
         apply_update(loss, optimizer)
         return {"loss": loss.detach()}
 
     return step
+
+
+def dropped_labels(labels: Tensor, rate: float, null_class: int, generator: torch.Generator) -> Tensor:
+    """`labels` with each replaced by the null class with probability `rate` (one uniform draw per
+    label from `generator`): the unconditional model that classifier-free guidance mixes in."""
+    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < rate
+    return torch.where(drop, torch.full_like(labels, null_class), labels)
 
 
 def train_denoiser(

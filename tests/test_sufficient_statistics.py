@@ -4,8 +4,7 @@ import torch
 
 from featdiff.diffusion.scaling import Standardizer
 from featdiff.federated.partition import dirichlet_partition
-from featdiff.federated.sufficient import SufficientStatistics
-from featdiff.statistics import class_means_and_covariances
+from featdiff.statistics import SufficientStatistics, class_means_and_covariances
 
 
 def pooled_and_clients():
