@@ -93,6 +93,9 @@ class EvaluationConfig(_Section):
     """Share of every class's test images in the validation part (the rest is the report part)."""
     validation_seed: int = 0
     """Seeds the split, not the run's seed: every run and seed of a dataset sees the same parts."""
+    controls: bool = True
+    """Train the controls beside the method (the cheap heads; `gaussian` beside `ldmlr`). false
+    in a sweep that reads only the method's validation numbers; `ce` is always evaluated."""
     shuffle_report_labels: bool = False
     """A check of the protocol, not a setting: the report part is scored against permuted labels
     (its numbers become meaningless); every validation number and every choice must not change."""
@@ -152,6 +155,11 @@ class DiffusionConfig(_Section):
     clip_widen: Float = Field(1.0, gt=0)
     """x̂0's clip box (the training range per dimension) scaled about its centre by this factor
     while sampling: > 1 lets samples leave the memorised range."""
+    denoiser_from: str = ""
+    """A finished `ldmlr` run folder whose denoiser this run samples instead of fitting its own
+    (a sweep over sampling, transfer and classifier knobs fits one denoiser). Its saved config
+    must agree on everything the denoiser depends on: data, encoder, features, seed and the
+    diffusion keys other than the sampler's (checked before the run starts)."""
     width: int = Field(256, ge=1)
     depth: int = Field(3, ge=1)
     time_dim: int = 128
@@ -578,6 +586,11 @@ class RunConfig(_Section):
             config_rule(self.encoder.checkpoint is None, "encoder.checkpoint", "digits has no shipped encoder; leave it null")
         config_rule(not self.encoder.public or self.encoder.checkpoint is not None, "encoder.public", "needs encoder.checkpoint")
         method = method_named(self.method)
+        config_rule(
+            not self.diffusion.denoiser_from or self.method == "ldmlr",
+            "diffusion.denoiser_from",
+            f"reuses the denoiser of an ldmlr run, which method {self.method} does not fit; leave it empty",
+        )
         if self.finetune.init == "scratch":
             # The pipeline then skips stage 1 and hands the method a random encoder: only a method
             # that trains the encoder itself can start from it.

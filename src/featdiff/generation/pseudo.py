@@ -122,6 +122,23 @@ class FeatureGenerator:
         temperature = None if temperatures is None else temperatures[labels]
         return self.sample(labels, sampler, generator, progress=True, temperature=temperature).cpu(), labels
 
+    @classmethod
+    def from_tensors(
+        cls, tensors: dict[str, Tensor], config: DiffusionConfig, feature_dim: int, num_classes: int, device: torch.device
+    ) -> FeatureGenerator:
+        """The generator `tensors()` stored, for a denoiser built by `config` (its training keys)."""
+        denoiser = build_denoiser(feature_dim, num_classes, config)
+        denoiser.load_state_dict({k.removeprefix("denoiser."): v for k, v in tensors.items() if k.startswith("denoiser.")})
+        scaler: Scaler = UnitIntervalMap() if config.resolved_scaling() == "unit_interval" else Standardizer(feature_dim)
+        scaler.load_state_dict({k.removeprefix("scaler."): v for k, v in tensors.items() if k.startswith("scaler.")})
+        clip: Clip = None
+        if "clip.radius" in tensors:
+            clip = float(tensors["clip.radius"])
+        elif "clip.low" in tensors:
+            low, high = tensors["clip.low"], tensors["clip.high"]
+            clip = tuple(float(b) if b.ndim == 0 else b.to(device) for b in (low, high))
+        return cls(denoiser.to(device).eval(), scaler.to(device), clip, schedule_for(config), config.resolved_prediction())
+
     def tensors(self) -> dict[str, Tensor]:
         """Everything needed to sample again, as safetensors-ready tensors."""
         state = {f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()}

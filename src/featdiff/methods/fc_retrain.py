@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 
 def run(context: MethodContext) -> MethodResult:
-    from featdiff.methods.stages import MethodResult, cheap_controls
+    from featdiff.methods.stages import MethodResult, cheap_controls, fc_retrain_control
 
     controls = cheap_controls(context)
-    return MethodResult(controls["fc_retrain"], {}, controls)
+    summary = controls["fc_retrain"] if "fc_retrain" in controls else fc_retrain_control(context)
+    return MethodResult(summary, {}, controls)

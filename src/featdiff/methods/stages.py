@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -208,15 +209,31 @@ def post_processed(context: MethodContext, features: FeatureSet, pseudo: torch.T
     return transfer(pseudo, labels, named_generator(config.seed, f"{stream}/transfer"))
 
 
+def stage_denoiser(context: MethodContext, features: FeatureSet) -> FeatureGenerator:
+    """LDMLR's stage 2 as a stage of its own (`denoiser.safetensors`): the denoiser fitted to
+    `features`, or the one of the finished run `diffusion.denoiser_from` names (its config
+    agrees on everything the denoiser depends on: `featdiff.methods.ldmlr.preflight`)."""
+    run, config = context.run, context.config
+    source = config.diffusion.denoiser_from
+
+    def fit() -> StageOutput:
+        if source:
+            return Run.open(Path(source)).load_tensors("denoiser.safetensors", stage="denoiser"), {"from": source}
+        with run.timed("denoiser_s"):
+            return fit_feature_generator(context, features).tensors(), {}
+
+    tensors, _ = run.stage("denoiser", fit, file="denoiser.safetensors")
+    dim, num_classes = features.features.shape[1], context.bundle.num_classes
+    return FeatureGenerator.from_tensors(tensors, config.diffusion, dim, num_classes, context.device)
+
+
 def stage_pseudo_features(context: MethodContext, features: FeatureSet, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit the denoiser on `features` and sample counts[c] pseudo-features of class c with the
-    sampling and transfer knobs (stored)."""
+    """The denoiser of `features` (`stage_denoiser`), sampled for counts[c] pseudo-features of
+    class c with the sampling and transfer knobs (stored)."""
     run, config = context.run, context.config
 
     def fit_and_sample() -> StageOutput:
-        with run.timed("denoiser_s"):
-            generator = fit_feature_generator(context, features)
-        run.save_tensors("denoiser.safetensors", generator.tensors())
+        generator = stage_denoiser(context, features)
         with run.timed("generation_s"):
             stream = named_generator(config.seed, "generation/sampling", context.device)
             temperatures = generation_temperatures(context)
@@ -334,7 +351,10 @@ on real features with the logit-adjusted loss, and on L2-normalised features."""
 
 
 def cheap_controls(context: MethodContext) -> dict:
-    """`fc_retrain` (the run's recipe) and the heads of `CHEAP_HEADS`, all on real features only."""
+    """`fc_retrain` (the run's recipe) and the heads of `CHEAP_HEADS`, all on real features only;
+    none with `evaluation.controls: false`."""
+    if not context.config.evaluation.controls:
+        return {}
     controls = {"fc_retrain": fc_retrain_control(context)}
     data = real_features(context.encoded)
     for name, change in CHEAP_HEADS.items():
