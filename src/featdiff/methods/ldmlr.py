@@ -52,7 +52,7 @@ def preflight(config: RunConfig) -> None:
         raise UserError(f"diffusion.denoiser_from: {folder} is not a featdiff run folder (no config.yaml); name a finished ldmlr run")
     if not (folder / "stages" / "denoiser.done").is_file():
         raise UserError(f"diffusion.denoiser_from: {folder} has no finished denoiser stage; finish that run first or fit a denoiser here")
-    differing = _first_difference(_denoiser_inputs(saved), _denoiser_inputs(config))
+    differing = _first_difference(denoiser_inputs(saved), denoiser_inputs(config))
     if differing is not None:
         raise UserError(
             f"diffusion.denoiser_from: {folder} was fitted with {differing} = {_dotted_value(saved, differing)!r}, this run has "
@@ -61,7 +61,8 @@ def preflight(config: RunConfig) -> None:
         )
 
 
-def _denoiser_inputs(config: RunConfig) -> dict:
+def denoiser_inputs(config: RunConfig) -> dict:
+    """The part of a config an ldmlr denoiser depends on: two configs with equal parts fit the same denoiser."""
     values = {key: value for key, value in config.model_dump().items() if key not in AFTER_THE_DENOISER}
     values["diffusion"] = {key: value for key, value in values["diffusion"].items() if key not in SAMPLER_KEYS}
     return values

@@ -1,0 +1,311 @@
+"""Benchmark: feature generation against the cheapest controls, knobs chosen on validation only (issue 17).
+
+The test set of every split is cut per class into a validation part (20 %) and a report part
+(80 %, `featdiff.evaluation.protocol`). Every knob is chosen on the validation part; every table
+reports the report part. Two parts, each one command (run `select` first):
+
+    python benchmarks/controls.py --part select --splits cifar10:100     # one split's knob search, seed 0
+    python benchmarks/controls.py --part frozen --splits cifar10:100     # chosen methods + controls, 3 seeds
+
+`select` runs a coordinate search (`featdiff.selection`) per generator family on seed 0: the
+class Gaussian (`gaussian`) and the diffusion model (`ldmlr`), over the training features,
+the training set (real + balanced fill, or pseudo-only), the tail temperature, head-to-tail
+transfer, the Gaussian's shrinkage or the denoiser's guidance and clip range, and the head.
+`frozen` runs, for every seed, the chosen Gaussian, the chosen diffusion model (whose run also
+holds the Gaussian with the same knobs) and LDMLR's defaults (balanced fill), each beside the
+cheap controls from the same run: `ce` with post-hoc logit adjustment (τ = 1, and τ chosen on
+validation), `fc_retrain`, the logit-adjusted-loss head and the head on L2-normalised features.
+The featdiff method is the family with the better validation score at selection.
+
+Finished runs are kept under --workdir and reused, so parts can be stopped and continued; every
+invocation rewrites benchmarks/results/controls_selection.{json,md} or controls_frozen.{json,md}
+from all finished runs of the splits it was given and those already in the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from featdiff.config import config_from_dict
+from featdiff.io import strict_json
+from featdiff.methods.ldmlr import denoiser_inputs
+from featdiff.paths import keep_torch_caches_in_featdiff_cache
+from featdiff.pipeline import execute
+from featdiff.report import write_report
+from featdiff.runs import Run
+from featdiff.selection import Knob, coordinate_search, key_of, merged
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "cifar-lt"
+RESULTS = ROOT / "benchmarks" / "results"
+SPLITS = ["cifar10:100", "cifar10:10", "cifar100:100", "cifar100:10"]
+GROUPS = ("overall", "many", "medium", "few")
+
+COMMON_KNOBS = [
+    Knob("features", ({}, {"features": {"style": "eval"}}, {"features": {"style": "eval", "augmented_views": 2}})),
+    Knob("training set", ({}, {"generation": {"count_rule": "uniform", "include_real": False}})),
+    Knob("tail temperature", ({}, {"generation": {"temperature_power": 0.15}}, {"generation": {"temperature_power": 0.3}})),
+    Knob(
+        "transfer",
+        (
+            {},
+            {"generation": {"transfer": "calibration", "transfer_strength": 0.3}},
+            {"generation": {"transfer": "calibration", "transfer_strength": 0.6}},
+            {"generation": {"transfer": "residual", "transfer_strength": 0.6}},
+        ),
+    ),
+]
+HEAD_KNOB = Knob("head", ({}, {"classifier": {"normalize": True}}))
+FAMILIES = {
+    "gaussian": [
+        *COMMON_KNOBS,
+        Knob("shrinkage", ({}, {"generation": {"shrinkage": 0.0}}, {"generation": {"shrinkage": 0.5}})),
+        HEAD_KNOB,
+    ],
+    "ldmlr": [
+        *COMMON_KNOBS,
+        Knob(
+            "guidance",
+            ({}, {"diffusion": {"label_dropout": 0.1}}, {"diffusion": {"label_dropout": 0.1, "guidance": 0.7}}),
+        ),
+        Knob("clip range", ({}, {"diffusion": {"clip_widen": 1.5}})),
+        HEAD_KNOB,
+    ],
+}
+"""Per generator family, the knobs of the search in the order they are chosen; every knob's
+first option is featdiff's default."""
+
+
+def base_config(split: str, seed: int, method: str, threads: int) -> dict:
+    """The frozen-encoder benchmark's settings (those of benchmarks/ldmlr_frozen.py)."""
+    dataset, imbalance = split.split(":")
+    return {
+        "name": "run",
+        "method": method,
+        "seed": seed,
+        "data": {"dataset": dataset, "imbalance_factor": float(imbalance), "root": str(DATA)},
+        "encoder": {"checkpoint": str(DATA / f"ldmlr_resnet32_{dataset}_lt_if{imbalance}.safetensors")},
+        "features": {"style": "ldmlr"},
+        "generation": {"count_rule": "balanced"},
+        "compute": {"threads": threads},
+    }
+
+
+class Runs:
+    """Run folders under `workdir/<split>/seed<s>/<label>-<hash of the config>`, reused when
+    finished; an ldmlr run samples the denoiser of a finished run that fitted the same one."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.denoisers: dict[str, str] = {}
+        for results in workdir.glob("*/seed*/*/results.json"):
+            config = json.loads(results.read_text())["config"]
+            if config["method"] == "ldmlr" and not config["diffusion"]["denoiser_from"]:
+                self.denoisers[self._denoiser_key(config)] = str(results.parent)
+
+    @staticmethod
+    def _denoiser_key(values: dict) -> str:
+        return key_of(denoiser_inputs(config_from_dict({**values, "diffusion": {**values.get("diffusion", {}), "denoiser_from": ""}})))
+
+    def run(self, split: str, label: str, values: dict) -> dict:
+        values = merged(values)
+        if values["method"] == "ldmlr":
+            source = self.denoisers.get(self._denoiser_key(values))
+            if source is not None:
+                values = merged(values, {"diffusion": {"denoiser_from": source}})
+        digest = hashlib.sha1(key_of({k: v for k, v in values.items() if k != "compute"}).encode()).hexdigest()[:10]
+        folder = self.workdir / split.replace(":", "-if") / f"seed{values['seed']}" / f"{label}-{digest}"
+        if (folder / "results.json").is_file():
+            return json.loads((folder / "results.json").read_text())
+        config = config_from_dict(values)
+        started = time.perf_counter()
+        run = Run.resume(folder) if folder.is_dir() else Run.create(folder, config)
+        results = execute(run)
+        print(f"    {folder.name}: {time.perf_counter() - started:.0f} s", flush=True)
+        if values["method"] == "ldmlr" and not values["diffusion"].get("denoiser_from"):
+            self.denoisers[self._denoiser_key(values)] = str(folder)
+        return results
+
+
+def select(split: str, runs: Runs, threads: int) -> dict:
+    """Both families' coordinate searches on seed 0, without the trained controls."""
+    chosen = {}
+    for family, knobs in FAMILIES.items():
+        print(f"{split} {family}: knob search on the validation part (seed 0)", flush=True)
+        base = merged(base_config(split, 0, family, threads), {"evaluation": {"controls": False}})
+        started = time.perf_counter()
+        result = coordinate_search(base, knobs, lambda values, family=family: runs.run(split, f"select-{family}", values))
+        chosen[family] = {
+            "overrides": result.chosen,
+            "validation_score": result.score,
+            "tau": result.results["tuned"]["tau"],
+            "trail": result.trail,
+            "knobs": [{"name": knob.name, "options": list(knob.options)} for knob in knobs],
+            "search_s": time.perf_counter() - started,
+        }
+    best = max(chosen, key=lambda family: chosen[family]["validation_score"])
+    return {"families": chosen, "featdiff": best}
+
+
+def summary_of(results: dict) -> dict:
+    """The numbers a table row needs from one classifier's summary: report-part accuracies plain,
+    adjusted and tuned (τ chosen on validation), the validation score and τ."""
+    report, tuned = results["report"], results["tuned"]
+    return {
+        "plain": report["acc"],
+        "adjusted": report["acc_adjusted"],
+        "tuned": tuned["report"]["acc"],
+        "tau": tuned["tau"],
+        "validation": tuned["validation"]["acc"]["overall"],
+    }
+
+
+def frozen(split: str, selection: dict, runs: Runs, seeds: list[int], threads: int) -> dict:
+    """Per seed: LDMLR's defaults and both chosen families, with their same-run controls."""
+    rows: dict[str, list[dict]] = {}
+    chosen = selection["families"]
+    for seed in seeds:
+        print(f"{split} seed {seed}", flush=True)
+        default = runs.run(split, "ldmlr-default", base_config(split, seed, "ldmlr", threads))
+        gaussian_values = merged(base_config(split, seed, "gaussian", threads), chosen["gaussian"]["overrides"])
+        gaussian = runs.run(split, "gaussian-chosen", gaussian_values)
+        diffusion = runs.run(split, "ldmlr-chosen", merged(base_config(split, seed, "ldmlr", threads), chosen["ldmlr"]["overrides"]))
+        controls = default["controls"]
+        entries = {
+            "ce (shipped encoder)": controls["ce"],
+            "fc_retrain": controls["fc_retrain"],
+            "fc_retrain_la (logit-adjusted loss)": controls["fc_retrain_la"],
+            "fc_retrain_normalized": controls["fc_retrain_normalized"],
+            "gaussian (defaults: balanced fill)": controls["gaussian"],
+            "ldmlr (defaults: balanced fill)": default,
+            "gaussian (chosen on validation)": gaussian,
+            "ldmlr (chosen on validation)": diffusion,
+            "gaussian (the chosen ldmlr's knobs, same run)": diffusion["controls"]["gaussian"],
+            "fc_retrain_la (the chosen ldmlr's features, same run)": diffusion["controls"]["fc_retrain_la"],
+        }
+        best = gaussian if selection["featdiff"] == "gaussian" else diffusion
+        entries[f"featdiff: {selection['featdiff']} (chosen on validation)"] = best
+        for name, results in entries.items():
+            rows.setdefault(name, []).append(summary_of(results))
+        print(
+            f"  tuned report accuracy: ce {summary_of(controls['ce'])['tuned']['overall']:.2f}, "
+            f"gaussian {summary_of(gaussian)['tuned']['overall']:.2f}, ldmlr {summary_of(diffusion)['tuned']['overall']:.2f}",
+            flush=True,
+        )
+    return {"seeds": seeds, "rows": rows}
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.fmean(present), (statistics.stdev(present) if len(present) > 1 else 0.0)
+
+
+def cell(values: list[float | None]) -> str:
+    mean, std = mean_std(values)
+    return "–" if mean is None else (f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {std:.2f}")
+
+
+def frozen_markdown(report: dict) -> str:
+    lines = [
+        "# Feature generation against the cheapest controls (frozen shipped encoders)",
+        "",
+        "Top-1 % on the **report part** of the test set (80 % of every class), mean ± std over seeds; every knob and τ chosen on the",
+        "validation part (the other 20 %). `plain`: argmax of the logits; `adj.`: logit-adjusted by the prior the head was trained",
+        "under (τ = 1); `tuned`: logits − τ·log(real prior) with τ chosen on the validation part (many / medium / few likewise).",
+        f"Device: {report['device']}. Command: `{report['command']}`.",
+    ]
+    for split, entry in report["splits"].items():
+        lines += [
+            "",
+            f"## {split.replace(':', ' IF=')} (seeds {entry['seeds']})",
+            "",
+            "| method | plain | adj. | **tuned** | many | medium | few | τ | validation |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, runs in entry["rows"].items():
+            tau = mean_std([r["tau"] for r in runs])[0]
+            cells = [
+                cell([r["plain"]["overall"] for r in runs]),
+                cell([r["adjusted"]["overall"] for r in runs]),
+                f"**{cell([r['tuned']['overall'] for r in runs])}**",
+                *(cell([r["tuned"][g] for r in runs]) for g in GROUPS[1:]),
+                f"{tau:.2f}",
+                cell([r["validation"] for r in runs]),
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def selection_markdown(report: dict) -> str:
+    lines = [
+        "# Knobs chosen on the validation part (seed 0)",
+        "",
+        "Coordinate search (`featdiff.selection`): each knob in turn, an option kept only if it raises the validation part's",
+        "accuracy (τ chosen on that part). No report-part number is read. Command: " + f"`{report['command']}`.",
+    ]
+    for split, entry in report["splits"].items():
+        lines += ["", f"## {split.replace(':', ' IF=')}: featdiff method `{entry['featdiff']}`", ""]
+        lines += ["| family | chosen overrides | validation | τ | runs | search (s) |", "|---|---|---|---|---|---|"]
+        for family, chosen in entry["families"].items():
+            overrides = key_of(chosen["overrides"]) if chosen["overrides"] else "defaults"
+            lines.append(
+                f"| {family} | `{overrides}` | {chosen['validation_score']:.2f} | {chosen['tau']:g} | "
+                f"{len(chosen['trail'])} | {chosen['search_s']:.0f} |"
+            )
+        for family, chosen in entry["families"].items():
+            lines += ["", f"{family}, every candidate:", "", "| overrides | validation |", "|---|---|"]
+            lines += [f"| `{key_of(t['overrides']) or '{}'}` | {t['validation_score']:.2f} |" for t in chosen["trail"]]
+    return "\n".join(lines) + "\n"
+
+
+def load_report(path: Path) -> dict:
+    return json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {"splits": {}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["select", "frozen"], required=True)
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=SPLITS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="for --part frozen")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "featdiff" / "bench-controls")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of every run (recorded)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    keep_torch_caches_in_featdiff_cache()
+    runs = Runs(args.workdir)
+    command = "python " + " ".join(sys.argv)
+    device = f"cpu, {args.threads} torch threads, one run at a time"
+    selection_path = args.out / "controls_selection"
+    selection = load_report(selection_path)
+    if args.part == "select":
+        for split in args.splits:
+            selection["splits"][split] = select(split, runs, args.threads)
+        selection |= {"command": command, "device": device}
+        write_report(selection_path, selection, selection_markdown(selection))
+        print(selection_markdown(selection))
+        return
+    missing = [split for split in args.splits if split not in selection["splits"]]
+    if missing:
+        sys.exit(f"controls.py: no knob choice for {', '.join(missing)} yet; run --part select --splits {' '.join(missing)} first")
+    frozen_path = args.out / "controls_frozen"
+    report = load_report(frozen_path)
+    for split in args.splits:
+        report["splits"][split] = frozen(split, selection["splits"][split], runs, args.seeds, args.threads)
+    report |= {"command": command, "device": device}
+    write_report(frozen_path, json.loads(strict_json(report)), frozen_markdown(report))
+    print(frozen_markdown(report))
+
+
+if __name__ == "__main__":
+    main()
