@@ -99,7 +99,8 @@ def _privacy(args: argparse.Namespace) -> None:
             "set method: ldmlr_dp (or --set method=ldmlr_dp) to plan a private run "
             "(a private federated run reports each client's ε in its results instead)"
         )
-    from featdiff.methods.ldmlr_dp.method import noise_source, plan_for_config
+    from featdiff.methods.ldmlr_dp.method import plan_for_config
+    from featdiff.privacy.noise import noise_source
 
     plan = plan_for_config(config)
     privacy = config.privacy

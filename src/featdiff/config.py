@@ -449,6 +449,26 @@ class PrivacyConfig(_Section):
     ldmlr_control: bool = True
     """Also fit non-private LDMLR in the same run as a control (a full LDMLR fit); a sweep over ε
     turns it off in all but one run per seed (`benchmarks/privacy.py`)."""
+    count_share: Float = Field(0.1, gt=0, lt=1)
+    """`dp_linear`, `dp_gaussian`: the share of ε the Gaussian release of the class counts spends
+    (calibrated alone); the class prior of their logit adjustment and their class sizes come from it."""
+    moments_mean_share: Float = Field(0.7, gt=0, lt=1)
+    """`dp_gaussian`: of the class moments' budget (GDP μ²), the share of the class sums; the rest
+    goes to the sums of outer products (covariances matter less than means for a linear head)."""
+    linear_epochs: Float = Field(20.0, gt=0)
+    """`dp_linear`: epochs of DP-SGD on the linear head (Poisson batches of expected size `linear_batch`)."""
+    linear_batch: int = Field(1024, ge=1)
+    linear_lr: Float = Field(0.01, gt=0)
+    """`dp_linear`: Adam's learning rate."""
+    linear_clip: Float = Field(1.0, gt=0)
+    """`dp_linear`: C, the per-example gradient norm bound of the head's DP-SGD."""
+    linear_release: Literal["none", "gaussian"] = "none"
+    """`dp_linear`: also train on pseudo-features of a DP class-Gaussian release (post-processing:
+    free once released); the release and the DP-SGD then share the budget (`release_share`)."""
+    release_share: Float = Field(0.5, gt=0, lt=1)
+    """`dp_linear` with a release: the share of ε spent once counts and class moments are out."""
+    linear_pseudo_weight: Float = Field(0.5, ge=0, lt=1)
+    """`dp_linear` with a release: each step's gradient is (1 − w)·(private real gradient) + w·(pseudo gradient)."""
 
 
 RENAMED_ALGORITHMS = {"feddpm": "fedddpm", "feddpm_plus": "fedddpm_plus"}
@@ -637,6 +657,18 @@ def guidance_rules(config: RunConfig) -> None:
         "diffusion.guidance",
         f"is {config.diffusion.guidance:g}, which needs an unconditional model: set diffusion.label_dropout > 0 (e.g. 0.1), or guidance: 1",
     )
+
+
+def private_control_rules(config: RunConfig) -> None:
+    """`dp_linear` and `dp_gaussian`: a release that shares the budget must leave the counts room."""
+    privacy = config.privacy
+    if config.method == "dp_linear" and privacy.linear_release != "none":
+        config_rule(
+            privacy.release_share > privacy.count_share,
+            "privacy.release_share",
+            f"must exceed privacy.count_share = {privacy.count_share:g} (the counts are part of the release), "
+            f"got {privacy.release_share:g}",
+        )
 
 
 def federated_rules(config: RunConfig) -> None:

@@ -94,24 +94,26 @@ def part_summaries(
     *,
     prior: Tensor | None,
     index_groups: bool,
+    adjust_counts: Tensor | None = None,
 ) -> dict:
     """`validation` and `report` summaries (plain and adjusted by the training prior, as
-    `summarize`), and `tuned`: the τ chosen on the validation part with the accuracies it gives on
-    both parts."""
+    `summarize`; groups by `real_counts`), and `tuned`: the τ chosen on the validation part with
+    the accuracies it gives on both parts. The tuned adjustment divides by the prior of
+    `adjust_counts` (default `real_counts`): a private head passes its released counts, so its
+    predictions never use the true ones."""
     logits, labels = logits.detach().cpu(), labels.cpu()
     real_counts = real_counts.cpu()
+    adjust = real_counts if adjust_counts is None else adjust_counts.cpu()
     val_logits, val_labels = logits[parts.validation], labels[parts.validation]
     report_logits, report_labels = logits[parts.report], parts.report_labels(labels)
-    tau = choose_tau(val_logits, val_labels, real_counts)
+    tau = choose_tau(val_logits, val_labels, adjust)
     summary_args = {"prior": prior, "index_groups": index_groups}
     return {
         "validation": summarize(val_logits, val_labels, real_counts, **summary_args),
         "report": summarize(report_logits, report_labels, real_counts, **summary_args),
         "tuned": {
             "tau": tau,
-            "validation": accuracy_by_group(logit_adjust(val_logits, real_counts, tau), val_labels, real_counts, index_groups=index_groups),
-            "report": accuracy_by_group(
-                logit_adjust(report_logits, real_counts, tau), report_labels, real_counts, index_groups=index_groups
-            ),
+            "validation": accuracy_by_group(logit_adjust(val_logits, adjust, tau), val_labels, real_counts, index_groups=index_groups),
+            "report": accuracy_by_group(logit_adjust(report_logits, adjust, tau), report_labels, real_counts, index_groups=index_groups),
         },
     }

@@ -35,6 +35,14 @@ def shrunk_covariances(statistics: SufficientStatistics, shrinkage: float) -> tu
     return means, torch.where((counts >= 2)[:, None, None], shrunk, pooled)
 
 
+def nearest_psd(covariances: Tensor) -> Tensor:
+    """Each symmetrised matrix with its negative eigenvalues set to zero (the nearest positive
+    semi-definite matrix in Frobenius norm)."""
+    symmetric = (covariances + covariances.transpose(-1, -2)) / 2
+    values, vectors = torch.linalg.eigh(symmetric)
+    return vectors @ torch.diag_embed(values.clamp_min(0)) @ vectors.transpose(-1, -2)
+
+
 @dataclass(frozen=True)
 class ClassGaussian:
     """N(μ_c, Σ_c) per class, sampled through the lower Cholesky factors L_c (Σ_c = L_c L_cᵀ)."""
@@ -43,8 +51,16 @@ class ClassGaussian:
     factors: Tensor
 
     @classmethod
-    def fitted(cls, statistics: SufficientStatistics, shrinkage: float) -> ClassGaussian:
+    def fitted(cls, statistics: SufficientStatistics, shrinkage: float, *, project: bool = False) -> ClassGaussian:
+        """From (count, sum, sum of outer products) per class; `project` first makes every
+        covariance positive semi-definite (noisy, released statistics need it)."""
         means, covariances = shrunk_covariances(statistics, shrinkage)
+        if project:
+            covariances = nearest_psd(covariances)
+        return cls.of(means, covariances)
+
+    @classmethod
+    def of(cls, means: Tensor, covariances: Tensor) -> ClassGaussian:
         dim = means.shape[1]
         scale = torch.diagonal(covariances, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
         jittered = covariances + JITTER * scale[:, None, None] * torch.eye(dim, dtype=covariances.dtype)

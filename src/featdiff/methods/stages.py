@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from featdiff.config import ClassifierConfig, FeatureConfig, RunConfig
-from featdiff.data.bundle import DatasetBundle
+from featdiff.data.bundle import DatasetBundle, load_dataset
 from featdiff.diffusion.parameterization import Prediction
 from featdiff.evaluation.diagnostics import compare, plot_two_clouds
 from featdiff.evaluation.metrics import summarize
@@ -34,6 +34,9 @@ from featdiff.generation.pseudo import (
     schedule_for,
 )
 from featdiff.generation.transfer import HeadToTail, class_temperatures
+from featdiff.privacy.controls import ControlPlan, release_counts, release_moments
+from featdiff.privacy.dp_promise import clip_to_norm
+from featdiff.privacy.noise import private_noise
 from featdiff.runs import Run, StageOutput
 from featdiff.seeding import initialise, named_generator, reset_parameters
 from featdiff.statistics import ClassGeometry, SufficientStatistics, band_fractions
@@ -95,14 +98,25 @@ def logits_of(classifier: nn.Module, features: FeatureSet) -> torch.Tensor:
         return classifier(features.features.to(device)).cpu()
 
 
-def evaluate_all(classifier: nn.Module, encoded: EncodedDataset, prior: torch.Tensor, context: MethodContext) -> dict:
+def evaluate_all(
+    classifier: nn.Module,
+    encoded: EncodedDataset,
+    prior: torch.Tensor,
+    context: MethodContext,
+    *,
+    adjust_counts: torch.Tensor | None = None,
+) -> dict:
     """The full test set's summary (what the tables before the validation protocol report), its
     `validation` and `report` parts', `tuned` (τ chosen on the validation part), and the
-    train holdout's when the run holds one out. `prior` is the prior the classifier was trained under."""
+    train holdout's when the run holds one out. `prior` is the prior the classifier was trained
+    under; `adjust_counts` the counts the tuned adjustment divides by (the true training counts
+    unless a private head gives its released ones)."""
     index_groups, counts = context.bundle.index_groups, context.train_counts
     logits = logits_of(classifier, encoded.test)
     result = summarize(logits, encoded.test.labels, counts, prior=prior, index_groups=index_groups)
-    result |= part_summaries(logits, encoded.test.labels, context.parts, counts, prior=prior, index_groups=index_groups)
+    result |= part_summaries(
+        logits, encoded.test.labels, context.parts, counts, prior=prior, index_groups=index_groups, adjust_counts=adjust_counts
+    )
     if encoded.train_holdout is not None:
         holdout = encoded.train_holdout
         result["train_holdout"] = summarize(logits_of(classifier, holdout), holdout.labels, counts, prior=prior, index_groups=index_groups)
@@ -409,3 +423,31 @@ def ldmlr_after_finetune(context: MethodContext, *, refit: bool) -> MethodResult
     summary, retrained = retrain_with_pseudo(context, "classifier", tuned, tuned_encoded, pseudo_x, pseudo_y)
     extra |= retrained | {"diagnostics": [{"epoch": config.finetune.epochs, **report}]}
     return MethodResult(summary, extra, {"ce_finetune": finetuned})
+
+
+def dataset_size(config: RunConfig) -> int:
+    """N, the number of training records, from the data alone (a private method's preflight)."""
+    return len(load_dataset(config.data, seed=config.seed).train.labels)
+
+
+def stage_private_release(context: MethodContext, plan: ControlPlan, stream: str) -> SufficientStatistics:
+    """The released class counts, and class sums and outer products when the plan releases them,
+    of the training features clipped to norm R: a stage of its own (`dp_release.safetensors`),
+    its noise from the private generators of `<stream>/release` (`featdiff.privacy.noise`)."""
+    run, config = context.run, context.config
+    privacy, train = config.privacy, context.encoded.train
+
+    def release() -> StageOutput:
+        noise = private_noise(config.seed, f"{stream}/release", reproducible=privacy.reproducible_noise)
+        counts = release_counts(train.labels, context.bundle.num_classes, plan, noise.gaussian)
+        if not plan.releases_moments(privacy):
+            return {"counts": counts}, {}
+        records = clip_to_norm(train.features.double(), privacy.norm_bound)
+        return release_moments(records, train.labels, counts, plan, noise.gaussian).as_dict(), {}
+
+    stored, _ = run.stage("dp_release", release, file="dp_release.safetensors")
+    if "sums" not in stored:
+        dim = train.features.shape[1]
+        zeros = torch.zeros(len(stored["counts"]), dim, dtype=torch.float64)
+        return SufficientStatistics(stored["counts"], zeros, zeros[:, :, None] * zeros[:, None, :])
+    return SufficientStatistics.from_dict(stored)

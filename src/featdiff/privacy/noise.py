@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from featdiff.config import PrivacyConfig
 from featdiff.seeding import named_generator
 
 
@@ -60,3 +61,13 @@ def private_noise(seed: int, name: str, *, reproducible: bool, device: torch.dev
             reproducible=True,
         )
     return PrivateNoise(masks=entropy_generator(device), gaussian=entropy_generator(device), reproducible=False)
+
+
+def noise_source(privacy: PrivacyConfig, seed: int) -> str:
+    """Where the run's DP noise came from, in words, and what that means for the claim."""
+    if privacy.reproducible_noise:
+        return (
+            f"seeded from the run's seed ({seed}, recorded in config.yaml) because privacy.reproducible_noise is true: "
+            "the (ε, δ) claim does not hold against anyone who knows the seed, who can regenerate and subtract the noise"
+        )
+    return "the operating system's entropy, never stored (a floating-point Gaussian sampler, not a discrete or secure one)"

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from featdiff.config import PrivacyConfig, RunConfig
+from featdiff.config import RunConfig
 from featdiff.data.bundle import load_dataset
 from featdiff.diffusion.objective import DenoisingObjective
-from featdiff.features import EncodedDataset, FeatureSet
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, build_denoiser, pseudo_counts
 from featdiff.methods.stages import (
     MethodContext,
@@ -19,8 +18,8 @@ from featdiff.methods.stages import (
     retrain_with_pseudo,
 )
 from featdiff.models.encoders import encoder_for
+from featdiff.privacy.controls import clipped_to_bound
 from featdiff.privacy.dp_promise import (
-    clip_to_norm,
     generator_for,
     initialisation_generator,
     phase_one_noise,
@@ -31,6 +30,7 @@ from featdiff.privacy.dp_promise import (
     train_phase_one,
     train_phase_two,
 )
+from featdiff.privacy.noise import noise_source
 from featdiff.privacy.plan import PrivacyPlan, plan_privacy
 from featdiff.runs import StageOutput
 from featdiff.seeding import initialise, named_generator
@@ -143,26 +143,6 @@ def stage_control_pseudo_features(context: MethodContext, counts: torch.Tensor) 
     return stored["features"], stored["labels"]
 
 
-def clipped_to_bound(encoded: EncodedDataset, norm_bound: float) -> EncodedDataset:
-    """Every split's features through the same public clip to norm R the released pseudo-features
-    live under, so a classifier trained on them alone is evaluated in its own input space."""
-
-    def clip(split: FeatureSet | None) -> FeatureSet | None:
-        return None if split is None else FeatureSet(clip_to_norm(split.features, norm_bound), split.labels)
-
-    return EncodedDataset(train=clip(encoded.train), test=clip(encoded.test), train_holdout=clip(encoded.train_holdout))
-
-
-def noise_source(privacy: PrivacyConfig, seed: int) -> str:
-    """Where the run's DP noise came from, in words, and what that means for the claim."""
-    if privacy.reproducible_noise:
-        return (
-            f"seeded from the run's seed ({seed}, recorded in config.yaml) because privacy.reproducible_noise is true: "
-            "the (ε, δ) claim does not hold against anyone who knows the seed, who can regenerate and subtract the noise"
-        )
-    return "the operating system's entropy, never stored (a floating-point Gaussian sampler, not a discrete or secure one)"
-
-
 def ledger(plan: PrivacyPlan, context: MethodContext) -> dict:
     """What the guarantee is, under which assumptions, what it covers (files and result rows)
     and what it does not."""
@@ -257,5 +237,7 @@ def run(context: MethodContext) -> MethodResult:
     alone = WeightedFeatures(pseudo, labels, torch.ones(len(labels)))
     head = retrain_classifier(context, "dp_pseudo_classifier", context.encoder, alone, random_init=True)
     clipped = clipped_to_bound(context.encoded, config.privacy.norm_bound)
-    controls["dp_pseudo_only"] = evaluate_all(head.module, clipped, head.prior, context)
+    # The release never used the class counts: neither may the tuned adjustment of its classifier.
+    uniform = torch.ones(bundle.num_classes, dtype=torch.float64)
+    controls["dp_pseudo_only"] = evaluate_all(head.module, clipped, head.prior, context, adjust_counts=uniform)
     return MethodResult(summary, extra | {"privacy": ledger(plan, context)}, controls)
