@@ -6,6 +6,7 @@ reports the report part. Two parts, each one command (run `select` first):
 
     python benchmarks/controls.py --part select --splits cifar10:100     # one split's knob search, seed 0
     python benchmarks/controls.py --part frozen --splits cifar10:100     # chosen methods + controls, 3 seeds
+    python benchmarks/controls.py --part dp --datasets cifar10           # private releases and controls at ε ∈ {∞, 10, 1}
 
 `select` runs a coordinate search (`featdiff.selection`) per generator family on seed 0: the
 class Gaussian (`gaussian`) and the diffusion model (`ldmlr`), over the training features,
@@ -17,6 +18,16 @@ cheap controls from the same run: `ce` with post-hoc logit adjustment (τ = 1, a
 validation), `fc_retrain`, the logit-adjusted-loss head and the head on L2-normalised features.
 The featdiff method is the family with the better validation score at selection.
 
+`dp` runs, on the IF=100 splits at ε ∈ {∞, 10, 1} (δ = 1e-5, add/remove-one adjacency, R = 8), the
+DP release of `ldmlr_dp` (dp-promise, Phase II 15 epochs as benchmarks/privacy.py) and the private
+controls at the same (ε, δ): `dp_linear` (DP-SGD on the linear head, logit-adjusted loss, prior
+from a DP count release), `dp_gaussian` (the class Gaussian from DP class moments) and their
+combination (`dp_linear` that also trains on a `dp_gaussian` release, half the budget each). Their
+knobs are fixed a priori: choosing among DP runs of the same records would leak beyond the
+ledger. Add/remove-one because `ldmlr_dp` accounts Phase II's clipped sum with sensitivity C,
+which is right for that adjacency only. The noise is seeded (`privacy.reproducible_noise: true`)
+so the table can be reproduced; no claim holds against anyone who knows the seed.
+
 Finished runs are kept under --workdir and reused, so parts can be stopped and continued; every
 invocation rewrites benchmarks/results/controls_selection.{json,md} or controls_frozen.{json,md}
 from all finished runs of the splits it was given and those already in the results.
@@ -27,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import statistics
 import sys
 import time
@@ -130,7 +142,7 @@ class Runs:
         run = Run.resume(folder) if folder.is_dir() else Run.create(folder, config)
         results = execute(run)
         print(f"    {folder.name}: {time.perf_counter() - started:.0f} s", flush=True)
-        if values["method"] == "ldmlr" and not values["diffusion"].get("denoiser_from"):
+        if values["method"] == "ldmlr" and not values.get("diffusion", {}).get("denoiser_from"):
             self.denoisers[self._denoiser_key(values)] = str(folder)
         return results
 
@@ -268,14 +280,127 @@ def selection_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+DP_EPSILONS = (math.inf, 10.0, 1.0)
+DP_RELEASE_PER_CLASS = {"cifar10": 500, "cifar100": 100}
+DP_METHODS = {
+    "ldmlr_dp": {"method": "ldmlr_dp"},
+    "dp_linear": {"method": "dp_linear"},
+    "dp_gaussian": {"method": "dp_gaussian"},
+    "dp_linear+gaussian": {"method": "dp_linear", "privacy": {"linear_release": "gaussian"}},
+}
+
+
+def dp_config(dataset: str, seed: int, epsilon: float, method: dict, threads: int) -> dict:
+    base = base_config(f"{dataset}:100", seed, method["method"], threads)
+    privacy = {
+        "epsilon": None if math.isinf(epsilon) else epsilon,
+        "delta": 1e-5,
+        "adjacency": "add_remove_one",
+        "norm_bound": 8.0,
+        "split_timestep": 900,
+        "phase_one_batch": 256,
+        "phase_one_epochs": 20,
+        "phase_two_batch": 1024,
+        "phase_two_epochs": 15,
+        "release_per_class": DP_RELEASE_PER_CLASS[dataset],
+        "ldmlr_control": False,
+        "reproducible_noise": True,
+    }
+    return merged(base, {"diffusion": {"schedule": "linear"}, "privacy": privacy}, {k: v for k, v in method.items() if k != "method"})
+
+
+def private_rows(name: str, results: dict) -> dict[str, dict]:
+    """The rows of one private run: its covered row, and for `ldmlr_dp` the non-private classifier
+    on real + DP pseudo-features (labelled as such) and its same-run non-private controls."""
+    if name != "ldmlr_dp":
+        return {name: results}
+    controls = results["controls"]
+    return {
+        "ldmlr_dp: DP pseudo only": controls["dp_pseudo_only"],
+        "ldmlr_dp: real + DP pseudo (classifier not private)": results,
+        "ce, post-hoc LA (not private)": controls["ce"],
+        "fc_retrain_la (not private)": controls["fc_retrain_la"],
+    }
+
+
+def dp_part(dataset: str, runs: Runs, seeds: list[int], threads: int) -> dict:
+    table: dict[str, dict[str, list[dict]]] = {}
+    epsilons: dict[str, dict[str, list[float | None]]] = {}
+    for epsilon in DP_EPSILONS:
+        label = "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+        for seed in seeds:
+            for name, method in DP_METHODS.items():
+                results = runs.run(f"{dataset}:100", f"dp-{name}-eps{label}", dp_config(dataset, seed, epsilon, method, threads))
+                claimed = results["privacy"]["epsilon"]
+                for row, summary in private_rows(name, results).items():
+                    if "not private" in row and not math.isinf(epsilon):
+                        continue  # the same numbers at every ε
+                    table.setdefault(row, {}).setdefault(label, []).append(summary_of(summary))
+                    epsilons.setdefault(row, {}).setdefault(label, []).append(claimed)
+                first = next(iter(private_rows(name, results).values()))
+                print(f"  {dataset} ε={label} seed {seed} {name}: tuned {summary_of(first)['tuned']['overall']:.2f}", flush=True)
+    return {"seeds": seeds, "rows": table, "claimed_epsilon": epsilons}
+
+
+def dp_markdown(report: dict) -> str:
+    lines = [
+        "# Private feature releases against the private controls (IF = 100, δ = 1e-5, add/remove-one)",
+        "",
+        "Top-1 % on the report part of the test set, mean ± std over seeds; `tuned` divides by the *released* class prior",
+        "(none for ldmlr_dp's release, which never uses the counts) with τ chosen on the public validation part. Knobs fixed a priori.",
+        "Rows marked *not private* train on the real features without DP. Seeded noise (replayable; no claim against the seed).",
+        f"Device: {report['device']}. Command: `{report['command']}`.",
+    ]
+    for dataset, entry in report["datasets"].items():
+        labels = [("inf" if math.isinf(e) else f"{e:g}") for e in DP_EPSILONS]
+        lines += ["", f"## {dataset} (seeds {entry['seeds']})", ""]
+        lines += ["| method | " + " | ".join(f"ε = {'∞' if label == 'inf' else label}" for label in labels) + " | few (ε = 10) |"]
+        lines += ["|---|" + "---|" * (len(labels) + 1)]
+        for row, by_epsilon in entry["rows"].items():
+            cells = [cell([r["tuned"]["overall"] for r in by_epsilon[label]]) if label in by_epsilon else "–" for label in labels]
+            few = cell([r["tuned"]["few"] for r in by_epsilon["10"]]) if "10" in by_epsilon else "–"
+            lines.append(f"| {row} | " + " | ".join(cells) + f" | {few} |")
+    return "\n".join(lines) + "\n"
+
+
+def dp_plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(report["datasets"])
+    figure, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    positions = {"1": 0, "10": 1, "inf": 2}
+    for axis, dataset in zip(axes[0], datasets, strict=True):
+        for row, by_epsilon in report["datasets"][dataset]["rows"].items():
+            if "not private" in row:
+                axis.axhline(mean_std([r["tuned"]["overall"] for r in by_epsilon["inf"]])[0], linestyle=":", color="grey", linewidth=1)
+                continue
+            labels = [label for label in positions if label in by_epsilon]
+            means = [mean_std([r["tuned"]["overall"] for r in by_epsilon[label]]) for label in labels]
+            axis.errorbar(
+                [positions[label] for label in labels], [m for m, _ in means], yerr=[s for _, s in means], marker="o", capsize=3, label=row
+            )
+        axis.set_xticks(list(positions.values()), ["1", "10", "∞"])
+        axis.set_xlabel("ε")
+        axis.set_ylabel("top-1 % (report part, tuned)")
+        axis.set_title(f"{dataset}-LT, IF = 100 (dotted: non-private controls)")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def load_report(path: Path) -> dict:
     return json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {"splits": {}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["select", "frozen"], required=True)
+    parser.add_argument("--part", choices=["select", "frozen", "dp"], required=True)
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=SPLITS)
+    parser.add_argument("--datasets", nargs="+", choices=["cifar10", "cifar100"], default=["cifar10", "cifar100"], help="for --part dp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="for --part frozen")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "featdiff" / "bench-controls")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
@@ -286,6 +411,16 @@ def main() -> None:
     runs = Runs(args.workdir)
     command = "python " + " ".join(sys.argv)
     device = f"cpu, {args.threads} torch threads, one run at a time"
+    if args.part == "dp":
+        dp_path = args.out / "controls_dp"
+        report = load_report(dp_path) | {"command": command, "device": device}
+        report.setdefault("datasets", {})
+        for dataset in args.datasets:
+            report["datasets"][dataset] = dp_part(dataset, runs, args.seeds, args.threads)
+        write_report(dp_path, json.loads(strict_json(report)), dp_markdown(report))
+        dp_plot(report, dp_path.with_suffix(".png"))
+        print(dp_markdown(report))
+        return
     selection_path = args.out / "controls_selection"
     selection = load_report(selection_path)
     if args.part == "select":
