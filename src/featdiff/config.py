@@ -317,6 +317,10 @@ class FinetuneConfig(_Section):
     """Random-crop padding; null uses encoder.augment_padding (4 for CIFAR, 1 for 8×8 digits)."""
     classifier_lr_scale: Float = Field(1.0, gt=0)
     """The classifier's learning rate relative to `lr`."""
+    loss: Literal["ce", "logit_adjusted"] = "ce"
+    """The classifier's loss while the encoder trains (`ce_finetune`, and G's real and pseudo terms
+    in `e2e`): cross-entropy, or logit-adjusted by the prior of what G trains on (real counts, plus
+    the generation branch's pseudo-labels in e2e), which judges e2e on the footing of the LA controls."""
     classifier_optimizer: Literal["sgd", "adam"] = "sgd"
     """adam: the classifier takes Adam steps (LDMLR's stage-3 optimizer, weight decay 1e-5) while
     the encoder keeps SGD. From features it already separates, a re-balancing loss has tiny

@@ -386,7 +386,10 @@ def eval_features(context: MethodContext, encoder: nn.Module) -> EncodedDataset:
 def finetuned_control(context: MethodContext) -> tuple[nn.Module, dict, dict]:
     """The CE-fine-tuned encoder, its summary (the `ce_finetune` control) and its results fields."""
     tuned, history = stage_finetune(context)
-    summary = evaluate_all(tuned.fc, eval_features(context, tuned), context.real_prior, context)
+    prior = context.real_prior
+    if context.config.finetune.loss == "logit_adjusted":  # the loss took the real prior out of its logits
+        prior = torch.full_like(prior, 1.0 / len(prior))
+    summary = evaluate_all(tuned.fc, eval_features(context, tuned), prior, context)
     return tuned, summary, {"history": history, "seconds_per_epoch": seconds_per_epoch(history)}
 
 

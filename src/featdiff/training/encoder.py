@@ -20,8 +20,10 @@ Augment = Callable[[Tensor, torch.Generator], Tensor]
 Normalize = Callable[[Tensor], Tensor]
 
 
-def cross_entropy_loss(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(model(images), labels)
+def cross_entropy_loss(model: nn.Module, images: Tensor, labels: Tensor, offsets: Tensor | None = None) -> Tensor:
+    """Cross-entropy of the model's logits, plus `offsets` (τ·log π for the logit-adjusted loss)."""
+    logits = model(images)
+    return F.cross_entropy(logits if offsets is None else logits + offsets, labels)
 
 
 def learning_rate(epoch: int, config: EncoderConfig | FinetuneConfig) -> float:

@@ -115,6 +115,16 @@ def finetune_state(encoder: nn.Module, size: int, config: FinetuneConfig, genera
     )
 
 
+def logit_offsets(labels: Tensor, config: FinetuneConfig, prior: Tensor | None = None) -> Tensor | None:
+    """log π of the training labels (or of `prior`) for `finetune.loss: logit_adjusted`, else None."""
+    if config.loss != "logit_adjusted":
+        return None
+    if prior is None:
+        prior = torch.bincount(labels.cpu()).double()
+    prior = prior.double().clamp_min(1e-12)
+    return torch.log(prior / prior.sum()).float().to(labels.device)
+
+
 def train_finetune(
     state: TrainState,
     images: Tensor,
@@ -134,10 +144,12 @@ def train_finetune(
     optimizer = state.optimizers["encoder"]
     total = config.epochs * state.batches.steps_per_epoch
 
+    offsets = logit_offsets(labels, config)
+
     def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
         index = index.to(device)
         set_train_mode(encoder, config.trainable)
-        loss = cross_entropy_loss(encoder, normalize(augment(images[index], generator)), labels[index])
+        loss = cross_entropy_loss(encoder, normalize(augment(images[index], generator)), labels[index], offsets)
         apply_update(loss, optimizer)
         return {"real": loss.detach()}
 

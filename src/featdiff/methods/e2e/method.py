@@ -20,7 +20,7 @@ from featdiff.evaluation.diagnostics import compare, plot_history, plot_two_clou
 from featdiff.evaluation.inference import encode
 from featdiff.features import EncodedDataset, FeatureSet, encode_dataset, inference_batch
 from featdiff.generation.pseudo import SamplerSettings, build_denoiser, pseudo_counts, schedule_for
-from featdiff.methods.e2e.model import EndToEndModel, resolve_generation_weight, trained_prior
+from featdiff.methods.e2e.model import EndToEndModel, pseudo_label_distribution, resolve_generation_weight, trained_prior
 from featdiff.methods.e2e.steps import EndToEndSettings
 from featdiff.methods.e2e.trainer import end_to_end_state, train_end_to_end
 from featdiff.methods.stages import (
@@ -70,8 +70,14 @@ def features_as_trained(
     return FeatureSet(features, bundle.train.labels)
 
 
-def settings_for(config: RunConfig, e2e_config: EndToEndConfig) -> EndToEndSettings:
-    return EndToEndSettings(config.finetune, e2e_config, config.filter, config.diffusion, schedule_for(config.diffusion))
+def settings_for(config: RunConfig, e2e_config: EndToEndConfig, train_counts: torch.Tensor | None = None) -> EndToEndSettings:
+    """The steps' settings; with `finetune.loss: logit_adjusted`, G's logits are offset by the log
+    of the prior it trains under (real counts plus the generation branch's pseudo-labels)."""
+    offsets = None
+    if config.finetune.loss == "logit_adjusted" and train_counts is not None:
+        prior = trained_prior(e2e_config, train_counts, pseudo_label_distribution(train_counts, e2e_config.ge_labels))
+        offsets = torch.log(prior.clamp_min(1e-12)).float()
+    return EndToEndSettings(config.finetune, e2e_config, config.filter, config.diffusion, schedule_for(config.diffusion), offsets)
 
 
 def resolved_e2e_config(config: RunConfig, train_counts: torch.Tensor) -> EndToEndConfig:
@@ -148,7 +154,7 @@ def stage_end_to_end(context: MethodContext, starting: EncodedDataset) -> tuple[
     model = new_end_to_end_model(config, e2e_config, context.encoder, bundle.num_classes).to(device)
 
     def train() -> StageOutput:
-        settings = settings_for(config, e2e_config)
+        settings = settings_for(config, e2e_config, context.train_counts)
         state = end_to_end_state(model, len(bundle.train.labels), settings, named_generator(config.seed, "e2e/data"))
         diagnostics_generator = state.generators["diagnostics"] = named_generator(config.seed, "e2e/diagnostics", device)
         resume = run.load_checkpoint("end_to_end")
@@ -204,6 +210,8 @@ def run(context: MethodContext) -> MethodResult:
     tuned_encoded = eval_features(context, model.encoder)
     e2e_config = resolved_e2e_config(config, context.train_counts)
     prior = trained_prior(e2e_config, context.train_counts, model.pseudo_label_probs)
+    if config.finetune.loss == "logit_adjusted":  # the offsets took that prior out of G's logits
+        prior = torch.full_like(prior, 1.0 / len(prior))
     extra = {
         "history": info["history"],
         "diagnostics": info["diagnostics"],

@@ -49,6 +49,13 @@ class EndToEndSettings:
     filter: PseudoFilterConfig
     diffusion: DiffusionConfig
     schedule: NoiseSchedule
+    logit_offsets: Tensor | None = None
+    """log π of what G trains on, added to its logits in the real and pseudo terms
+    (`finetune.loss: logit_adjusted`); None for cross-entropy."""
+
+    def logits(self, model: EndToEndModel, features: Tensor) -> Tensor:
+        logits = model.classifier(features)
+        return logits if self.logit_offsets is None else logits + self.logit_offsets.to(logits.device)
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,7 @@ def pseudo_loss(model: EndToEndModel, features: Tensor, labels: Tensor, settings
     """CE of G on pseudo-features, down-weighted or dropped by the AID/OOD filter when it is on.
     The radii are κ·√tr(Σ_y) of the EMA statistics, i.e. `filter.radius: rms` (the config rejects
     `max` for e2e: a moving encoder's largest distance is not tracked)."""
-    losses = F.cross_entropy(model.classifier(features), labels, reduction="none")
+    losses = F.cross_entropy(settings.logits(model, features), labels, reduction="none")
     if not settings.filter.enabled:
         return losses.mean()
     geometry = ClassGeometry(model.stats.means, model.stats.radii(settings.e2e.radius_kappa))
@@ -158,7 +165,7 @@ def joint_step(
     """Strategies A and C: L_real + λ_sem·L_LDM^sem (+ γ_ge·L_ge when `generate`), one backward."""
     config = settings.e2e
     features = model.encoder.features(images)
-    real = F.cross_entropy(model.classifier(features), labels)
+    real = F.cross_entropy(settings.logits(model, features), labels)
     total = real
     logged = {"real": real}
     model.standardizer.update(features.detach())
@@ -218,7 +225,7 @@ def encoder_step(
     denoiser steps that follow reuse instead of running the encoder again."""
     config = settings.e2e
     features = model.encoder.features(images)
-    real = F.cross_entropy(model.classifier(features), labels)
+    real = F.cross_entropy(settings.logits(model, features), labels)
     total, logged = real, {"real": real}
     if pseudo is not None and weights.ge > 0:
         ge = pseudo_loss(model, *pseudo, settings)
