@@ -525,6 +525,12 @@ class FederatedConfig(_Section):
     """Auxiliary-set size per class, split over the holders of the class in proportion to their counts."""
     server_steps: int = Field(20, ge=0)
     """τ: correction steps on the auxiliary set after each aggregation (fedddpm, progressive)."""
+    correction: Literal["scored", "fixed"] = "scored"
+    """fixed: τ steps every round (FedDDPM as published). scored: round(s·τ) steps with strength
+    s = clamp(1 − F_bank / F_model, 0, 1), F the mean per-class Fréchet distance of the bank and of
+    fresh samples of the aggregated model to the federation's class statistics: a bank that is no
+    better than the model corrects nothing, so the correction cannot pull the model towards worse
+    features. Private runs correct as `fixed` (their only reference is the auxiliary set itself)."""
     server_lr: Float = Field(2e-4, gt=0)
     server_batch: int = Field(256, ge=1)
     quick_test_holdout: Float = Field(0.2, gt=0, lt=1)
@@ -538,15 +544,20 @@ class FederatedConfig(_Section):
     finetune_patience: int = Field(3, ge=1)
     """FedDDPM+'s fine-tune stops after this many evaluations without a held-out improvement."""
     refresh_score_ratio: Float = Field(1.0, gt=0)
-    """Progressive: refresh when the candidates' mean per-class Fréchet distance to the federation's
-    statistics is at most this times the bank's own."""
+    """Progressive: class c is refreshed when its candidates' Fréchet distance to the federation's
+    class statistics is below this times the bank's class-c rows' (1: strictly closer)."""
     refresh_share: Float = Field(0.25, ge=0, le=1)
-    """r: at most this share of the bank replaced per refresh (oldest non-anchor rows first)."""
-    anchor_share: Float = Field(0.5, ge=0, le=1)
+    """r: at most this share of a class replaced per refresh (worst-scored non-anchor rows first:
+    farthest from the class mean in units of its RMS radius)."""
+    anchor_share: Float = Field(0.25, ge=0, le=1)
     """Share of the warm-up auxiliary set that is never replaced."""
-    refresh_every: int = Field(5, ge=1)
+    refresh_every: int = Field(2, ge=1)
+    refresh_loss_check: bool = False
+    """Progressive: also require the sampled clients' fixed-draw loss on their real records to stay
+    within `refresh_loss_slack` of its value at the last refresh (one more broadcast of the model
+    per refresh; the Fréchet rule alone costs no bytes)."""
     refresh_loss_slack: Float = Field(0.05, ge=0)
-    """Progressive: the clients' loss on their real records may exceed its value at the last refresh by this share."""
+    """Progressive with `refresh_loss_check`: the clients' loss may exceed its value at the last refresh by this share."""
     probe_every: int = Field(5, ge=1)
     """Every this many rounds (and at the last), sample `probe_per_class` pseudo-features per class
     and report their Fréchet distance to the test features and a head's accuracy on them."""

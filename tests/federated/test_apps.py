@@ -53,9 +53,9 @@ def test_denoiser_algorithms_count_the_bytes_of_every_message(algorithm, make_co
     assert saved["algorithm"] == algorithm and saved["rounds"] == json.loads(strict_json(results["rounds"]))
 
 
-def test_fedddpm_corrects_every_aggregate_and_fedavg_does_not(make_config, tmp_path):
+def test_fedddpm_as_published_corrects_every_aggregate_and_fedavg_does_not(make_config, tmp_path):
     plain = run(make_config("plain", algorithm="fedavg"), tmp_path / "fedavg")
-    corrected = run(make_config("corrected", algorithm="fedddpm"), tmp_path / "fedddpm")
+    corrected = run(make_config("corrected", algorithm="fedddpm", correction="fixed"), tmp_path / "fedddpm")
     assert all("corrected_holdout_loss" not in entry for entry in plain["rounds"])
     assert all(entry["corrected_holdout_loss"] != entry["holdout_loss"] for entry in corrected["rounds"])
     # Round 1 aggregates the same client updates of the same start; only the correction differs after it.
@@ -79,29 +79,48 @@ def test_fedddpm_plus_is_fedavg_while_learning_is_fast(make_config, tmp_path):
     assert [e["holdout_loss"] for e in never_slow["rounds"]] == [e["holdout_loss"] for e in plain["rounds"]]
 
 
-def progressive(make_config, tmp_path, name: str, ratio: float) -> dict:
-    """refresh_every = 2 over 4 rounds; a wide filter keeps the weak tiny denoiser's candidates."""
-    config = make_config(name, algorithm="progressive", refresh_score_ratio=ratio)
-    config.write_text(config.read_text() + "filter:\n  aid_edge: 1000.0\n")
-    return run(config, tmp_path / name)
+BAD_BANK = {"warmup_steps": 0, "rounds": 6, "local_steps": 20}
+"""Untrained warm-up denoisers: an auxiliary bank far from the federation's statistics, which the
+rounds' global model overtakes."""
+GOOD_BANK = {"warmup_steps": 300, "rounds": 2, "local_steps": 1}
+"""Well-trained warm-up denoisers and a global model that has taken two local steps: a bank far
+better than anything the model can offer."""
 
 
-def test_the_progressive_bank_refreshes_when_candidates_score_in_range(make_config, tmp_path):
-    results = progressive(make_config, tmp_path, "refresh", ratio=1000.0)
+def test_a_bank_worse_than_the_model_corrects_nothing_where_a_fixed_correction_hurts(make_config, tmp_path):
+    plain = run(make_config("plain", algorithm="fedavg", **BAD_BANK), tmp_path / "fedavg")
+    scored = run(make_config("scored", algorithm="fedddpm", **BAD_BANK), tmp_path / "scored")
+    fixed = run(make_config("fixed", algorithm="fedddpm", correction="fixed", **BAD_BANK), tmp_path / "fixed")
+    assert all(entry["correction_steps"] == 0 and entry["model_frechet"] < entry["bank_frechet"] for entry in scored["rounds"])
+    ours, theirs = weights(tmp_path / "scored"), weights(tmp_path / "fedavg")
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)  # no correction: FedAvg's run exactly
+    assert scored["pseudo_frechet_test"] == plain["pseudo_frechet_test"]
+    assert fixed["pseudo_frechet_test"] > plain["pseudo_frechet_test"]  # pulled towards the bad bank
+
+
+def test_a_bank_better_than_the_model_corrects_it(make_config, tmp_path):
+    results = run(make_config(algorithm="fedddpm", **GOOD_BANK), tmp_path / "run")
+    assert all(0.3 < entry["correction_strength"] <= 1 and entry["correction_steps"] > 0 for entry in results["rounds"])
+    assert all(entry["bank_frechet"] < entry["model_frechet"] for entry in results["rounds"])
+
+
+def test_the_progressive_bank_refreshes_from_a_model_that_overtook_it(make_config, tmp_path):
+    results = run(make_config(algorithm="progressive", **BAD_BANK), tmp_path / "run")
     scored = [entry for entry in results["rounds"] if "refreshed" in entry]
-    assert [entry["round"] for entry in scored] == [2, 4]
-    assert all(entry["refreshed"] and entry["replaced"] > 0 for entry in scored)
-    ages = [entry["bank_age"] for entry in results["rounds"]]
-    assert ages[0] == 1.0 and ages[1] < 2.0 and ages[3] < 4.0  # new rows entered at rounds 2 and 4: younger than a kept bank
-    assert results["rounds"][1]["bank_frechet"] != results["rounds"][0]["bank_frechet"]
+    assert [entry["round"] for entry in scored] == [2, 4, 6]
+    assert any(entry["refreshed"] and entry["replaced"] > 0 for entry in scored)
+    refreshed = next(entry for entry in scored if entry["refreshed"])
+    assert refreshed["candidate_frechet"] < refreshed["bank_frechet"] or refreshed["classes_refreshed"] > 0
+    first, last = results["rounds"][0], results["rounds"][-1]
+    assert last["bank_frechet"] < first["bank_frechet"] and last["bank_age"] < len(results["rounds"])
 
 
-def test_the_progressive_bank_is_kept_when_candidates_score_out_of_range(make_config, tmp_path):
-    results = progressive(make_config, tmp_path, "keep", ratio=1e-6)
+def test_the_progressive_bank_is_kept_when_the_model_is_worse(make_config, tmp_path):
+    results = run(make_config(algorithm="progressive", **GOOD_BANK), tmp_path / "run")
     scored = [entry for entry in results["rounds"] if "refreshed" in entry]
-    assert [entry["round"] for entry in scored] == [2, 4]
+    assert [entry["round"] for entry in scored] == [2]
     assert not any(entry["refreshed"] or entry["replaced"] for entry in scored)
-    assert [entry["bank_age"] for entry in results["rounds"]] == [1.0, 2.0, 3.0, 4.0]
+    assert [entry["bank_age"] for entry in results["rounds"]] == [1.0, 2.0]
     assert len({entry["bank_frechet"] for entry in results["rounds"]}) == 1
 
 

@@ -1,10 +1,12 @@
 """The progressive auxiliary bank: the server's pseudo-features, refreshed from well-scored models.
 
 FedDDPM draws its auxiliary set once, from the warm-up models, and keeps it. featdiff refreshes
-it: after a correction whose score is in range, fresh pseudo-features that pass the AID/OOD filter
-replace the oldest rows, at most a share r of each class per refresh, and an anchor share of the
-warm-up rows is never replaced. The anchor and the cap are the brakes on a self-consuming loop
-(a model trained on its own samples drifts and loses diversity).
+it: a class whose fresh pseudo-features (from the corrected global model, past the AID/OOD
+filter) are closer to the federation's class statistics than the bank's rows of that class gets
+them in place of its worst-scored rows (farthest from the class mean), at most a share r of the
+class per refresh; an anchor share of the warm-up rows is never replaced. The anchor, the cap and
+the per-class score are the brakes on a self-consuming loop (a model trained on its own samples
+drifts and loses diversity).
 """
 
 from __future__ import annotations
@@ -49,16 +51,27 @@ class Bank:
         return float((current_round - self.born).float().mean())
 
 
-def refresh(bank: Bank, candidates: Tensor, candidate_labels: Tensor, share: float, current_round: int) -> tuple[Bank, int]:
-    """Replace, per class c, the oldest non-anchor rows with candidates of class c: at most
-    ⌊share·n_c⌋ of them, and no more than there are candidates. Returns the bank and how many rows
-    were replaced."""
+def refresh(
+    bank: Bank,
+    candidates: Tensor,
+    candidate_labels: Tensor,
+    share: float,
+    current_round: int,
+    *,
+    scores: Tensor | None = None,
+) -> tuple[Bank, int]:
+    """Replace, per class c of the candidates, non-anchor rows with candidates of class c: at
+    most ⌊share·n_c⌋ of them, and no more than there are candidates. The rows go worst-scored
+    first when `scores` (one per bank row, higher is worse) is given, oldest first among equals
+    (and always without scores). Returns the bank and how many rows were replaced."""
     features, born = bank.features.clone(), bank.born.clone()
     replaced = 0
     for c in candidate_labels.unique().tolist():
         members = torch.nonzero(bank.labels == c).flatten()
         replaceable = members[~bank.anchor[members]]
         replaceable = replaceable[torch.argsort(born[replaceable], stable=True)]
+        if scores is not None:
+            replaceable = replaceable[torch.argsort(scores[replaceable], descending=True, stable=True)]
         fresh = candidates[candidate_labels == c]
         count = min(int(share * len(members)), len(replaceable), len(fresh))
         features[replaceable[:count]] = fresh[:count].to(features)

@@ -24,6 +24,7 @@ from featdiff.diffusion.sampling import Clip
 from featdiff.diffusion.scaling import Standardizer
 from featdiff.errors import UserError
 from featdiff.evaluation.metrics import summarize
+from featdiff.evaluation.protocol import part_summaries, split_test_set
 from featdiff.federated.aggregation import weighted_average
 from featdiff.federated.creff import average_class_gradients
 from featdiff.federated.federation import Exchange, Federation, round_config, round_sample
@@ -91,6 +92,15 @@ class FederatedServer:
         self.feature_dim = self.test_features.shape[1]
         self.num_classes = int(tensors["train_labels"].max()) + 1
         self.private = private_training(self.config)
+        evaluation = self.config.evaluation
+        self.parts = split_test_set(
+            self.test_labels,
+            evaluation.validation_fraction,
+            evaluation.validation_seed,
+            shuffle_report_labels=evaluation.shuffle_report_labels,
+        )
+        """The test set's validation part (every choice: τ, whether and how to refine the head)
+        and report part (the tables), as in a centralised run."""
 
     def train(self, setup: Setup) -> dict:
         """The algorithm, from the setup to its results (the strategy's own entries of results.json)."""
@@ -160,9 +170,12 @@ class FederatedServer:
         return head
 
     def evaluate(self, head: nn.Module, counts: Tensor) -> dict:
+        """The full test set's summary, its validation and report parts', and `tuned` (τ chosen
+        on the validation part; the federation's class counts, which the setup sent in clear)."""
         with torch.inference_mode():
             logits = head(self.test_features)
-        return summarize(logits, self.test_labels, counts)
+        summary = summarize(logits, self.test_labels, counts)
+        return summary | part_summaries(logits, self.test_labels, self.parts, counts, prior=None, index_groups=False)
 
     def head_rounds(
         self, head: nn.Linear, setup: Setup, *, loss: str, label: str, class_gradients: ClassGradients | None = None

@@ -22,17 +22,21 @@ JITTER = 1e-6
 """Added to the diagonal, times the mean variance, so that every factor exists."""
 
 
-def shrunk_covariances(statistics: SufficientStatistics, shrinkage: float) -> tuple[Tensor, Tensor]:
-    """Class means (C, D) and covariances (1 − λ)·Σ_c + λ·Σ_pool (C, D, D), float64; classes with
-    fewer than two records get Σ_pool. Σ_pool is the count-weighted mean of the classes' own
-    (population) covariances."""
+def shrink(counts: Tensor, covariances: Tensor, shrinkage: float) -> Tensor:
+    """(1 − λ)·Σ_c + λ·Σ_pool per class (float64); classes with fewer than two records get Σ_pool,
+    the count-weighted mean of the classes' own (population) covariances."""
     if not 0.0 <= shrinkage <= 1.0:
         raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
-    means, covariances = statistics.means_and_covariances()
-    counts = statistics.counts
+    counts, covariances = counts.double(), covariances.double()
     pooled = (covariances * counts[:, None, None]).sum(0) / counts.sum()
     shrunk = (1.0 - shrinkage) * covariances + shrinkage * pooled
-    return means, torch.where((counts >= 2)[:, None, None], shrunk, pooled)
+    return torch.where((counts >= 2)[:, None, None], shrunk, pooled)
+
+
+def shrunk_covariances(statistics: SufficientStatistics, shrinkage: float) -> tuple[Tensor, Tensor]:
+    """Class means (C, D) and shrunk covariances (C, D, D) of sufficient statistics, float64."""
+    means, covariances = statistics.means_and_covariances()
+    return means, shrink(statistics.counts, covariances, shrinkage)
 
 
 def nearest_psd(covariances: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ from featdiff.federated.head import train_head
 from featdiff.federated.server import FederatedServer, Setup, state_of
 from featdiff.federated.task import fixed_loss, from_record, new_denoiser, to_record
 from featdiff.federated.warmup import auxiliary_counts, reuse_warmup
+from featdiff.generation.gaussian import ClassGaussian, shrink
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, schedule_for
 from featdiff.progress import progress, silenced
 from featdiff.runs import Run
@@ -121,9 +122,30 @@ class FedAvg(FederatedServer):
             "rounds": history,
             "warmup": self.run.stage_info("warmup"),
         }
-        if not self.private and self.fed.head_rounds > 0:
+        refine = not self.private and self.fed.head_rounds > 0
+        if refine:
             results["head_rounds"] = self.head_rounds(head, setup, loss="logit_adjusted", label="refine")
             results["refined"] = self.evaluate(head, setup.counts)
+        if not self.private:
+            results |= self.gaussian_stats(setup, per_class, refine=refine)
+        return results
+
+    def gaussian_stats(self, setup: Setup, per_class: Tensor, *, refine: bool) -> dict:
+        """The free control: the class Gaussian of the setup's aggregated statistics (no bytes
+        beyond the setup), sampled as the denoiser is and given the same head recipe."""
+        counts = setup.counts
+        gaussian = ClassGaussian.of(setup.means, shrink(counts, setup.covariances, self.config.generation.shrinkage))
+        pseudo, labels = gaussian.generate(per_class, named_generator(self.config.seed, "gaussian-stats-pseudo"))
+        head = self.new_head()
+        with silenced():
+            train_head(head, pseudo, labels, self.config.classifier, named_generator(self.config.seed, "server-head"), logit_adjusted=False)
+        results = {
+            "gaussian_stats": self.evaluate(head, counts),
+            "gaussian_stats_frechet_test": compare(self.test_features, self.test_labels, pseudo, labels, self.num_classes)["mean_frechet"],
+        }
+        if refine:
+            results["gaussian_stats_head_rounds"] = self.head_rounds(head, setup, loss="logit_adjusted", label="gaussian-refine")
+            results["gaussian_stats_refined"] = self.evaluate(head, counts)
         return results
 
     def generator_for(self, model: nn.Module, setup: Setup) -> FeatureGenerator:

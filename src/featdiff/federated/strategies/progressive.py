@@ -1,10 +1,15 @@
-"""Progressive bank: FedDDPM whose auxiliary bank is refreshed from well-scored models.
+"""Progressive bank: FedDDPM whose auxiliary bank is refreshed from the improving global model.
 
-Every `refresh_every` rounds the corrected model is scored: the clients' fixed-draw loss on their
-real records (non-private runs) must not exceed its value at the last refresh by more than
-`refresh_loss_slack`, and its filtered candidates' mean per-class Fréchet distance to the
-reference moments must be at most `refresh_score_ratio` times the bank's own. If both hold, the
-oldest non-anchor rows are replaced (at most `refresh_share` of the bank).
+Every `refresh_every` rounds, after the (scored) correction, the server draws fresh candidates
+from the corrected model, drops those the AID/OOD filter calls out of distribution (radii from
+the federation's statistics), and scores candidates and bank per class by their Fréchet distance
+to the federation's class statistics (computed from the setup's sufficient statistics: no record
+is seen, no byte is spent). A class whose candidates are closer than `refresh_score_ratio` times
+its bank rows gets them in place of its worst-scored non-anchor rows (farthest from the class
+mean, in units of its RMS radius), at most `refresh_share` of the class. With
+`refresh_loss_check` the sampled clients' fixed-draw loss on their real records must also stay in
+range (one more broadcast). Logged every refresh: the classes refreshed, the share replaced, the
+candidates' OOD share; every round: the bank's Fréchet distance and age.
 """
 
 from __future__ import annotations
@@ -46,16 +51,14 @@ class Progressive(FedDDPM):
             self.refresh_bank(work, aux)
 
     def refresh_bank(self, work: RoundWork, aux: Auxiliary) -> None:
-        """Score the corrected model (clients' loss on real records, candidates' per-class Fréchet
-        distance to the reference moments); if both are in range, filter candidates and replace
-        the oldest rows."""
+        """Score candidates of the corrected model and the bank class by class against the
+        reference statistics; replace the worst rows of every class whose candidates are closer."""
         fed, model, bank, reference = self.fed, work.model, work.bank, aux.reference
-        if self.private:
-            fed_loss, exchange = math.nan, Exchange()
-        else:
+        fed_loss, exchange = math.nan, Exchange()
+        if fed.refresh_loss_check and not self.private:
             fed_loss, exchange = self.fed_evaluate(model, aux.setup, work.sampled, work.number)
         work.up_bytes, work.down_bytes = work.up_bytes + exchange.up_bytes, work.down_bytes + exchange.down_bytes
-        per_class = torch.full((self.num_classes,), int(math.ceil(fed.refresh_share * fed.aux_per_class)))
+        per_class = torch.bincount(bank.labels, minlength=self.num_classes)
         candidates, labels = self.generator_for(model, aux.setup).generate(
             per_class, SamplerSettings.of(self.config.diffusion), named_generator(self.config.seed, f"refresh-{work.number}")
         )
@@ -65,23 +68,27 @@ class Progressive(FedDDPM):
         band = bands(distance_ratios(candidates, labels, geometry), self.config.filter.id_edge, self.config.filter.aid_edge)
         weights, _ = band_weights(candidates, labels, geometry, self.config.filter.model_copy(update={"enabled": True}))
         kept = (weights > 0) & present[labels]
-        candidate_frechet = mean_ignoring_nan(class_frechet(candidates[kept], labels[kept], *reference))
-        bank_frechet = mean_ignoring_nan(class_frechet(bank.features, bank.labels, *reference))
+        candidate_frechet = class_frechet(candidates[kept], labels[kept], *reference)
+        bank_frechet = class_frechet(bank.features, bank.labels, *reference)
+        better = (candidate_frechet < fed.refresh_score_ratio * bank_frechet).nan_to_num(nan=0.0).bool()
         last = self.last_refresh_loss
-        loss_ok = math.isnan(fed_loss) or fed_loss <= last * (1 + fed.refresh_loss_slack) or math.isinf(last)
-        in_range = loss_ok and candidate_frechet <= fed.refresh_score_ratio * bank_frechet
+        loss_ok = math.isnan(fed_loss) or math.isinf(last) or fed_loss <= last * (1 + fed.refresh_loss_slack)
+        admitted = kept & better[labels] & loss_ok
         replaced = 0
-        if in_range:
-            work.bank, replaced = refresh(bank, candidates[kept], labels[kept], fed.refresh_share, work.number)
+        if bool(admitted.any()):
+            scores = distance_ratios(bank.features, bank.labels, geometry)
+            work.bank, replaced = refresh(bank, candidates[admitted], labels[admitted], fed.refresh_share, work.number, scores=scores)
             if not math.isnan(fed_loss):
                 self.last_refresh_loss = fed_loss
         work.entry |= {
             "fed_loss": fed_loss,
             "evaluate_errors": exchange.errors,
-            "candidate_frechet": candidate_frechet,
+            "candidate_frechet": mean_ignoring_nan(candidate_frechet),
+            "classes_refreshed": int(labels[admitted].unique().numel()) if replaced else 0,
             "ood_share": float((band == 2).float().mean()),
-            "refreshed": bool(in_range),
+            "refreshed": replaced > 0,
             "replaced": replaced,
+            "replaced_share": replaced / len(bank.labels),
         }
 
     def fed_evaluate(self, model: nn.Module, setup: Setup, sampled: list[int], server_round: int) -> tuple[float, Exchange]:
