@@ -499,12 +499,15 @@ class FederatedConfig(_Section):
     test_labels), written by `featdiff encode`; clients hold their Dirichlet share of the training
     rows, the server evaluates on the test rows."""
     algorithm: Annotated[
-        Literal["fedavg", "fedddpm", "fedddpm_plus", "progressive", "fedavg_head", "creff"], BeforeValidator(_current_algorithm_name)
+        Literal["fedavg", "fedddpm", "fedddpm_plus", "progressive", "fedavg_head", "creff", "gaussian_stats"],
+        BeforeValidator(_current_algorithm_name),
     ] = "fedddpm"
     """fedavg: FedAvg of the denoiser, no correction; fedddpm: τ server steps on the auxiliary set
     every round; fedddpm_plus: QUICK-TEST, then one early-stopped fine-tune, then stop; progressive:
     fedddpm whose auxiliary bank is refreshed from well-scored models. fedavg_head and creff are the
-    classifier-only baselines (no denoiser). The strategies: featdiff.federated.strategies. The
+    classifier-only baselines (no denoiser; fedavg_head is DP-FedAvg of the head in a private run),
+    gaussian_stats the class Gaussian of the setup's statistics (their Gaussian releases in a
+    private run). The strategies: featdiff.federated.strategies. The
     spellings feddpm and feddpm_plus are read as fedddpm and fedddpm_plus."""
     rounds: int = Field(30, ge=1)
     local_steps: int = Field(20, ge=1)
@@ -704,6 +707,12 @@ def check_federated(config: RunConfig) -> None:
         federated_rules(config)
         if private_training(config):
             privacy_rules(config)
+            config_rule(
+                config.federated.algorithm != "creff",
+                "federated.algorithm",
+                "creff has no private version (its clients send class gradients in clear): use fedavg_head, the private "
+                "head baseline, or drop privacy.epsilon",
+            )
     except PydanticCustomError as error:
         raise UserError(f"config key '{error.context['field']}' {error.message()}") from None
 

@@ -2,11 +2,13 @@
 
 Every handler calls the training core (denoiser step and loop, dp-promise's phases, the
 classifier loop); none has a loss or a loop of its own. Messages:
-- query.statistics: per-class counts, and (non-private runs) sums and outer products;
+- query.statistics: per-class counts, and (non-private runs) sums and outer products, or (private
+  `gaussian_stats`) clipped sums and outer products released by the Gaussian mechanism;
 - train.warmup: a local denoiser, uploaded as weights or as the requested pseudo-features;
 - train: E local denoiser steps from the broadcast weights (DP-SGD in a private run);
 - evaluate: the fixed-draw denoising loss of the broadcast weights on the client's records;
-- train.head: local epochs of the linear head (CReFF: plus per-class gradients of the broadcast head).
+- train.head: local epochs of the linear head (CReFF: plus per-class gradients of the broadcast head;
+  a private run: DP-SGD with the logit-adjusted loss, one accountant over all head rounds).
 
 A message whose config says `simulate-failure` is answered with an error and no work: the
 server's fault injector, so drop-outs are reproducible. Every handler runs at the config's
@@ -109,12 +111,21 @@ def failed(message: Message) -> Message | None:
 
 
 def statistics(message: Message, client: Holder) -> Message:
+    options = message.content["config"]
+    identity = {"partition-id": client.partition_id, "num-examples": len(client.labels)}
+    if private_training(client.config) and bool(options.get("dp-moments", False)):
+        from featdiff.federated.private_client import private_moments
+
+        generator = named_generator(client.config.seed, f"dp-moments-{client.partition_id}")
+        released = private_moments(client.features, client.labels, client.num_classes, client.config, generator)
+        epsilon = float(released.pop("epsilon"))
+        return reply(message, released, **identity, epsilon=epsilon)
     stats = SufficientStatistics.of(client.features, client.labels, client.num_classes)
-    if private_training(client.config) or not bool(message.content["config"]["moments"]):
+    if private_training(client.config) or not bool(options["moments"]):
         tensors = {"counts": stats.counts}
     else:
         tensors = stats.as_dict() | {"minimum": client.features.min(0).values, "maximum": client.features.max(0).values}
-    return reply(message, tensors, **{"partition-id": client.partition_id, "num-examples": len(client.labels)})
+    return reply(message, tensors, **identity)
 
 
 def warmup(message: Message, client: Holder) -> Message:
@@ -199,10 +210,15 @@ def head(message: Message, client: Holder) -> Message:
     if bool(options.get("creff", False)):
         gradients, counts = class_gradients(model, client.features, client.labels, client.num_classes)
         extra = {"creff.gradients": gradients.detach(), "creff.counts": counts}
+    generator = named_generator(config.seed, f"head-round{int(options['round'])}-client{client.partition_id}")
+    if private_training(config):
+        from featdiff.federated.private_client import private_head_round
+
+        epsilon = private_head_round(model, client.features, client.labels, config, generator)
+        return reply(message, model.state_dict(), **{"num-examples": len(client.labels), "loss": math.nan, "epsilon": epsilon})
     local = ClassifierConfig(
         epochs=federated.head_local_epochs, lr=federated.head_lr, batch_size=config.classifier.batch_size, weight_decay=0.0
     )
-    generator = named_generator(config.seed, f"head-round{int(options['round'])}-client{client.partition_id}")
     loss = train_head(model, client.features, client.labels, local, generator, logit_adjusted=str(options["loss"]) == "logit_adjusted")
     return reply(message, {**model.state_dict(), **extra}, **{"num-examples": len(client.labels), "loss": loss})
 

@@ -51,12 +51,13 @@ class Federation:
         self.nodes: dict[int, int] = {}
         """partition → node id, learnt from the setup's replies."""
 
-    def discover(self, *, moments: bool) -> Exchange:
+    def discover(self, *, moments: bool, dp_moments: bool = False) -> Exchange:
         """Ask every connected node for its class counts (and, with `moments`, its sums and outer
-        products); learn which partition each node holds. A node's error is keyed by its node id
-        (its partition is what it failed to say)."""
+        products; with `dp_moments`, a private client's Gaussian release of them); learn which
+        partition each node holds. A node's error is keyed by its node id (its partition is what
+        it failed to say)."""
         node_ids = sorted(self.grid.get_node_ids())
-        content = RecordDict({"config": ConfigRecord({"moments": moments})})
+        content = RecordDict({"config": ConfigRecord({"moments": moments, "dp-moments": dp_moments})})
         messages = [Message(content, node, "query.statistics", group_id="setup") for node in node_ids]
         exchange = Exchange(down_bytes=sum(message_bytes(m) for m in messages))
         for reply in self.grid.send_and_receive(messages, timeout=self.stage_timeout):

@@ -44,12 +44,12 @@ def preflight(config: RunConfig) -> None:
     parts = partition(fed.features, fed.clients, fed.alpha, config.seed, fed.min_client_records)
     if not private_training(config):
         return
-    from featdiff.federated.private_client import client_plan
+    from featdiff.federated.private_client import check_client_budget
 
     for client in sorted(range(len(parts)), key=lambda p: (len(parts[p]), p)):
         size = len(parts[client])
         try:
-            client_plan(config, size, features["train_features"].shape[1])
+            check_client_budget(config, size, features["train_features"].shape[1])
         except UserError as error:
             raise UserError(f"federated client {client} holds N = {size} records (each client is planned at its own N): {error}") from None
 

@@ -1,5 +1,7 @@
 """A private client's training: dp-promise's phases on its own records, one accountant for all it
-releases. Imported only by private runs (it pulls in the accountants).
+releases; or, for the private controls, DP-SGD of the linear head over all head rounds
+(`fedavg_head`) or one Gaussian release of its clipped class moments (`gaussian_stats`).
+Imported only by private runs (it pulls in the accountants).
 
 The seeded generators a caller hands in drive what need not be secret (Phase II's diffusion
 draws) and name the client's streams; every Poisson mask and every Gaussian noise draw comes
@@ -18,9 +20,11 @@ from torch import Tensor, nn
 from featdiff.config import DiffusionConfig, PrivacyConfig, RunConfig
 from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.diffusion.schedules import NoiseSchedule
-from featdiff.privacy.dp_promise import phase_state, train_phase_one, train_phase_two
+from featdiff.privacy.controls import ControlPlan, plan_control, release_moments, train_private_head
+from featdiff.privacy.dp_promise import clip_to_norm, phase_state, train_phase_one, train_phase_two
 from featdiff.privacy.noise import PrivateNoise, private_noise
 from featdiff.privacy.plan import PrivacyPlan, plan_privacy
+from featdiff.statistics import SufficientStatistics
 
 
 def client_privacy(config: RunConfig, size: int) -> tuple[PrivacyConfig, int]:
@@ -103,3 +107,71 @@ def private_round(
 def _objective(schedule: NoiseSchedule, diffusion: DiffusionConfig) -> DenoisingObjective:
     """The client's objective on the schedule its caller built (the caller's, so both agree)."""
     return DenoisingObjective(schedule, diffusion.resolved_prediction(), diffusion.resolved_weighting())
+
+
+HEAD_ALGORITHMS = ("fedavg_head",)
+MOMENT_ALGORITHMS = ("gaussian_stats",)
+
+
+def head_steps_per_round(config: RunConfig, size: int) -> int:
+    """A client's DP-SGD steps in one head round: `head_local_epochs` passes of Poisson batches."""
+    batch = min(config.privacy.linear_batch, size)
+    return math.ceil(config.federated.head_local_epochs * size / batch)
+
+
+def client_head_plan(config: RunConfig, size: int) -> ControlPlan:
+    """A private client's DP-SGD of the head over every head round (counted as if it took part in
+    all): σ calibrated so the whole costs at most privacy.epsilon. Its counts are not released
+    (they travel in clear in the setup, outside what a federated guarantee covers)."""
+    return _control_plan("dp_linear", config.privacy, size, config.federated.head_rounds * head_steps_per_round(config, size))
+
+
+def client_moments_plan(config: RunConfig, size: int) -> ControlPlan:
+    """A private client's one release of its clipped class sums and outer products."""
+    return _control_plan("dp_gaussian", config.privacy, size, None)
+
+
+@functools.cache
+def _control_plan(control: str, privacy: PrivacyConfig, size: int, steps: int | None) -> ControlPlan:
+    """Calibrated once per process (a client keeps its plan across rounds)."""
+    return plan_control(control, privacy, size, release_counts=False, steps=steps)
+
+
+def check_client_budget(config: RunConfig, size: int, feature_dim: int) -> None:
+    """Raise the UserError a client of `size` records would meet with this config's algorithm."""
+    algorithm = config.federated.algorithm
+    if algorithm in HEAD_ALGORITHMS:
+        client_head_plan(config, size)
+    elif algorithm in MOMENT_ALGORITHMS:
+        client_moments_plan(config, size)
+    else:
+        client_plan(config, size, feature_dim)
+
+
+def private_head_round(head: nn.Linear, features: Tensor, labels: Tensor, config: RunConfig, generator: torch.Generator) -> float:
+    """One head round of a private client: this round's share of its DP-SGD steps, with the
+    logit-adjusted loss under its own prior, from the broadcast head; returns the ε of its plan."""
+    size = len(labels)
+    plan = dataclasses.replace(client_head_plan(config, size), sgd_steps=head_steps_per_round(config, size))
+    counts = torch.bincount(labels, minlength=head.out_features).double().clamp_min(1.0)
+    offsets = torch.log(counts / counts.sum()).float()
+    records = clip_to_norm(features, config.privacy.norm_bound)
+    noise = client_noise(config.privacy, generator, "head")
+    train_private_head(head, records, labels, offsets=offsets, plan=plan, privacy=config.privacy, noise=noise)
+    return plan.epsilon
+
+
+def private_moments(features: Tensor, labels: Tensor, num_classes: int, config: RunConfig, generator: torch.Generator) -> dict[str, Tensor]:
+    """A private client's class counts (in clear), and its clipped class sums and outer products
+    with Gaussian noise on the classes it holds (which classes it holds is in its counts)."""
+    size = len(labels)
+    plan = client_moments_plan(config, size)
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    records = clip_to_norm(features.double(), config.privacy.norm_bound)
+    noise = client_noise(config.privacy, generator, "moments")
+    released = release_moments(records, labels, counts, plan, noise.gaussian)
+    held = (counts > 0).double()
+    exact_zero = SufficientStatistics.of(records, labels, num_classes)  # zero for the classes it does not hold
+    sums = torch.where(held[:, None] > 0, released.sums, exact_zero.sums)
+    outer = torch.where(held[:, None, None] > 0, released.outer, exact_zero.outer)
+    return {"counts": counts, "sums": sums, "outer": outer, "epsilon": torch.tensor(plan.epsilon)}

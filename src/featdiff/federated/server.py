@@ -82,6 +82,8 @@ class FederatedServer:
 
     moments = False
     """Whether the setup asks non-private clients for sums and outer products (denoiser strategies)."""
+    private_moments = False
+    """Whether the setup asks private clients for a Gaussian release of them (`gaussian_stats`)."""
 
     def __init__(self, run: Run, federation: Federation, *, say: Callable[[str], None] = print) -> None:
         self.run, self.federation, self.say = run, federation, say
@@ -124,7 +126,8 @@ class FederatedServer:
 
     def setup(self) -> Setup:
         moments = self.moments and not self.private
-        exchange = self.federation.discover(moments=moments)
+        released = self.private and self.private_moments
+        exchange = self.federation.discover(moments=moments, dp_moments=released)
         present = sorted(exchange.replies)
         if present != list(range(self.fed.clients)):
             absent = sorted(set(range(self.fed.clients)) - set(present))
@@ -146,9 +149,14 @@ class FederatedServer:
             low = torch.stack([statistics[p]["minimum"] for p in present]).min(0).values
             high = torch.stack([statistics[p]["maximum"] for p in present]).max(0).values
             tensors |= {"clip.low": scaler.encode(low), "clip.high": scaler.encode(high)}
+        epsilons = {}
+        if released:  # the sum of every client's released moments: post-processing of DP releases
+            pooled = SufficientStatistics.total([SufficientStatistics.from_dict(statistics[p]) for p in present])
+            tensors["means"], tensors["covariances"] = pooled.means_and_covariances()
+            epsilons = {"max_client_epsilon": max(float(exchange.replies[p]["metrics"]["epsilon"]) for p in present)}
         tensors |= {"scaler.mean": scaler.mean, "scaler.std": scaler.std}
         self.run.save_tensors("setup.safetensors", tensors)
-        self.run.mark_done("setup", up_bytes=exchange.up_bytes, down_bytes=exchange.down_bytes)
+        self.run.mark_done("setup", up_bytes=exchange.up_bytes, down_bytes=exchange.down_bytes, **epsilons)
         return Setup.of(tensors)
 
     # Failures.
@@ -219,4 +227,6 @@ class FederatedServer:
             entry |= class_gradients(server_round, {"gradients": gradients, "counts": class_counts, "global": global_state})
         summary = self.evaluate(head, setup.counts)
         accuracy = {"acc": summary["acc"]["overall"], "acc_adjusted": summary["acc_adjusted"]["overall"]}
+        if self.private:
+            entry["max_client_epsilon"] = max(float(r["metrics"]["epsilon"]) for r in replies)
         return entry | accuracy | {"up_bytes": exchange.up_bytes, "down_bytes": exchange.down_bytes}

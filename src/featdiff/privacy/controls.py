@@ -108,9 +108,8 @@ class ControlPlan:
     sgd_steps: int
     sgd_rate: float
 
-    @property
-    def private(self) -> bool:
-        return self.counts is not None
+    private: bool = True
+    """False when ε is null (no mechanism adds noise)."""
 
     def releases_moments(self, privacy: PrivacyConfig) -> bool:
         """Whether class sums and outer products are released (the Gaussian, or dp_linear's pseudo-features)."""
@@ -137,20 +136,32 @@ class ControlPlan:
         return rows
 
 
-def plan_control(control: Control, privacy: PrivacyConfig, dataset_size: int) -> ControlPlan:
-    """The calibrated mechanisms of `control` on N records; UserError when the budget cannot be met."""
+def plan_control(
+    control: Control, privacy: PrivacyConfig, dataset_size: int, *, release_counts: bool = True, steps: int | None = None
+) -> ControlPlan:
+    """The calibrated mechanisms of `control` on N records; UserError when the budget cannot be met.
+
+    `release_counts: false` leaves the class counts out (a federated client's counts travel in
+    clear in the setup, which the federated threat model does not cover): the whole budget goes to
+    the other mechanisms. `steps` fixes dp_linear's DP-SGD step count (default ⌈epochs·N/B⌉)."""
     if privacy.delta >= 1 / dataset_size:
         raise UserError(
             f"config key 'privacy.delta' must be below 1/N = {1 / dataset_size:.3g} for N = {dataset_size} records, "
             f"got {privacy.delta:g}: a δ that large allows releasing a record outright"
         )
-    rate = min(1.0, privacy.linear_batch / dataset_size)
-    steps = math.ceil(privacy.linear_epochs * dataset_size / privacy.linear_batch) if control == "dp_linear" else 0
+    batch = min(privacy.linear_batch, dataset_size)
+    rate = batch / dataset_size
+    if steps is None:
+        steps = math.ceil(privacy.linear_epochs * dataset_size / batch)
+    steps = steps if control == "dp_linear" else 0
     epsilon, delta, adjacency = privacy.epsilon, privacy.delta, privacy.adjacency
     if epsilon is None:
-        return ControlPlan(control, dataset_size, delta, None, None, None, None, None, steps, rate)
-    counts = GaussianRelease(calibrate_noise_multiplier(epsilon * privacy.count_share, delta, 1.0, 1), count_sensitivity(adjacency))
-    fixed = [counts.mechanism]
+        return ControlPlan(control, dataset_size, delta, None, None, None, None, None, steps, rate, private=False)
+    counts = None
+    fixed: list[SubsampledGaussian] = []
+    if release_counts:
+        counts = GaussianRelease(calibrate_noise_multiplier(epsilon * privacy.count_share, delta, 1.0, 1), count_sensitivity(adjacency))
+        fixed = [counts.mechanism]
     sums = moments = None
     if control == "dp_gaussian" or privacy.linear_release == "gaussian":
         target = epsilon if control == "dp_gaussian" else epsilon * privacy.release_share

@@ -13,6 +13,7 @@ from featdiff.federated.strategies.fedavg import FedAvg
 from featdiff.federated.strategies.fedavg_head import FedAvgHead
 from featdiff.federated.strategies.fedddpm import FedDDPM
 from featdiff.federated.strategies.fedddpm_plus import FedDDPMPlus
+from featdiff.federated.strategies.gaussian_stats import GaussianStats
 from featdiff.federated.strategies.progressive import Progressive
 
 STRATEGIES: dict[str, type[FederatedServer]] = {
@@ -22,6 +23,7 @@ STRATEGIES: dict[str, type[FederatedServer]] = {
     "progressive": Progressive,
     "fedavg_head": FedAvgHead,
     "creff": CReFF,
+    "gaussian_stats": GaussianStats,
 }
 
 
