@@ -198,6 +198,8 @@ def _federated(args: argparse.Namespace) -> None:
         "test set (tuned: τ chosen on its validation part)\n"
     )
     print(results_table(rows, part="report"))
+    if "chosen" in results:
+        print(f"\nchosen on the validation part: {FEDERATED_ROWS[results['chosen']]}")
     print(f"\nresults: {folder / RESULTS}  ({results['wall_s']:.1f} s over all sessions)")
 
 

@@ -43,3 +43,16 @@ def test_creff_has_no_private_version(make_config):
 
     with pytest.raises(UserError, match="creff has no private version"):
         check_federated(load_config(private(make_config(algorithm="creff"))))
+
+
+def test_the_reported_head_is_chosen_on_the_validation_part():
+    from featdiff.federated.strategies.fedavg import chosen_head
+
+    def summary(validation, report):
+        return {"tuned": {"validation": {"acc": {"overall": validation}}, "report": {"acc": {"overall": report}}}}
+
+    results = {"pseudo_only": summary(60.0, 90.0), "refined": summary(70.0, 10.0)}
+    assert chosen_head(results, ("pseudo_only", "refined")) == "refined"
+    results["refined"] = summary(60.0, 99.0)
+    assert chosen_head(results, ("pseudo_only", "refined")) == "pseudo_only"  # a tie keeps the earlier
+    assert chosen_head({"pseudo_only": summary(1.0, 1.0)}, ("pseudo_only", "refined")) == "pseudo_only"

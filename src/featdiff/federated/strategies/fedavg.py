@@ -80,6 +80,14 @@ class RoundWork:
     """Set by a strategy that stops after this round (FedDDPM+ after its fine-tune)."""
 
 
+def chosen_head(results: dict, candidates: tuple[str, ...]) -> str:
+    """Which of the run's classifiers to report: the best on the validation part of the test set
+    (τ chosen on it too), the earlier candidate on a tie, so refining the head federatedly is
+    itself a choice made on validation (a stand-in for a server-side validation set)."""
+    present = [name for name in candidates if name in results]
+    return max(present, key=lambda name: (results[name]["tuned"]["validation"]["acc"]["overall"], -present.index(name)))
+
+
 class FedAvg(FederatedServer):
     """FedAvg of the denoiser, no server correction."""
 
@@ -126,8 +134,10 @@ class FedAvg(FederatedServer):
         if refine:
             results["head_rounds"] = self.head_rounds(head, setup, loss="logit_adjusted", label="refine")
             results["refined"] = self.evaluate(head, setup.counts)
+        results["chosen"] = chosen_head(results, ("pseudo_only", "refined"))
         if not self.private:
             results |= self.gaussian_stats(setup, per_class, refine=refine)
+            results["gaussian_stats_chosen"] = chosen_head(results, ("gaussian_stats", "gaussian_stats_refined"))
         return results
 
     def gaussian_stats(self, setup: Setup, per_class: Tensor, *, refine: bool) -> dict:

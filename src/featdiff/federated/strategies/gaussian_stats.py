@@ -15,6 +15,7 @@ import torch
 
 from featdiff.federated.head import train_head
 from featdiff.federated.server import FederatedServer, Setup
+from featdiff.federated.strategies.fedavg import chosen_head
 from featdiff.generation.gaussian import ClassGaussian, nearest_psd, shrink
 from featdiff.progress import silenced
 from featdiff.seeding import named_generator
@@ -39,4 +40,5 @@ class GaussianStats(FederatedServer):
         elif self.fed.head_rounds > 0:
             results["head_rounds"] = self.head_rounds(head, setup, loss="logit_adjusted", label="refine")
             results["gaussian_stats_refined"] = self.evaluate(head, counts)
+        results["gaussian_stats_chosen"] = chosen_head(results, ("gaussian_stats", "gaussian_stats_refined"))
         return results
