@@ -573,6 +573,11 @@ class FederatedConfig(_Section):
     the server's classifier; 0 skips the refinement)."""
     head_local_epochs: int = Field(2, ge=1)
     head_lr: Float = Field(1e-3, gt=0)
+    private_refine: bool = False
+    """A private denoiser run also refines its head by DP-FedAvg of the head (each client's DP-SGD
+    with the logit-adjusted loss): the release combined with DP-SGD on the real records. A client's
+    budget is then split: the denoiser spends `privacy.release_share`·ε, the head's DP-SGD what is
+    left of ε (the tight accountant composes both)."""
     head_loss: Literal["ce", "logit_adjusted"] = "logit_adjusted"
     """Local loss of FedAvg head rounds: plain cross-entropy, or logit-adjusted by the client's own prior."""
     creff_features_per_class: int = Field(100, ge=1)

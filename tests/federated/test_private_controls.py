@@ -56,3 +56,13 @@ def test_the_reported_head_is_chosen_on_the_validation_part():
     results["refined"] = summary(60.0, 99.0)
     assert chosen_head(results, ("pseudo_only", "refined")) == "pseudo_only"  # a tie keeps the earlier
     assert chosen_head({"pseudo_only": summary(1.0, 1.0)}, ("pseudo_only", "refined")) == "pseudo_only"
+
+
+@pytest.mark.slow
+def test_a_private_denoiser_run_refines_its_head_within_every_clients_budget(make_config, tmp_path):
+    config = private(make_config(algorithm="fedddpm", rounds=2, private_refine=True, head_rounds=3))
+    config.write_text(config.read_text().replace("  epsilon: 10.0", "  epsilon: 10.0\n  accountant: clt\n  release_share: 0.5"))
+    results = run(config, tmp_path / "run")
+    assert 4.5 <= results["warmup"]["max_client_epsilon"] <= 5.0  # the denoiser's share (CLT, as the plan calibrates)
+    assert 9.0 <= results["max_client_epsilon"] <= 10.0  # both, composed by the tight accountant
+    assert "refined" in results and results["chosen"] in ("pseudo_only", "refined")

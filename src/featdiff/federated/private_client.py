@@ -36,6 +36,8 @@ def client_privacy(config: RunConfig, size: int) -> tuple[PrivacyConfig, int]:
     warmup_steps = math.ceil(privacy.phase_two_epochs * size / phase_two_batch)
     total = warmup_steps + federated.rounds * federated.local_steps
     update = {"phase_one_batch": phase_one_batch, "phase_two_batch": phase_two_batch, "phase_two_epochs": total * phase_two_batch / size}
+    if federated.private_refine and privacy.epsilon is not None:  # the head's DP-SGD gets the rest of the budget
+        update["epsilon"] = privacy.epsilon * privacy.release_share
     return privacy.model_copy(update=update), warmup_steps
 
 
@@ -119,11 +121,14 @@ def head_steps_per_round(config: RunConfig, size: int) -> int:
     return math.ceil(config.federated.head_local_epochs * size / batch)
 
 
-def client_head_plan(config: RunConfig, size: int) -> ControlPlan:
+def client_head_plan(config: RunConfig, size: int, feature_dim: int) -> ControlPlan:
     """A private client's DP-SGD of the head over every head round (counted as if it took part in
-    all): σ calibrated so the whole costs at most privacy.epsilon. Its counts are not released
-    (they travel in clear in the setup, outside what a federated guarantee covers)."""
-    return _control_plan("dp_linear", config.privacy, size, config.federated.head_rounds * head_steps_per_round(config, size))
+    all): σ calibrated so the whole costs at most privacy.epsilon, after the client's private
+    denoiser when a denoiser run refines its head (`federated.private_refine`). Its counts are not
+    released (they travel in clear in the setup, outside what a federated guarantee covers)."""
+    steps = config.federated.head_rounds * head_steps_per_round(config, size)
+    earlier = () if config.federated.algorithm in HEAD_ALGORITHMS else tuple(client_plan(config, size, feature_dim).phases)
+    return _control_plan("dp_linear", config.privacy, size, steps, earlier)
 
 
 def client_moments_plan(config: RunConfig, size: int) -> ControlPlan:
@@ -132,27 +137,28 @@ def client_moments_plan(config: RunConfig, size: int) -> ControlPlan:
 
 
 @functools.cache
-def _control_plan(control: str, privacy: PrivacyConfig, size: int, steps: int | None) -> ControlPlan:
+def _control_plan(control: str, privacy: PrivacyConfig, size: int, steps: int | None, earlier: tuple = ()) -> ControlPlan:
     """Calibrated once per process (a client keeps its plan across rounds)."""
-    return plan_control(control, privacy, size, release_counts=False, steps=steps)
+    return plan_control(control, privacy, size, release_counts=False, steps=steps, earlier=earlier)
 
 
 def check_client_budget(config: RunConfig, size: int, feature_dim: int) -> None:
     """Raise the UserError a client of `size` records would meet with this config's algorithm."""
     algorithm = config.federated.algorithm
-    if algorithm in HEAD_ALGORITHMS:
-        client_head_plan(config, size)
-    elif algorithm in MOMENT_ALGORITHMS:
+    if algorithm in MOMENT_ALGORITHMS:
         client_moments_plan(config, size)
-    else:
+        return
+    if algorithm not in HEAD_ALGORITHMS:
         client_plan(config, size, feature_dim)
+    if algorithm in HEAD_ALGORITHMS or config.federated.private_refine:
+        client_head_plan(config, size, feature_dim)
 
 
 def private_head_round(head: nn.Linear, features: Tensor, labels: Tensor, config: RunConfig, generator: torch.Generator) -> float:
     """One head round of a private client: this round's share of its DP-SGD steps, with the
     logit-adjusted loss under its own prior, from the broadcast head; returns the ε of its plan."""
     size = len(labels)
-    plan = dataclasses.replace(client_head_plan(config, size), sgd_steps=head_steps_per_round(config, size))
+    plan = dataclasses.replace(client_head_plan(config, size, features.shape[1]), sgd_steps=head_steps_per_round(config, size))
     counts = torch.bincount(labels, minlength=head.out_features).double().clamp_min(1.0)
     offsets = torch.log(counts / counts.sum()).float()
     records = clip_to_norm(features, config.privacy.norm_bound)

@@ -110,6 +110,8 @@ class ControlPlan:
 
     private: bool = True
     """False when ε is null (no mechanism adds noise)."""
+    earlier: tuple[SubsampledGaussian, ...] = ()
+    """Mechanisms the same records released before (a federated client's private denoiser), part of the total."""
 
     def releases_moments(self, privacy: PrivacyConfig) -> bool:
         """Whether class sums and outer products are released (the Gaussian, or dp_linear's pseudo-features)."""
@@ -118,7 +120,8 @@ class ControlPlan:
     @property
     def mechanisms(self) -> dict[str, SubsampledGaussian]:
         named = {"class counts": self.counts, "class sums": self.sums, "class outer products": self.moments}
-        found = {name: release.mechanism for name, release in named.items() if release is not None}
+        found = {f"earlier release {i + 1}": mechanism for i, mechanism in enumerate(self.earlier)}
+        found |= {name: release.mechanism for name, release in named.items() if release is not None}
         return found | ({"dp-sgd of the head": self.sgd} if self.sgd is not None else {})
 
     @property
@@ -137,13 +140,21 @@ class ControlPlan:
 
 
 def plan_control(
-    control: Control, privacy: PrivacyConfig, dataset_size: int, *, release_counts: bool = True, steps: int | None = None
+    control: Control,
+    privacy: PrivacyConfig,
+    dataset_size: int,
+    *,
+    release_counts: bool = True,
+    steps: int | None = None,
+    earlier: tuple[SubsampledGaussian, ...] = (),
 ) -> ControlPlan:
     """The calibrated mechanisms of `control` on N records; UserError when the budget cannot be met.
 
     `release_counts: false` leaves the class counts out (a federated client's counts travel in
     clear in the setup, which the federated threat model does not cover): the whole budget goes to
-    the other mechanisms. `steps` fixes dp_linear's DP-SGD step count (default ⌈epochs·N/B⌉)."""
+    the other mechanisms. `steps` fixes dp_linear's DP-SGD step count (default ⌈epochs·N/B⌉).
+    `earlier`: mechanisms the records already went through, composed into the total (the new
+    noise is calibrated for what they leave)."""
     if privacy.delta >= 1 / dataset_size:
         raise UserError(
             f"config key 'privacy.delta' must be below 1/N = {1 / dataset_size:.3g} for N = {dataset_size} records, "
@@ -158,7 +169,7 @@ def plan_control(
     if epsilon is None:
         return ControlPlan(control, dataset_size, delta, None, None, None, None, None, steps, rate, private=False)
     counts = None
-    fixed: list[SubsampledGaussian] = []
+    fixed: list[SubsampledGaussian] = list(earlier)
     if release_counts:
         counts = GaussianRelease(calibrate_noise_multiplier(epsilon * privacy.count_share, delta, 1.0, 1), count_sensitivity(adjacency))
         fixed = [counts.mechanism]
@@ -173,9 +184,12 @@ def plan_control(
         fixed += [sums.mechanism, moments.mechanism]
     sgd = sigma = None
     if control == "dp_linear":
-        accounted = calibrate_noise_multiplier(epsilon, delta, rate, steps, fixed)
+        try:
+            accounted = calibrate_noise_multiplier(epsilon, delta, rate, steps, fixed)
+        except ValueError as error:
+            raise UserError(f"config key 'privacy.epsilon' {epsilon:g} leaves nothing for the head's DP-SGD: {error}") from None
         sgd, sigma = SubsampledGaussian(accounted, rate, steps), accounted * sgd_sensitivity_factor(adjacency)
-    return ControlPlan(control, dataset_size, delta, counts, sums, moments, sgd, sigma, steps, rate)
+    return ControlPlan(control, dataset_size, delta, counts, sums, moments, sgd, sigma, steps, rate, earlier=tuple(earlier))
 
 
 def release_counts(labels: Tensor, num_classes: int, plan: ControlPlan, generator: torch.Generator) -> Tensor:

@@ -130,10 +130,12 @@ class FedAvg(FederatedServer):
             "rounds": history,
             "warmup": self.run.stage_info("warmup"),
         }
-        refine = not self.private and self.fed.head_rounds > 0
+        refine = self.fed.head_rounds > 0 and (not self.private or self.fed.private_refine)
         if refine:
             results["head_rounds"] = self.head_rounds(head, setup, loss="logit_adjusted", label="refine")
             results["refined"] = self.evaluate(head, setup.counts)
+            if self.private:  # the clients' total: the denoiser's share and the head's DP-SGD
+                results["max_client_epsilon"] = max(entry["max_client_epsilon"] for entry in results["head_rounds"])
         results["chosen"] = chosen_head(results, ("pseudo_only", "refined"))
         if not self.private:
             results |= self.gaussian_stats(setup, per_class, refine=refine)
