@@ -1,29 +1,27 @@
-"""Benchmark: federated LDMLR on LDMLR's CIFAR-10/100-LT (IF = 100) features, 20 Dirichlet(0.5)
-clients, 8 per round, the Flower apps on featdiff's in-process grid (same apps and messages as the
-simulation engine and a SuperLink; a function call as transport, so 2 cores train instead of
-starting Ray workers).
+"""Benchmark: federated feature diffusion against its free and cheap controls (issues 11 and 18).
 
-Per dataset and seed, on one federation (one partition, one warm-up shared by the denoiser
-algorithms through `federated.warmup_from`):
-- baselines: FedAvg of the head (cross-entropy; read plain and logit-adjusted by the global
-  prior), FedAvg of the head with the logit-adjusted loss, CReFF, FedAvg of the denoiser without
-  correction (`fedavg`), and centralised LDMLR on the pooled features (the upper bound);
-- FedDDPM, FedDDPM+ and the progressive bank;
-- the warm-up question: FedDDPM with the warm-up uploaded as models instead of pseudo-features;
-- private (ε = 10 per client, δ = 1e-5): fedavg, FedDDPM, FedDDPM+, progressive.
+LDMLR's shipped IF = 100 encoders' features, spread over Dirichlet(α) clients, the Flower apps on
+featdiff's in-process grid (the same apps and messages as the simulation engine and a SuperLink;
+a function call as transport, so 2 cores train instead of starting Ray workers). Per federation
+(dataset, α, clients, clients per round, seed), every denoiser algorithm shares one warm-up
+(`federated.warmup_from`), and beside them run:
+- the LA FedAvg head (FedAvg of the linear head with the logit-adjusted loss) and CReFF;
+- `gaussian_stats`, the class Gaussian of the setup's aggregated statistics (free: every denoiser
+  run computes it, no byte beyond the setup), with the same pseudo count and head recipe;
+- FedDDPM as published (`correction: fixed`) beside featdiff's scored correction;
+- centralised featdiff on the pooled features: LDMLR (balanced fill) and the class Gaussian
+  (pseudo-only), the same recipes.
+Every accuracy is the report part of the test set with τ chosen on its validation part, for the
+head each run chose on the validation part (pseudo-only, or refined by FedAvg of the head: a
+stand-in for a server-side validation set).
 
-    python benchmarks/federated.py [--datasets cifar10 cifar100] [--seeds 0 1 2]
+    python benchmarks/federated.py                      # preset default: α = 0.5, 20 clients (8 per round), both datasets, 3 seeds
+    python benchmarks/federated.py --preset harder      # α ∈ {0.5, 0.1} × {20 (8), 50 (10)} clients, seed 0
+    python benchmarks/federated.py --preset private     # ε ∈ {10, 3} per client, CIFAR-10, 3 seeds: DP controls beside the release
 
-Writes benchmarks/results/federated.{json,md} and federated_{setting}.png (accuracy and Fréchet
-distance of the probe against rounds and against bytes, seed 0). The defaults fit in 40 minutes
-on 2 cores. The private sweep (every denoiser algorithm at ε = 10; 46 min of runs in all, 12 min
-beyond the defaults when their runs are reused from the same --workdir) is
-
-    python benchmarks/federated.py --workdir W --private-seeds cifar10=0:1:2,cifar100=0 \
-        --private-algorithms fedddpm fedavg fedddpm_plus progressive --out benchmarks/results/federated_private
-
-`--workdir DIR` keeps the run folders and reuses finished runs whose saved config matches. The
-committed results predate the rename: they say feddpm for fedddpm (the same algorithm).
+`--workdir DIR` keeps the run folders and reuses finished runs whose saved config matches; each
+preset writes benchmarks/results/federated[_<preset>].{json,md} (and plots of the probe against
+rounds and bytes, first seed).
 """
 
 from __future__ import annotations
@@ -46,11 +44,13 @@ from featdiff.config import RunConfig, config_from_dict, config_to_dict, dump_co
 from featdiff.diffusion.scaling import Standardizer
 from featdiff.evaluation.diagnostics import compare
 from featdiff.evaluation.metrics import summarize
+from featdiff.evaluation.protocol import part_summaries, split_test_set
 from featdiff.federated.client_app import make_client_app
 from featdiff.federated.head import train_head
 from featdiff.federated.local_grid import InProcessGrid
 from featdiff.federated.server_app import serve
 from featdiff.federated.task import encoded_features
+from featdiff.generation.gaussian import ClassGaussian
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, balanced_counts, build_denoiser, clip_range, schedule_for
 from featdiff.io import atomic_write_bytes, atomic_write_text
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
@@ -58,6 +58,7 @@ from featdiff.pipeline import export_features
 from featdiff.report import GROUPS, fmt, fmt_mean_std, write_report
 from featdiff.runs import RESULTS_FILE
 from featdiff.seeding import initialise, named_generator, reset_parameters
+from featdiff.statistics import SufficientStatistics
 from featdiff.training.denoiser import denoiser_state, train_denoiser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,17 @@ DENOISERS = ("fedavg", "fedddpm", "fedddpm_plus", "progressive")
 PER_DATASET = {
     "cifar10": {"aux_per_class": 100, "pseudo_per_class": 300, "probe_per_class": 50},
     "cifar100": {"aux_per_class": 30, "pseudo_per_class": 60, "probe_per_class": 10},
+}
+PRESETS = {
+    "default": {"federations": [(d, 0.5, 20, 8) for d in ("cifar10", "cifar100")], "seeds": [0, 1, 2], "epsilons": []},
+    "harder": {
+        "federations": [
+            (d, a, k, m) for d in ("cifar10", "cifar100") for a in (0.5, 0.1) for k, m in ((20, 8), (50, 10)) if (a, k) != (0.5, 20)
+        ],
+        "seeds": [0],
+        "epsilons": [],
+    },
+    "private": {"federations": [("cifar10", 0.5, 20, 8)], "seeds": [0, 1, 2], "epsilons": [10.0, 3.0]},
 }
 
 
@@ -98,17 +110,29 @@ def run_or_reuse(config: RunConfig, workdir: Path) -> dict:
     started = time.perf_counter()
     results = serve(InProcessGrid(make_client_app(settings), config.federated.clients, settings), settings)
     results["wall_s"] = time.perf_counter() - started
+    print(f"  {config.name}: {results['wall_s']:.0f} s", file=sys.stderr, flush=True)
     return results
 
 
-def centralised_ldmlr(config: RunConfig, steps: int) -> dict:
-    """LDMLR on the pooled training features (what a single holder of all records would do): the
-    same denoiser and head recipes, `steps` denoiser steps, real features plus pseudo-features that
-    fill every class up to the largest (LDMLR's balanced count rule)."""
+def protocol_summary(config: RunConfig, head: torch.nn.Module, tensors: dict, counts: torch.Tensor, prior: torch.Tensor) -> dict:
+    """A centralised head's summary with the validation and report parts, as a federated run's."""
+    with torch.inference_mode():
+        logits = head(tensors["test_features"])
+    labels = tensors["test_labels"]
+    parts = split_test_set(labels, config.evaluation.validation_fraction, config.evaluation.validation_seed)
+    return summarize(logits, labels, counts, prior=prior) | part_summaries(logits, labels, parts, counts, prior=prior, index_groups=False)
+
+
+def centralised(config: RunConfig, steps: int) -> dict:
+    """Centralised featdiff on the pooled training features (what a single holder of all records
+    would do), with the federation's head recipe: LDMLR (`steps` denoiser steps, real features plus
+    pseudo-features filling every class up to the largest) and the class Gaussian (pseudo-only,
+    `pseudo_per_class` per class)."""
     started = time.perf_counter()
     tensors = encoded_features(config.federated.features)
     features, labels = tensors["train_features"], tensors["train_labels"]
     classes = int(labels.max()) + 1
+    counts = torch.bincount(labels, minlength=classes)
     scaler = Standardizer.fitted(features)
     diffusion = config.diffusion.model_copy(update={"steps": steps})
     model = initialise(build_denoiser(features.shape[1], classes, diffusion), named_generator(config.seed, "central-init"))
@@ -123,44 +147,50 @@ def centralised_ldmlr(config: RunConfig, steps: int) -> dict:
     train_denoiser(state, scaler.encode(features), labels, schedule, diffusion)
     scaled = scaler.encode(features)
     generator = FeatureGenerator(state.ema.module.eval(), scaler, clip_range(scaled, diffusion), schedule, diffusion.resolved_prediction())
-    counts = torch.bincount(labels, minlength=classes)
-    fill = balanced_counts(counts)
-    pseudo, pseudo_labels = generator.generate(fill, SamplerSettings.of(diffusion), named_generator(config.seed, "central-pseudo"))
+    pseudo, pseudo_labels = generator.generate(
+        balanced_counts(counts), SamplerSettings.of(diffusion), named_generator(config.seed, "central-pseudo")
+    )
     head = torch.nn.Linear(features.shape[1], classes)
     reset_parameters(head, named_generator(config.seed, "central-head"))
-    combined_labels = torch.cat([labels, pseudo_labels])
+    combined = torch.cat([labels, pseudo_labels])
     train_head(
         head,
         torch.cat([features, pseudo]),
-        combined_labels,
+        combined,
         config.classifier,
         named_generator(config.seed, "central-train"),
         logit_adjusted=False,
     )
-    trained = torch.bincount(combined_labels, minlength=classes).double()
-    with torch.inference_mode():
-        logits = head(tensors["test_features"])
-    summary = summarize(logits, tensors["test_labels"], counts, prior=trained / trained.sum())
+    trained = torch.bincount(combined, minlength=classes).double()
+    ldmlr = protocol_summary(config, head, tensors, counts, trained / trained.sum())
+    gaussian = ClassGaussian.fitted(SufficientStatistics.of(features, labels, classes), config.generation.shrinkage)
+    per_class = torch.full((classes,), config.federated.pseudo_per_class)
+    drawn, drawn_labels = gaussian.generate(per_class, named_generator(config.seed, "central-gaussian"))
+    gaussian_head = torch.nn.Linear(features.shape[1], classes)
+    reset_parameters(gaussian_head, named_generator(config.seed, "central-head"))
+    train_head(gaussian_head, drawn, drawn_labels, config.classifier, named_generator(config.seed, "central-train"), logit_adjusted=False)
+    uniform = torch.full((classes,), 1.0 / classes, dtype=torch.float64)
     return {
-        "summary": summary,
-        "pseudo_frechet_test": compare(tensors["test_features"], tensors["test_labels"], pseudo, pseudo_labels, classes)["mean_frechet"],
+        "ldmlr": ldmlr,
+        "ldmlr_frechet_test": compare(tensors["test_features"], tensors["test_labels"], pseudo, pseudo_labels, classes)["mean_frechet"],
+        "gaussian": protocol_summary(config, gaussian_head, tensors, counts, uniform),
         "wall_s": time.perf_counter() - started,
     }
 
 
 def central_or_reuse(config: RunConfig, steps: int, workdir: Path) -> dict:
-    """Centralised LDMLR, or its saved result for the same config and steps."""
-    saved = workdir / f"{config.name}-{steps}-balanced.json"
+    saved = workdir / f"{config.name}-{steps}-central.json"
     if saved.exists():
         stored = json.loads(saved.read_text())
         if stored["config"] == json.loads(json.dumps(config_to_dict(config))):  # compared as JSON reads it back
             return stored["result"]
-    result = centralised_ldmlr(config, steps)
+    result = centralised(config, steps)
     atomic_write_text(saved, json.dumps({"config": config_to_dict(config), "result": result}))
     return result
 
 
 def total_bytes(results: dict) -> int:
+    """Every message of the run; the free control's head rounds are the control's, not the run's."""
     rounds = results.get("rounds", []) + results.get("head_rounds", [])
     warm = results.get("warmup", {})
     return (
@@ -171,81 +201,81 @@ def total_bytes(results: dict) -> int:
     )
 
 
-def to_target(results: dict, target: float) -> dict | None:
-    """The first round whose classifier reaches `target` % on the test set, and the MB spent by
-    then: the probe head on pseudo-features for the denoiser algorithms, the global head (CReFF:
-    the re-trained head) for the baselines."""
-    spent = results["setup"]["up_bytes"] + results["setup"]["down_bytes"]
-    spent += results.get("warmup", {}).get("up_bytes", 0) + results.get("warmup", {}).get("down_bytes", 0)
-    denoiser = "rounds" in results
-    for entry in results["rounds"] if denoiser else results["head_rounds"]:
-        spent += entry["up_bytes"] + entry["down_bytes"]
-        accuracy = entry.get("probe_acc") if denoiser else entry.get("creff_acc", entry["acc"])
-        if accuracy is not None and accuracy >= target:
-            return {"round": entry["round"], "mb": spent / 1e6}
-    return None
+def reported(summary: dict) -> dict:
+    """A head's report-part accuracies with τ chosen on the validation part."""
+    return summary["tuned"]["report"]["acc"]
 
 
-def summary_row(name: str, results: dict, setting: dict, target: float, adjusted: bool = False) -> dict:
-    summary = results[next(key for key in ("refined", "creff", "head", "pseudo_only") if key in results)]
+def row(method: str, results: dict, key: str, setting: dict, *, nbytes: int | None = None) -> dict:
+    """One table row: the head `key` names (a results key, or the run's own choice `chosen`)."""
+    summary = results[results[key]] if key in ("chosen", "gaussian_stats_chosen") else results[key]
+    rounds = results.get("rounds", []) if key == "chosen" else []
+    refreshes = [r for r in rounds if "refreshed" in r]
     return {
-        "method": name,
-        "acc": summary["acc_adjusted" if adjusted else "acc"],
-        "pseudo_only": results.get("pseudo_only", {}).get("acc"),
-        "frechet": results.get("pseudo_frechet_test"),
-        "bytes": total_bytes(results),
-        "warmup_bytes": results.get("warmup", {}).get("up_bytes"),
-        "rounds_run": len(results.get("rounds", [])),
-        "missing": sum(len(r["missing"]) for r in results.get("rounds", []) + results.get("head_rounds", [])),
-        "to_target": to_target(results, target),
+        "method": method,
+        "acc": reported(summary),
+        "head": results[key] if key in ("chosen", "gaussian_stats_chosen") else key,
+        "pseudo_only": reported(results["pseudo_only"]) if "pseudo_only" in results and key == "chosen" else None,
+        "frechet": results.get("pseudo_frechet_test") if key == "chosen" else results.get("gaussian_stats_frechet_test"),
+        "bytes": total_bytes(results) if nbytes is None else nbytes,
+        "rounds_run": len(rounds),
+        "refresh_rate": (sum(r["refreshed"] for r in refreshes) / len(rounds)) if refreshes else None,
+        "bank_frechet": [rounds[0]["bank_frechet"], rounds[-1]["bank_frechet"]] if rounds and "bank_frechet" in rounds[0] else None,
+        "epsilon": results.get("max_client_epsilon", results.get("warmup", {}).get("max_client_epsilon")),
+        "missing": sum(len(r["missing"]) for r in rounds + results.get("head_rounds", [])),
         "wall_s": results["wall_s"],
         **setting,
     }
 
 
-def one_federation(dataset: str, seed: int, features: Path, args: argparse.Namespace, workdir: Path, report: dict) -> None:
-    prefix = f"{dataset}-s{seed}"
+def one_federation(federation: tuple, seed: int, features: Path, args: argparse.Namespace, workdir: Path, report: dict) -> None:
+    dataset, alpha, clients, per_round = federation
+    prefix = f"{dataset}-a{alpha:g}-k{clients}-m{per_round}-s{seed}"
+    shape = {"alpha": alpha, "clients": clients, "clients_per_round": per_round, "rounds": args.rounds}
+    setting = {"setting": f"{dataset}, α = {alpha:g}, {clients} clients ({per_round} per round)", "dataset": dataset, "seed": seed}
     rows = report["rows"]
-    setting = {"dataset": dataset, "seed": seed}
-    target = args.targets[dataset]
-    head_ce = run_or_reuse(
-        config_for(dataset, seed, f"{prefix}-head-ce", features, {"algorithm": "fedavg_head", "head_loss": "ce"}), workdir
-    )
-    rows.append(summary_row("FedAvg head (CE)", head_ce, setting | {"private": False}, target))
-    rows.append(summary_row("FedAvg head (CE, post-hoc adjusted)", head_ce, setting | {"private": False}, target, adjusted=True))
-    head_la = run_or_reuse(config_for(dataset, seed, f"{prefix}-head-la", features, {"algorithm": "fedavg_head"}), workdir)
-    rows.append(summary_row("FedAvg head (logit-adjusted loss)", head_la, setting | {"private": False}, target))
-    creff = run_or_reuse(config_for(dataset, seed, f"{prefix}-creff", features, {"algorithm": "creff"}), workdir)
-    rows.append(summary_row("CReFF", creff, setting | {"private": False}, target))
-    for private in (False, True) if seed in args.private_seeds.get(dataset, []) else (False,):
-        privacy = {"epsilon": 10.0} if private else None
-        tag = "-dp" if private else ""
+
+    def config(name: str, federated: dict, privacy: dict | None = None) -> RunConfig:
+        return config_for(dataset, seed, f"{prefix}-{name}", features, shape | federated, privacy)
+
+    if not args.epsilons:
+        head = run_or_reuse(config("head-la", {"algorithm": "fedavg_head"}), workdir)
+        rows.append(row("LA FedAvg head (control)", head, "head", setting))
+        creff = run_or_reuse(config("creff", {"algorithm": "creff"}), workdir)
+        rows.append(row("CReFF", creff, "creff", setting))
         source = None
-        for algorithm in DENOISERS if not private else args.private_algorithms:
-            federated = {"algorithm": algorithm, "warmup_from": str(workdir / source) if source else ""}
-            config = config_for(dataset, seed, f"{prefix}{tag}-{algorithm}", features, federated, privacy)
-            results = run_or_reuse(config, workdir)
-            source = source or config.name
-            rows.append(summary_row(algorithm, results, setting | {"private": private}, target))
-            report["curves"].setdefault(f"{dataset}{tag}", {}).setdefault(algorithm, []).append(curve(results))
-    looser = {"algorithm": "progressive", "refresh_score_ratio": 2.0, "warmup_from": str(workdir / f"{prefix}-fedavg")}
-    results = run_or_reuse(config_for(dataset, seed, f"{prefix}-progressive-looser", features, looser), workdir)
-    rows.append(summary_row("progressive (refresh range ×2)", results, setting | {"private": False}, target))
-    if seed in args.model_upload_seeds:
-        config = config_for(dataset, seed, f"{prefix}-fedddpm-model-upload", features, {"algorithm": "fedddpm", "warmup_upload": "model"})
-        rows.append(summary_row("fedddpm (warm-up uploads models)", run_or_reuse(config, workdir), setting | {"private": False}, target))
-    central = central_or_reuse(config_for(dataset, seed, f"{prefix}-central", features, {}), args.central_steps, workdir)
-    rows.append(
-        {
-            "method": "centralised LDMLR",
-            "acc": central["summary"]["acc"],
-            "frechet": central["pseudo_frechet_test"],
-            "bytes": None,
-            "wall_s": central["wall_s"],
-            **setting,
-            "private": False,
-        }
-    )
+        variants = [(a, a, {}) for a in DENOISERS] + [("fedddpm (as published: fixed correction)", "fedddpm", {"correction": "fixed"})]
+        for label, algorithm, extra in variants:
+            name = algorithm if not extra else "fedddpm-fixed"
+            federated = {"algorithm": algorithm, "warmup_from": str(workdir / source) if source else "", **extra}
+            results = run_or_reuse(config(name, federated), workdir)
+            source = source or f"{prefix}-{name}"
+            rows.append(row(label, results, "chosen", setting))
+            if algorithm == "fedavg" and not extra:
+                control_bytes = results["setup"]["up_bytes"] + results["setup"]["down_bytes"] + total_head_round_bytes(results)
+                rows.append(row("gaussian_stats (free control)", results, "gaussian_stats_chosen", setting, nbytes=control_bytes))
+            report["curves"].setdefault(setting["setting"], {}).setdefault(label, []).append(curve(results))
+        central = central_or_reuse(config("central", {}), args.central_steps, workdir)
+        for key, label in (("ldmlr", "centralised LDMLR"), ("gaussian", "centralised class Gaussian")):
+            rows.append({"method": label, "acc": reported(central[key]), "bytes": None, "wall_s": central["wall_s"], **setting})
+        return
+    for epsilon in args.epsilons:
+        privacy = {"epsilon": epsilon}
+        tag = f"dp{epsilon:g}"
+        private_setting = setting | {"setting": setting["setting"] + f", ε = {epsilon:g} per client"}
+        head = run_or_reuse(config(f"{tag}-head", {"algorithm": "fedavg_head"}, privacy), workdir)
+        rows.append(row("DP-FedAvg LA head (control)", head, "head", private_setting))
+        stats = run_or_reuse(config(f"{tag}-stats", {"algorithm": "gaussian_stats"}, privacy), workdir)
+        rows.append(row("DP class statistics' Gaussian (control)", stats, "gaussian_stats_chosen", private_setting))
+        release = run_or_reuse(config(f"{tag}-fedddpm", {"algorithm": "fedddpm"}, privacy), workdir)
+        rows.append(row("FedDDPM release (pseudo-only)", release, "chosen", private_setting))
+        combined = {"algorithm": "fedddpm", "private_refine": True}
+        refined = run_or_reuse(config(f"{tag}-fedddpm-refine", combined, privacy | {"release_share": 0.5}), workdir)
+        rows.append(row("FedDDPM release + DP-FedAvg head (half the budget each)", refined, "chosen", private_setting))
+
+
+def total_head_round_bytes(results: dict) -> int:
+    return sum(r["up_bytes"] + r["down_bytes"] for r in results.get("gaussian_stats_head_rounds", []))
 
 
 def curve(results: dict) -> list[dict]:
@@ -265,126 +295,120 @@ def plot(report: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for setting, by_algorithm in report["curves"].items():
+    for number, (setting, by_algorithm) in enumerate(report["curves"].items()):
         figure, axes = plt.subplots(2, 2, figsize=(10, 7))
         for algorithm, curves in by_algorithm.items():
             points = curves[0]
-            for row, metric in enumerate(("acc", "frechet")):
-                axes[row][0].plot([p["round"] for p in points], [p[metric] for p in points], marker="o", label=algorithm)
-                axes[row][1].plot([p["bytes"] / 1e6 for p in points], [p[metric] for p in points], marker="o", label=algorithm)
-        for row, metric in enumerate(("probe head accuracy (%)", "probe Fréchet distance to test")):
-            axes[row][0].set_ylabel(metric)
-            axes[row][0].set_xlabel("round")
-            axes[row][1].set_xlabel("cumulative MB (setup + warm-up + rounds)")
-        axes[0][0].legend()
-        figure.suptitle(f"{setting}: seed 0")
+            for r, metric in enumerate(("acc", "frechet")):
+                axes[r][0].plot([p["round"] for p in points], [p[metric] for p in points], marker="o", label=algorithm)
+                axes[r][1].plot([p["bytes"] / 1e6 for p in points], [p[metric] for p in points], marker="o", label=algorithm)
+        for r, metric in enumerate(("probe head accuracy (%, full test set)", "probe Fréchet distance to test")):
+            axes[r][0].set_ylabel(metric)
+            axes[r][0].set_xlabel("round")
+            axes[r][1].set_xlabel("cumulative MB (setup + warm-up + rounds)")
+        axes[0][0].legend(fontsize=7)
+        figure.suptitle(f"{setting}: first seed")
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=90)
         plt.close(figure)
-        atomic_write_bytes(out.parent / f"{out.name}_{setting}.png", buffer.getvalue())
+        atomic_write_bytes(out.parent / f"{out.name}_{number}.png", buffer.getvalue())
 
 
 def markdown(report: dict) -> str:
-    run_minutes = sum(r["wall_s"] for r in report["rows"] if r["wall_s"] is not None and "post-hoc" not in r["method"]) / 60
+    run_minutes = sum(r["wall_s"] for r in report["rows"] if r.get("wall_s") is not None) / 60
     lines = [
-        "# Federated LDMLR (20 Dirichlet(0.5) clients, 8 per round, IF = 100)",
+        f"# Federated feature diffusion against its controls (preset `{report['preset']}`, IF = 100)",
         "",
         f"Generated by `{report['command']}` on {report['machine']}; {report['threads']} torch threads, one job at a time."
-        f" Runs took {run_minutes:.1f} min in all (each run's own time; the features are encoded once per dataset)."
-        f" Seeds {report['seeds']}; final round, no selection on the test set.",
+        f" Runs took {run_minutes:.1f} min in all (rows of one run count once per row)."
+        f" Seeds {report['seeds']}; {report['rounds']} rounds.",
         "",
-        "- **Accuracy**: top-1 % on the balanced test set, mean ± std over seeds (n = seeds in the row). For the denoiser"
-        " algorithms, the server's head trained on pseudo-features, then refined by FedAvg of the head (logit-adjusted"
-        " loss); *pseudo-only* is that head before refinement (the private runs stop there).",
+        "- **Accuracy**: top-1 % on the report part of the test set, τ chosen on its validation part, mean ± std over seeds"
+        " (n), for the head each run chose on the validation part (*pseudo-only* on the server's pseudo-features, or *refined*"
+        " by FedAvg of the head with the logit-adjusted loss); *pseudo-only* is the former's accuracy.",
         "- **Fréchet**: mean per-class distance of the final pseudo-features to the test features (lower is better).",
-        "- **MB**: every serialised message of the run (setup statistics, warm-up, rounds, head rounds), mean over seeds.",
-        "- **to target**: rounds and MB until the round's classifier reaches "
-        + ", ".join(f"{value:g} % on {dataset}" for dataset, value in report["targets"].items())
-        + " (seeds that reached it): the probe head on pseudo-features for the denoiser algorithms, the global head for the baselines.",
+        "- **MB**: every serialised message of the run (setup, warm-up, rounds, head rounds), mean over seeds; the free"
+        " control's are the setup's plus its own head rounds.",
+        "- **refreshes/round**: the progressive bank's refreshes per round; **bank Fréchet**: first → last round.",
         "",
     ]
-    for dataset in report["datasets"]:
-        for private in (False, True):
-            rows = [r for r in report["rows"] if r["dataset"] == dataset and r["private"] == private]
-            if not rows:
-                continue
-            lines += [f"## {dataset}{' — ε = 10 per client (δ = 1e-5)' if private else ''}", ""]
-            header = "| method | n | " + " | ".join(GROUPS) + " | pseudo-only | Fréchet | MB | to target: rounds / MB | missing replies |"
-            lines += [header, "|---" * 11 + "|"]
-            for method in dict.fromkeys(r["method"] for r in rows):
-                group = [r for r in rows if r["method"] == method]
-                accs = [" " + fmt_mean_std([r["acc"][g] for r in group]) for g in GROUPS]
-                pseudo = fmt_mean_std([r["pseudo_only"]["overall"] if r.get("pseudo_only") else None for r in group])
-                frechet = fmt_mean_std([r.get("frechet") for r in group])
-                megabytes = fmt(statistics.mean(r["bytes"] for r in group) / 1e6, 1) if group[0]["bytes"] is not None else "–"
-                reached = [r["to_target"] for r in group if r.get("to_target")]
-                target = "–" if group[0]["bytes"] is None else f"not reached (0/{len(group)})"
-                if reached:
-                    rounds, spent = statistics.mean(t["round"] for t in reached), statistics.mean(t["mb"] for t in reached)
-                    target = f"{rounds:.1f} / {spent:.1f} ({len(reached)}/{len(group)})"
-                missing = sum(r.get("missing", 0) for r in group)
-                lines.append(f"| {method} | {len(group)} |{' |'.join(accs)} | {pseudo} | {frechet} | {megabytes} | {target} | {missing} |")
-            lines.append("")
+    for setting in dict.fromkeys(r["setting"] for r in report["rows"]):
+        rows = [r for r in report["rows"] if r["setting"] == setting]
+        lines += [f"## {setting}", ""]
+        lines += [
+            "| method | n | "
+            + " | ".join(GROUPS)
+            + " | head | pseudo-only | Fréchet | MB | refreshes/round | bank Fréchet | ε (max client) |",
+            "|---" * 13 + "|",
+        ]
+        for method in dict.fromkeys(r["method"] for r in rows):
+            group = [r for r in rows if r["method"] == method]
+            accs = [fmt_mean_std([r["acc"][g] for r in group]) for g in GROUPS]
+            heads = ", ".join(sorted({r["head"] for r in group if r.get("head")})) or "–"
+            pseudo = fmt_mean_std([r["pseudo_only"]["overall"] if r.get("pseudo_only") else None for r in group])
+            frechet = fmt_mean_std([r.get("frechet") for r in group])
+            megabytes = fmt(statistics.mean(r["bytes"] for r in group) / 1e6, 1) if group[0]["bytes"] is not None else "–"
+            rates = [r["refresh_rate"] for r in group if r.get("refresh_rate") is not None]
+            refresh = fmt(statistics.mean(rates), 2) if rates else "–"
+            banks = [r["bank_frechet"] for r in group if r.get("bank_frechet")]
+            bank = f"{statistics.mean(b[0] for b in banks):.2f} → {statistics.mean(b[1] for b in banks):.2f}" if banks else "–"
+            epsilons = [r["epsilon"] for r in group if r.get("epsilon") is not None]
+            epsilon = fmt(max(epsilons), 2) if epsilons else "–"
+            lines.append(
+                f"| {method} | {len(group)} | "
+                + " | ".join(accs)
+                + f" | {heads} | {pseudo} | {frechet} | {megabytes} | {refresh} | {bank} | {epsilon} |"
+            )
+        lines.append("")
     return "\n".join(lines) + "\n"
-
-
-def seeds_by_dataset(text: str) -> dict[str, list[int]]:
-    pairs = [item.split("=") for item in text.split(",") if item]
-    return {dataset: [int(seed) for seed in seeds.split(":") if seed] for dataset, seeds in pairs}
-
-
-def targets_by_dataset(text: str) -> dict[str, float]:
-    return {dataset: float(value) for dataset, value in (item.split("=") for item in text.split(",") if item)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["cifar10", "cifar100"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--model-upload-seeds", nargs="*", type=int, default=[0])
-    parser.add_argument(
-        "--private-seeds", type=seeds_by_dataset, default=seeds_by_dataset("cifar10=0:1:2"), help="e.g. cifar10=0:1:2,cifar100=0"
-    )
-    parser.add_argument("--private-algorithms", nargs="+", default=["fedddpm"], choices=DENOISERS)
-    parser.add_argument(
-        "--targets",
-        type=targets_by_dataset,
-        default=targets_by_dataset("cifar10=60,cifar100=20"),
-        help="test accuracy %% for rounds/MB to target",
-    )
+    parser.add_argument("--preset", choices=list(PRESETS), default="default")
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the preset's seeds")
+    parser.add_argument("--datasets", nargs="+", choices=list(PER_DATASET), help="only these of the preset's federations")
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--central-steps", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--out", type=Path, default=RESULTS / "federated")
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/federated[_<preset>]")
     args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    args.epsilons = preset["epsilons"]
+    seeds = args.seeds or preset["seeds"]
+    federations = [f for f in preset["federations"] if args.datasets is None or f[0] in args.datasets]
+    out = args.out or RESULTS / ("federated" if args.preset == "default" else f"federated_{args.preset}")
     keep_torch_caches_in_featdiff_cache()
     torch.set_num_threads(args.threads)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="featdiff-federated-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict = {
+        "preset": args.preset,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "threads": args.threads,
         "command": shlex.join(["python", "benchmarks/federated.py", *sys.argv[1:]]),
-        "datasets": args.datasets,
-        "seeds": args.seeds,
-        "targets": args.targets,
+        "seeds": seeds,
+        "rounds": args.rounds,
+        "federations": federations,
         "rows": [],
         "curves": {},
     }
-    for dataset in args.datasets:
+    for federation in federations:
+        dataset = federation[0]
         features = workdir / f"{dataset}-features.safetensors"
         if not features.exists():
             export_features(config_for(dataset, 0, f"{dataset}-encode", features, {}), features)
-        for seed in args.seeds:
-            one_federation(dataset, seed, features, args, workdir, report)
+        for seed in seeds:
+            one_federation(federation, seed, features, args, workdir, report)
             report["wall_s"] = time.perf_counter() - started
-            write_report(args.out, report, markdown(report))
-            print(f"{dataset} seed {seed} done after {report['wall_s'] / 60:.1f} min", file=sys.stderr)
-    plot(report, args.out)
+            write_report(out, report, markdown(report))
+            print(f"{federation} seed {seed} done after {report['wall_s'] / 60:.1f} min", file=sys.stderr, flush=True)
+    plot(report, out)
     report["wall_s"] = time.perf_counter() - started
-    write_report(args.out, report, markdown(report))
+    write_report(out, report, markdown(report))
 
 
 if __name__ == "__main__":
