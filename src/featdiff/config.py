@@ -66,13 +66,28 @@ class DataConfig(_Section):
     dataset: Dataset = "digits"
     imbalance_factor: Float = Field(10.0, ge=1)
     """n_max / n_min."""
-    source: Literal["ldmlr-packed", "ldmlr-official", "ldam-official"] = "ldmlr-packed"
+    source: Literal["ldmlr-packed", "ldmlr-official", "ldam-official", "features"] = "ldmlr-packed"
+    """Where the images come from; `features`: no images, a file of feature vectors (`features`)
+    from any encoder, for the methods that need features only (`featdiff.data.feature_file`)."""
+    features: str = ""
+    """With source `features`: a .safetensors or .npz file with train_features, train_labels,
+    test_features, test_labels (and optionally class_names), e.g. one `featdiff encode` wrote."""
     root: str = "../shared/data/cifar-lt"
     train_holdout_fraction: Float = Field(0.0, ge=0, lt=1)
     """Share of each class's training images held out of training and scored as `train_holdout`.
     Not a validation set for choosing knobs: the shipped encoders memorised their training
     images, so held-out training images are not test-like (that is `evaluation`'s validation part).
     Configs written before the rename say `validation_fraction`; it is read as this key."""
+
+    @model_validator(mode="after")
+    def _features_file_with_its_source(self) -> DataConfig:
+        if self.source == "features":
+            config_rule(bool(self.features), "features", "must name a features file (.safetensors or .npz) when data.source is 'features'")
+            holdout_free = self.train_holdout_fraction == 0
+            config_rule(holdout_free, "train_holdout_fraction", "must be 0 for data.source 'features' (no images to hold out)")
+        else:
+            config_rule(not self.features, "features", f"is read only with data.source: features, not {self.source!r}; leave it empty")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -629,6 +644,16 @@ class RunConfig(_Section):
             config_rule(self.encoder.checkpoint is None, "encoder.checkpoint", "digits has no shipped encoder; leave it null")
         config_rule(not self.encoder.public or self.encoder.checkpoint is not None, "encoder.public", "needs encoder.checkpoint")
         method = method_named(self.method)
+        if self.data.source == "features":
+            config_rule(
+                method.features_only,
+                "method",
+                f"{self.method!r} needs images and an encoder, which data.source 'features' does not have; use one of "
+                f"{_feature_methods()} (or data from images)",
+            )
+            config_rule(
+                self.encoder.checkpoint is None, "encoder.checkpoint", "must be null for data.source 'features' (its features are given)"
+            )
         config_rule(
             not self.diffusion.denoiser_from or self.method == "ldmlr",
             "diffusion.denoiser_from",
@@ -647,6 +672,11 @@ class RunConfig(_Section):
         if method.rules is not None:
             method.rules(self)
         return self
+
+
+def _feature_methods() -> str:
+    """The methods that run on feature vectors alone, for the message that refuses another."""
+    return ", ".join(name for name in method_names() if method_named(name).features_only)
 
 
 def _encoder_trainers() -> str:

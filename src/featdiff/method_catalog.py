@@ -15,7 +15,9 @@ What a method module defines:
 - `preflight(config: RunConfig) -> None` (optional): checks that need the data but no training,
   run before a run folder exists (raise UserError);
 - `TRAINS_ENCODER = True` (optional): the method trains the encoder itself, so
-  `finetune.init: scratch` may start it from random weights instead of a stage-1 encoder.
+  `finetune.init: scratch` may start it from random weights instead of a stage-1 encoder;
+- `FEATURES_ONLY = True` (optional): the method needs feature vectors only (no images, no
+  encoder), so it runs on `data.source: features`.
 
 This module sits below `featdiff.config` (which asks it for the names and the rules) and imports
 the methods by name only, so no import points up the layers.
@@ -53,6 +55,7 @@ class Method:
     rules: Callable[[RunConfig], None] | None = None
     preflight: Callable[[RunConfig], None] | None = None
     trains_encoder: bool = False
+    features_only: bool = False
 
 
 def _extra_modules() -> list[str]:
@@ -104,4 +107,5 @@ def method_named(name: str) -> Method:
         rules=getattr(module, "rules", None),
         preflight=getattr(module, "preflight", None),
         trains_encoder=bool(getattr(module, "TRAINS_ENCODER", False)),
+        features_only=bool(getattr(module, "FEATURES_ONLY", False)),
     )

@@ -15,16 +15,16 @@ import torch
 from torch import nn
 
 from featdiff.config import RunConfig, config_to_dict
-from featdiff.data.bundle import DatasetBundle, load_dataset
+from featdiff.data.bundle import DatasetBundle, FeatureBundle, load_dataset
+from featdiff.data.feature_file import FeatureFile, load_feature_file, save_feature_file
 from featdiff.errors import UserError
 from featdiff.evaluation.protocol import split_test_set
-from featdiff.features import encode_dataset
-from featdiff.io import atomic_save_tensors
+from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
 from featdiff.method_catalog import method_named
 from featdiff.methods.stages import MethodContext, evaluate_all
 from featdiff.models.encoders import encoder_for, load_encoder
 from featdiff.runs import Run, StageOutput
-from featdiff.seeding import initialise, named_generator
+from featdiff.seeding import initialise, named_generator, reset_parameters
 from featdiff.training.acceleration import accelerated
 from featdiff.training.encoder import encoder_state, train_encoder
 
@@ -82,6 +82,30 @@ def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.M
     return model.eval()
 
 
+class FeatureHead(nn.Module):
+    """The stand-in encoder of a features file: nothing but a seeded random linear head (`fc`),
+    which the classifier stages start from (there is no trained head to start from)."""
+
+    def __init__(self, feature_dim: int, num_classes: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.fc = nn.Linear(feature_dim, num_classes)
+        reset_parameters(self.fc, generator)
+
+
+def features_from_file(config: RunConfig, device: torch.device) -> tuple[FeatureBundle, nn.Module, EncodedDataset]:
+    """`data.source: features`: the file's features as the run's encoded dataset (checked when
+    read), a bundle of its classes and counts, and a stand-in encoder with a random head."""
+    file = load_feature_file(config.data.features)
+    counts = torch.bincount(file.train_labels, minlength=file.num_classes)
+    bundle = FeatureBundle(name=Path(config.data.features).stem, classes=file.class_names, train_counts=counts)
+    encoder = FeatureHead(file.feature_dim, file.num_classes, named_generator(config.seed, NEW_HEAD_STREAM)).to(device)
+    encoded = EncodedDataset(
+        train=FeatureSet(file.train_features, file.train_labels), test=FeatureSet(file.test_features, file.test_labels), train_holdout=None
+    )
+    return bundle, encoder, encoded
+
+
 def preflight(config: RunConfig) -> None:
     """The method's checks that need the data but no training (before a run folder exists)."""
     method = method_named(config.method)
@@ -95,24 +119,29 @@ def execute(run: Run) -> dict:
     method = method_named(config.method)
     device = resolve_device(config.device)
 
-    with run.timed("data_and_encoder_s"):
-        bundle = load_dataset(config.data, seed=config.seed)
-        encoder = stage_encoder(run, bundle, device)
-    with run.timed("features_s"):
-        encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
+    if config.data.source == "features":
+        with run.timed("features_s"):
+            bundle, encoder, encoded = features_from_file(config, device)
+    else:
+        with run.timed("data_and_encoder_s"):
+            bundle = load_dataset(config.data, seed=config.seed)
+            encoder = stage_encoder(run, bundle, device)
+        with run.timed("features_s"):
+            encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
 
     evaluation = config.evaluation
     shuffle = evaluation.shuffle_report_labels
     parts = split_test_set(encoded.test.labels, evaluation.validation_fraction, evaluation.validation_seed, shuffle_report_labels=shuffle)
     context = MethodContext(run, bundle, encoder, encoded, device, controls={}, parts=parts)
-    if not starts_from_scratch(config) and not config.encoder.public:  # a random classifier's accuracy is no control
+    has_head = config.data.source != "features" and not config.encoder.public
+    if not starts_from_scratch(config) and has_head:  # a random classifier's accuracy is no control
         context.controls["ce"] = evaluate_all(encoder.fc, encoded, context.real_prior, context)
     outcome = method.run(context)
     controls = context.controls | outcome.controls
     results = {
         "method": config.method,
-        "dataset": config.data.dataset,
-        "imbalance_factor": config.data.imbalance_factor,
+        "dataset": config.data.dataset if config.data.source != "features" else f"features:{bundle.name}",
+        "imbalance_factor": config.data.imbalance_factor if config.data.source != "features" else imbalance_of(context.train_counts),
         "seed": config.seed,
         **outcome.summary,
         "controls": {name: summary for name, summary in controls.items() if name != config.method},
@@ -133,6 +162,11 @@ def execute(run: Run) -> dict:
     return results
 
 
+def imbalance_of(counts: torch.Tensor) -> float:
+    """n_max / n_min of the training counts (what a features file's imbalance factor is)."""
+    return float(counts.max()) / float(counts.min())
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -140,8 +174,9 @@ def describe_device(device: torch.device) -> str:
 
 
 def export_features(config: RunConfig, out: Path) -> dict[str, int]:
-    """The config's training and test features from its shipped encoder, as one safetensors file:
-    what a federation's clients (their shares of the training rows) and server (the test rows) read."""
+    """The config's training and test features from its shipped encoder, as one safetensors file
+    (`featdiff.data.feature_file`'s format, class names in its metadata): what `data.source:
+    features` and a federation's clients (their shares of the training rows) and server (the test rows) read."""
     if config.encoder.checkpoint is None:
         raise UserError("featdiff encode needs encoder.checkpoint (a shipped encoder); train one with `featdiff run` first")
     device = resolve_device(config.device)
@@ -149,11 +184,12 @@ def export_features(config: RunConfig, out: Path) -> dict[str, int]:
     new_head = named_generator(config.seed, NEW_HEAD_STREAM) if config.encoder.public else None
     encoder = load_encoder(Path(config.encoder.checkpoint), bundle.num_classes, new_head).to(device).eval()
     encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
-    tensors = {
-        "train_features": encoded.train.features.cpu(),
-        "train_labels": encoded.train.labels.cpu(),
-        "test_features": encoded.test.features.cpu(),
-        "test_labels": encoded.test.labels.cpu(),
-    }
-    atomic_save_tensors(out, tensors)
-    return {"train": len(tensors["train_labels"]), "test": len(tensors["test_labels"]), "dim": tensors["train_features"].shape[1]}
+    file = FeatureFile(
+        train_features=encoded.train.features.cpu(),
+        train_labels=encoded.train.labels.cpu(),
+        test_features=encoded.test.features.cpu(),
+        test_labels=encoded.test.labels.cpu(),
+        class_names=bundle.train.classes,
+    )
+    save_feature_file(out, file)
+    return {"train": len(file.train_labels), "test": len(file.test_labels), "dim": file.feature_dim}

@@ -40,6 +40,11 @@ class DatasetBundle:
     def num_classes(self) -> int:
         return self.train.num_classes
 
+    @property
+    def train_counts(self) -> torch.Tensor:
+        """Training images per class (not per view: a class's count, whatever the feature views)."""
+        return self.train.class_counts()
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.mean, self.std)
 
@@ -85,3 +90,18 @@ def load_dataset(config: DataConfig, seed: int = 0) -> DatasetBundle:
         flip=flip,
         index_groups=config.dataset == "cifar10",
     )
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureBundle:
+    """What the feature-only methods need to know about a `data.source: features` dataset: no
+    images, so no normalisation or augmentation, only its classes and training counts."""
+
+    name: str
+    classes: tuple[str, ...]
+    train_counts: torch.Tensor
+    index_groups: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)

@@ -19,12 +19,12 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from torch import Tensor, nn
 
 from featdiff.config import RunConfig, load_config, private_training
+from featdiff.data.feature_file import load_feature_file
 from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.diffusion.scaling import Standardizer
 from featdiff.errors import UserError
 from featdiff.federated.partition import dirichlet_partition
 from featdiff.generation.pseudo import build_denoiser
-from featdiff.io import load_tensors
 from featdiff.seeding import initialise, named_generator
 
 FEATURE_KEYS = ("train_features", "train_labels", "test_features", "test_labels")
@@ -47,11 +47,13 @@ def encoded_features(path: str) -> dict[str, Tensor]:
 
 @functools.cache
 def _read_features(path: str, modified_ns: int, size: int) -> dict[str, Tensor]:
-    tensors = load_tensors(Path(path), fix="write it again with `featdiff encode CONFIG OUT`")
-    missing = [key for key in FEATURE_KEYS if key not in tensors]
-    if missing:
-        raise UserError(f"features file {path} lacks {', '.join(missing)}: write it with `featdiff encode CONFIG OUT`")
-    return tensors
+    """The file read and checked as `data.source: features` reads it (`featdiff.data.feature_file`:
+    safetensors or .npz, any encoder), its problems named in one line."""
+    try:
+        file = load_feature_file(path)
+    except UserError as error:
+        raise UserError(f"federated.features: {str(error).removeprefix('data.features: ')}") from None
+    return {key: getattr(file, key) for key in FEATURE_KEYS}
 
 
 def num_classes(config: RunConfig) -> int:

@@ -15,6 +15,8 @@ from featdiff.config import RunConfig, private_control_rules
 if TYPE_CHECKING:
     from featdiff.methods.stages import MethodContext, MethodResult
 
+FEATURES_ONLY = True
+
 rules = private_control_rules
 COVERED_FILES = ["dp_release.safetensors", "dp_pseudo_features.safetensors", "dp_pseudo_classifier.safetensors"]
 

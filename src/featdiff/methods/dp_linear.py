@@ -16,6 +16,8 @@ from featdiff.config import RunConfig, private_control_rules
 if TYPE_CHECKING:
     from featdiff.methods.stages import MethodContext, MethodResult
 
+FEATURES_ONLY = True
+
 rules = private_control_rules
 COVERED_FILES = ["dp_release.safetensors", "dp_head.safetensors"]
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from featdiff.methods.stages import MethodContext, MethodResult
 
+FEATURES_ONLY = True
+
 
 def run(context: MethodContext) -> MethodResult:
     from featdiff.methods.stages import MethodResult, cheap_controls, fc_retrain_control

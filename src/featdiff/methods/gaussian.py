@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from featdiff.methods.stages import MethodContext, MethodResult
 
+FEATURES_ONLY = True
+
 
 def run(context: MethodContext) -> MethodResult:
     from featdiff.generation.pseudo import pseudo_counts

@@ -20,6 +20,8 @@ from featdiff.errors import UserError
 if TYPE_CHECKING:
     from featdiff.methods.stages import MethodContext, MethodResult
 
+FEATURES_ONLY = True
+
 rules = guidance_rules
 
 SAMPLER_KEYS = ("sampler", "sample_steps", "eta", "guidance", "clip_widen", "denoiser_from")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from featdiff.config import ClassifierConfig, FeatureConfig, RunConfig
-from featdiff.data.bundle import DatasetBundle, load_dataset
+from featdiff.data.bundle import DatasetBundle, FeatureBundle, load_dataset
 from featdiff.diffusion.parameterization import Prediction
 from featdiff.evaluation.diagnostics import compare, plot_two_clouds
 from featdiff.evaluation.metrics import summarize
@@ -59,7 +59,8 @@ class MethodContext:
     when a method starts from scratch) with its features, and the device."""
 
     run: Run
-    bundle: DatasetBundle
+    bundle: DatasetBundle | FeatureBundle
+    """The dataset: images and their constants, or (`data.source: features`) only classes and counts."""
     encoder: nn.Module
     encoded: EncodedDataset
     device: torch.device
@@ -74,7 +75,7 @@ class MethodContext:
 
     @property
     def train_counts(self) -> torch.Tensor:
-        return self.bundle.train.class_counts()
+        return self.bundle.train_counts
 
     @property
     def real_prior(self) -> torch.Tensor:
@@ -430,6 +431,10 @@ def ldmlr_after_finetune(context: MethodContext, *, refit: bool) -> MethodResult
 
 def dataset_size(config: RunConfig) -> int:
     """N, the number of training records, from the data alone (a private method's preflight)."""
+    if config.data.source == "features":
+        from featdiff.data.feature_file import load_feature_file
+
+        return len(load_feature_file(config.data.features).train_labels)
     return len(load_dataset(config.data, seed=config.seed).train.labels)
 
 

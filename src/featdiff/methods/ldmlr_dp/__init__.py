@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from featdiff.methods.stages import MethodContext, MethodResult
 
 rules = privacy_rules
+FEATURES_ONLY = True
 """A private method: the privacy section's rules apply."""
 
 

@@ -59,6 +59,11 @@ def privacy_plan(context: MethodContext) -> PrivacyPlan:
 
 def plan_for_config(config: RunConfig) -> PrivacyPlan:
     """The plan from the config and the dataset's size alone (no encoder run, no training)."""
+    if config.data.source == "features":
+        from featdiff.data.feature_file import load_feature_file
+
+        file = load_feature_file(config.data.features)
+        return plan_privacy(config.privacy, config.diffusion, len(file.train_labels), file.feature_dim)
     bundle = load_dataset(config.data, seed=config.seed)
     feature_dim = int(encoder_for(bundle.name, bundle.num_classes, bundle.train.images.shape[1]).feature_dim)
     return plan_privacy(config.privacy, config.diffusion, len(bundle.train.labels), feature_dim)
