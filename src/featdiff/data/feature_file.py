@@ -42,6 +42,33 @@ class FeatureFile:
         return int(self.train_features.shape[1])
 
 
+def check_features(features: Tensor, labels: Tensor, *, where: str, num_classes: int | None = None) -> int:
+    """The number of classes of (features, labels) tensors, after checking them as a features file
+    is checked: (N, D) floating features and (N,) integer labels with N > 0, finite values,
+    labels in 0..C−1 and, when C is not given, every class 0..max present. Problems are one
+    UserError starting with `where`."""
+    if features.ndim != 2 or labels.ndim != 1 or len(features) != len(labels) or len(labels) == 0:
+        raise UserError(
+            f"{where}: features of shape {tuple(features.shape)} and labels of shape {tuple(labels.shape)}; "
+            "they must be (N, D) and (N,) with the same N > 0"
+        )
+    if not features.is_floating_point():
+        raise UserError(f"{where}: features are {features.dtype}; pass floating-point features")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise UserError(f"{where}: labels are {labels.dtype}; pass integer class indices")
+    if not bool(torch.isfinite(features).all()):
+        raise UserError(f"{where}: features hold NaN or infinite values ({int((~torch.isfinite(features)).sum())} entries)")
+    classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise UserError(f"{where}: labels run from {int(labels.min())} to {int(labels.max())}, outside 0..{classes - 1}")
+    if num_classes is None:
+        counts = torch.bincount(labels.long().cpu(), minlength=classes)
+        if bool((counts == 0).any()):
+            empty = torch.nonzero(counts == 0).flatten().tolist()
+            raise UserError(f"{where}: no record of class {', '.join(map(str, empty[:5]))}; relabel the classes present as 0..C-1")
+    return classes
+
+
 def _read(path: Path) -> tuple[dict[str, np.ndarray], list[str] | None]:
     if not path.is_file():
         raise UserError(f"data.features: {path} does not exist; write one with `featdiff encode` or from your own encoder (see README)")

@@ -8,6 +8,7 @@ scaling, clipping or sampling reaches every method at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from featdiff.diffusion.sampling import Clip, SamplerSettings, sample_features
 from featdiff.diffusion.scaling import Scaler, Standardizer, UnitIntervalMap
 from featdiff.diffusion.schedules import NoiseSchedule, make_schedule
 from featdiff.models.denoiser import FeatureDenoiser
+from featdiff.training.state import TrainState
 
 
 def ldmlr_counts(train_counts: Tensor, ratio: float, floor: int) -> Tensor:
@@ -148,3 +150,37 @@ class FeatureGenerator:
         elif self.clip is not None:
             state |= {f"clip.{name}": torch.as_tensor(bound) for name, bound in zip(("low", "high"), self.clip, strict=True)}
         return state
+
+
+def fit_generator(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    config: DiffusionConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    before_training: Callable[[TrainState], None] | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    log: Callable[[int, float], None] | None = None,
+) -> FeatureGenerator:
+    """LDMLR's stage 2 on `features`: the scaler, a denoiser initialised and trained from the
+    named streams "denoiser/init", "denoiser/data" and "denoiser/diffusion" of `seed`, sampled from
+    its EMA weights with the clip range of the scaled training features. `before_training` may
+    load a checkpoint into the fresh state (a run's resume)."""
+    from featdiff.seeding import initialise, named_generator
+    from featdiff.training.denoiser import denoiser_state, train_denoiser
+
+    scaler = make_scaler(features, config)
+    scaled = scaler.encode(features)
+    model = initialise(build_denoiser(features.shape[1], num_classes, config), named_generator(seed, "denoiser/init"))
+    schedule = schedule_for(config)
+    data, draws = (named_generator(seed, f"denoiser/{purpose}", device) for purpose in ("data", "diffusion"))
+    state = denoiser_state(model.to(device), len(labels), config, data, draws=draws)
+    if before_training is not None:
+        before_training(state)
+    train_denoiser(state, scaled, labels, schedule, config, checkpoint=checkpoint, log=log)
+    bounds = clip_range(scaled, config)
+    if bounds is not None:
+        bounds = tuple(b.to(device) if isinstance(b, torch.Tensor) else b for b in bounds)
+    return FeatureGenerator(state.ema.module.eval(), scaler, bounds, schedule, config.resolved_prediction())

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from featdiff.config import GenerationConfig
 from featdiff.statistics import SufficientStatistics
 
 Transfer = Literal["none", "calibration", "residual"]
@@ -133,3 +134,21 @@ class HeadToTail:
         weights = 1.0 / torch.bincount(owners, minlength=len(self.means)).double()[owners]
         picks = pool[torch.multinomial(weights, count, replacement=True, generator=generator)]
         return self.residuals[picks]
+
+
+def transferred(
+    pseudo: Tensor,
+    labels: Tensor,
+    features: Tensor,
+    feature_labels: Tensor,
+    num_classes: int,
+    config: GenerationConfig,
+    generator: torch.Generator,
+) -> Tensor:
+    """`pseudo` after `config.transfer` from the real (`features`, `feature_labels`), unchanged for `none`."""
+    if config.transfer == "none":
+        return pseudo
+    transfer = HeadToTail.fitted(
+        config.transfer, features, feature_labels, num_classes, strength=config.transfer_strength, neighbours=config.transfer_neighbours
+    )
+    return transfer(pseudo, labels, generator)

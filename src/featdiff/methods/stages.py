@@ -17,28 +17,19 @@ from torch import nn
 
 from featdiff.config import ClassifierConfig, FeatureConfig, RunConfig
 from featdiff.data.bundle import DatasetBundle, FeatureBundle, load_dataset
-from featdiff.diffusion.parameterization import Prediction
 from featdiff.evaluation.diagnostics import compare, plot_two_clouds
 from featdiff.evaluation.metrics import summarize
 from featdiff.evaluation.protocol import TestParts, part_summaries
 from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
 from featdiff.generation.filter import band_weights
 from featdiff.generation.gaussian import ClassGaussian
-from featdiff.generation.pseudo import (
-    FeatureGenerator,
-    SamplerSettings,
-    build_denoiser,
-    clip_range,
-    make_scaler,
-    pseudo_counts,
-    schedule_for,
-)
-from featdiff.generation.transfer import HeadToTail, class_temperatures
+from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, fit_generator, pseudo_counts
+from featdiff.generation.transfer import class_temperatures, transferred
 from featdiff.privacy.controls import ControlPlan, release_counts, release_moments
 from featdiff.privacy.dp_promise import clip_to_norm
 from featdiff.privacy.noise import private_noise
 from featdiff.runs import Run, StageOutput
-from featdiff.seeding import initialise, named_generator, reset_parameters
+from featdiff.seeding import named_generator, reset_parameters
 from featdiff.statistics import ClassGeometry, SufficientStatistics, band_fractions
 from featdiff.training.acceleration import accelerated
 from featdiff.training.classifier import (
@@ -49,7 +40,6 @@ from featdiff.training.classifier import (
     train_classifier,
     trained_prior,
 )
-from featdiff.training.denoiser import denoiser_state, train_denoiser
 from featdiff.training.finetune import finetune_state, train_finetune
 
 
@@ -170,32 +160,19 @@ def real_features(encoded: EncodedDataset) -> WeightedFeatures:
 
 
 def fit_feature_generator(context: MethodContext, features: FeatureSet) -> FeatureGenerator:
-    """LDMLR's stage 2: a denoiser trained on the scaled `features`, sampled from its EMA weights."""
+    """LDMLR's stage 2 (`featdiff.generation.pseudo.fit_generator`), resumable and logged in the run."""
     run, config = context.run, context.config
-    diffusion, device = config.diffusion, context.device
-    scaler = make_scaler(features.features, diffusion)
-    scaled = scaler.encode(features.features)
-    model = initialise(
-        build_denoiser(features.features.shape[1], context.bundle.num_classes, diffusion), named_generator(config.seed, "denoiser/init")
-    )
-    schedule = schedule_for(diffusion)
-    data, draws = (named_generator(config.seed, f"denoiser/{purpose}", device) for purpose in ("data", "diffusion"))
-    state = denoiser_state(model.to(device), len(features.labels), diffusion, data, draws=draws)
-    run.resume_into("denoiser", state)
-    train_denoiser(
-        state,
-        scaled,
+    return fit_generator(
+        features.features,
         features.labels,
-        schedule,
-        diffusion,
+        context.bundle.num_classes,
+        config.diffusion,
+        seed=config.seed,
+        device=context.device,
+        before_training=lambda state: run.resume_into("denoiser", state),
         checkpoint=lambda saved: run.save_checkpoint("denoiser", saved),
         log=lambda step, loss: run.log("denoiser", step=step, loss=loss),
     )
-    bounds = clip_range(scaled, diffusion)
-    if bounds is not None:
-        bounds = tuple(b.to(device) if isinstance(b, torch.Tensor) else b for b in bounds)
-    prediction: Prediction = diffusion.resolved_prediction()
-    return FeatureGenerator(state.ema.module.eval(), scaler, bounds, schedule, prediction)
 
 
 def generation_temperatures(context: MethodContext) -> torch.Tensor | None:
@@ -210,18 +187,8 @@ def post_processed(context: MethodContext, features: FeatureSet, pseudo: torch.T
     """The generator's output after `generation.transfer` (head-to-tail transfer from `features`,
     the generator's own training set), drawing from the stream `<stream>/transfer`."""
     config = context.config
-    generation = config.generation
-    if generation.transfer == "none":
-        return pseudo
-    transfer = HeadToTail.fitted(
-        generation.transfer,
-        features.features,
-        features.labels,
-        context.bundle.num_classes,
-        strength=generation.transfer_strength,
-        neighbours=generation.transfer_neighbours,
-    )
-    return transfer(pseudo, labels, named_generator(config.seed, f"{stream}/transfer"))
+    generator = named_generator(config.seed, f"{stream}/transfer")
+    return transferred(pseudo, labels, features.features, features.labels, context.bundle.num_classes, config.generation, generator)
 
 
 def stage_denoiser(context: MethodContext, features: FeatureSet) -> FeatureGenerator:
