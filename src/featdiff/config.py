@@ -66,9 +66,16 @@ class DataConfig(_Section):
     dataset: Dataset = "digits"
     imbalance_factor: Float = Field(10.0, ge=1)
     """n_max / n_min."""
-    source: Literal["ldmlr-packed", "ldmlr-official", "ldam-official", "features"] = "ldmlr-packed"
-    """Where the images come from; `features`: no images, a file of feature vectors (`features`)
-    from any encoder, for the methods that need features only (`featdiff.data.feature_file`)."""
+    source: Literal["ldmlr-packed", "ldmlr-official", "ldam-official", "folder", "features"] = "ldmlr-packed"
+    """Where the images come from. `folder`: your own images under `root` (train/<class>/… and
+    test/<class>/…, or the `train_list`/`test_list` files; `featdiff.data.image_folder`);
+    `features`: no images, a file of feature vectors (`features`) from any encoder, for the
+    methods that need features only (`featdiff.data.feature_file`)."""
+    image_size: int = Field(32, ge=8)
+    """`folder`: every image's shorter side is resized to this and centre-cropped to a square."""
+    train_list: str = ""
+    """`folder`: a list file of `relative/path label` lines under `root` (ImageNet-LT's layout); with `test_list`."""
+    test_list: str = ""
     features: str = ""
     """With source `features`: a .safetensors or .npz file with train_features, train_labels,
     test_features, test_labels (and optionally class_names), e.g. one `featdiff encode` wrote."""
@@ -117,6 +124,9 @@ class EvaluationConfig(_Section):
 
 
 class EncoderConfig(_Section):
+    architecture: Literal["auto", "resnet32", "small_cnn"] = "auto"
+    """The encoder trained or loaded: auto is the digits CNN for digits and ResNet-32 otherwise
+    (CIFAR, and your folder of images at `data.image_size`)."""
     checkpoint: str | None = None
     """A safetensors encoder to start from (e.g. LDMLR's shipped ResNet-32); None trains one."""
     public: bool = False

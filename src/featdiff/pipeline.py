@@ -40,10 +40,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def new_encoder(bundle: DatasetBundle, seed: int) -> nn.Module:
+def new_encoder(bundle: DatasetBundle, seed: int, architecture: str = "auto") -> nn.Module:
     """A randomly initialised encoder for the dataset, drawn from the encoder stage's generator."""
-    model = encoder_for(bundle.name, bundle.num_classes, bundle.train.images.shape[1])
+    model = encoder_for(bundle.name, bundle.num_classes, bundle.train.images.shape[1], architecture)
     return initialise(model, named_generator(seed, "encoder/init"))
+
+
+def load_checkpoint_encoder(config: RunConfig, bundle: DatasetBundle, new_head: torch.Generator | None) -> nn.Module:
+    """`encoder.checkpoint` as the configured architecture (ResNet-32 unless it says the digits CNN)."""
+    architecture = "small_cnn" if config.encoder.architecture == "small_cnn" else "resnet32"
+    channels = bundle.train.images.shape[1]
+    return load_encoder(Path(config.encoder.checkpoint), bundle.num_classes, new_head, in_channels=channels, architecture=architecture)
 
 
 def starts_from_scratch(config: RunConfig) -> bool:
@@ -56,8 +63,8 @@ def stage_encoder(run: Run, bundle: DatasetBundle, device: torch.device) -> nn.M
     config = run.config
     if config.encoder.checkpoint is not None:
         new_head = named_generator(config.seed, NEW_HEAD_STREAM) if config.encoder.public else None
-        return load_encoder(Path(config.encoder.checkpoint), bundle.num_classes, new_head).to(device).eval()
-    model = new_encoder(bundle, config.seed).to(device)
+        return load_checkpoint_encoder(config, bundle, new_head).to(device).eval()
+    model = new_encoder(bundle, config.seed, config.encoder.architecture).to(device)
     if starts_from_scratch(config):
         return model.eval()
 
@@ -182,7 +189,7 @@ def export_features(config: RunConfig, out: Path) -> dict[str, int]:
     device = resolve_device(config.device)
     bundle = load_dataset(config.data, seed=config.seed)
     new_head = named_generator(config.seed, NEW_HEAD_STREAM) if config.encoder.public else None
-    encoder = load_encoder(Path(config.encoder.checkpoint), bundle.num_classes, new_head).to(device).eval()
+    encoder = load_checkpoint_encoder(config, bundle, new_head).to(device).eval()
     encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
     file = FeatureFile(
         train_features=encoded.train.features.cpu(),

@@ -16,6 +16,7 @@ from featdiff.config import DataConfig
 from featdiff.data.augment import CIFAR_MEAN, CIFAR_STD, normalize, random_crop_flip
 from featdiff.data.cifar import load_cifar_lt
 from featdiff.data.digits import load_digits_lt
+from featdiff.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, load_image_folder
 from featdiff.data.imageset import ImageSet
 
 DIGITS_MEAN = (0.3053,)
@@ -70,7 +71,11 @@ def split_train_holdout(train: ImageSet, fraction: float, generator: torch.Gener
 
 
 def load_dataset(config: DataConfig, seed: int = 0) -> DatasetBundle:
-    if config.dataset == "digits":
+    name = config.dataset
+    if config.source == "folder":
+        train, test = load_image_folder(Path(config.root), config.image_size, train_list=config.train_list, test_list=config.test_list)
+        mean, std, flip, name = IMAGENET_MEAN, IMAGENET_STD, True, Path(config.root).name
+    elif config.dataset == "digits":
         train, test = load_digits_lt(imbalance_factor=config.imbalance_factor)
         mean, std, flip = DIGITS_MEAN, DIGITS_STD, False
     else:
@@ -81,14 +86,14 @@ def load_dataset(config: DataConfig, seed: int = 0) -> DatasetBundle:
         generator = torch.Generator().manual_seed(seed)
         train, train_holdout = split_train_holdout(train, config.train_holdout_fraction, generator)
     return DatasetBundle(
-        name=config.dataset,
+        name=name,
         train=train,
         test=test,
         train_holdout=train_holdout,
         mean=mean,
         std=std,
         flip=flip,
-        index_groups=config.dataset == "cifar10",
+        index_groups=config.dataset == "cifar10" and config.source != "folder",
     )
 
 

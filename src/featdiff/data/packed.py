@@ -72,10 +72,10 @@ def load_packed(path: Path, cache: Path | None = None) -> ImageSet:
             f"{path} does not match LDMLR's published file (sha256 {actual}, expected {expected}): re-copy it from the shared data folder"
         )
     folder = (cache or cache_dir()) / "decoded" / actual
-    arrays = _read_cache(folder)
+    arrays = read_cached_arrays(folder)
     if arrays is None:
-        _write_atomically(folder, _decode_file(path))
-        arrays = _read_cache(folder)
+        write_cached_arrays(folder, _decode_file(path))
+        arrays = read_cached_arrays(folder)
     if arrays is None:
         raise UserError(
             f"the decoded cache {folder} cannot be read back after writing it: check that disk, or set FEATDIFF_CACHE to another folder"
@@ -115,7 +115,7 @@ def _decode_file(path: Path) -> dict[str, np.ndarray]:
         }
 
 
-def _write_atomically(folder: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_cached_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write into a sibling temp dir, then rename: readers see the whole cache or none of it."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -133,7 +133,7 @@ def _write_atomically(folder: Path, arrays: dict[str, np.ndarray]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _read_cache(folder: Path) -> dict[str, np.ndarray] | None:
+def read_cached_arrays(folder: Path) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None when there are none; a damaged cache (a truncated or garbled
     `.npy`, arrays that disagree) is deleted so that it gets decoded again."""
     if not _is_complete(folder):

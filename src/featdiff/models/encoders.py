@@ -19,7 +19,7 @@ from torch import nn
 
 from featdiff.errors import UserError
 from featdiff.io import atomic_save_tensors
-from featdiff.models.resnet_cifar import ResNetCifar, resnet32
+from featdiff.models.resnet_cifar import resnet32
 from featdiff.models.small_cnn import SmallCNN
 from featdiff.seeding import reset_parameters
 
@@ -51,15 +51,21 @@ class Encoder(Protocol):
     def named_buffers(self) -> Iterator[tuple[str, torch.Tensor]]: ...
 
 
-def encoder_for(dataset: str, num_classes: int, in_channels: int) -> nn.Module:
-    """The architecture featdiff trains for a dataset: the digits CNN, or ResNet-32 for CIFAR."""
-    if dataset == "digits":
+def encoder_for(dataset: str, num_classes: int, in_channels: int, architecture: str = "auto") -> nn.Module:
+    """The architecture featdiff trains: `architecture`, or (auto) the digits CNN for digits and
+    ResNet-32 otherwise."""
+    if architecture == "small_cnn" or (architecture == "auto" and dataset == "digits"):
         return SmallCNN(num_classes, in_channels=in_channels)
+    if in_channels != 3:
+        raise UserError(f"ResNet-32 takes 3-channel images, these have {in_channels}; set encoder.architecture: small_cnn")
     return resnet32(num_classes)
 
 
-def load_encoder(path: Path, num_classes: int, new_head: torch.Generator | None = None) -> ResNetCifar:
-    """A ResNet-32 with the weights in `path`, every key and shape checked (strict loading).
+def load_encoder(
+    path: Path, num_classes: int, new_head: torch.Generator | None = None, in_channels: int = 3, architecture: str = "resnet32"
+) -> nn.Module:
+    """The encoder `architecture` (ResNet-32, or the digits CNN) with the weights in `path`, every
+    key and shape checked (strict loading).
 
     With `new_head` (a generator), the checkpoint is an encoder trained on other data (a public
     one): it is loaded with its own number of classes and its classifier is replaced by a fresh,
@@ -74,11 +80,12 @@ def load_encoder(path: Path, num_classes: int, new_head: torch.Generator | None 
     except SafetensorError as error:
         raise UserError(f"{path} is not a readable safetensors file ({error}): re-copy or re-train the encoder") from error
     classes = state["fc.weight"].shape[0] if new_head is not None and "fc.weight" in state else num_classes
-    model = resnet32(classes)
+    model = SmallCNN(classes, in_channels=in_channels) if architecture == "small_cnn" else resnet32(classes)
     problem = _state_mismatch(model.state_dict(), state)
     if problem:
+        kind = "the digits CNN" if architecture == "small_cnn" else "a ResNet-32"
         raise UserError(
-            f"{path} does not fit a ResNet-32 with {classes} classes ({problem}): "
+            f"{path} does not fit {kind} with {classes} classes ({problem}): "
             "use the encoder trained on this dataset, or set the dataset that matches the encoder (or encoder.public: true)"
         )
     model.load_state_dict(state, strict=True)

@@ -65,7 +65,8 @@ def plan_for_config(config: RunConfig) -> PrivacyPlan:
         file = load_feature_file(config.data.features)
         return plan_privacy(config.privacy, config.diffusion, len(file.train_labels), file.feature_dim)
     bundle = load_dataset(config.data, seed=config.seed)
-    feature_dim = int(encoder_for(bundle.name, bundle.num_classes, bundle.train.images.shape[1]).feature_dim)
+    channels = bundle.train.images.shape[1]
+    feature_dim = int(encoder_for(bundle.name, bundle.num_classes, channels, config.encoder.architecture).feature_dim)
     return plan_privacy(config.privacy, config.diffusion, len(bundle.train.labels), feature_dim)
 
 
