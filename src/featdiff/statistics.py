@@ -177,6 +177,23 @@ class SufficientStatistics:
             outer[c] = rows.T @ rows
         return cls(counts, sums, outer)
 
+    def add_(self, features: Tensor, labels: Tensor) -> SufficientStatistics:
+        """Accumulate another chunk of records in place (a stream of chunks never holds more than
+        one chunk and one set of statistics)."""
+        chunk = SufficientStatistics.of(features, labels, len(self.counts))
+        self.counts.add_(chunk.counts)
+        self.sums.add_(chunk.sums)
+        self.outer.add_(chunk.outer)
+        return self
+
+    @classmethod
+    def zeros(cls, num_classes: int, dim: int) -> SufficientStatistics:
+        return cls(
+            torch.zeros(num_classes, dtype=torch.float64),
+            torch.zeros(num_classes, dim, dtype=torch.float64),
+            torch.zeros(num_classes, dim, dim, dtype=torch.float64),
+        )
+
     def __add__(self, other: SufficientStatistics) -> SufficientStatistics:
         return SufficientStatistics(self.counts + other.counts, self.sums + other.sums, self.outer + other.outer)
 
