@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import matmul_peak_gflops
 from torch.utils.flop_counter import FlopCounterMode
 
 from featdiff.config import config_from_dict
@@ -41,16 +42,6 @@ PUBLISHED = {
     "cifar100:10": (60.10, 62.67),
 }
 VARIANTS = {"ldmlr (count rule)": "ldmlr", "ldmlr (balanced)": "balanced"}
-
-
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
 def denoiser_flops_per_sample(config) -> float:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import matmul_peak_gflops
 from torch.utils.flop_counter import FlopCounterMode
 
 from featdiff.config import ClassifierConfig, DiffusionConfig
@@ -195,16 +196,6 @@ def classifier_stage(mixture: Mixture, batches: int | None) -> float:
         loss.backward()
         optimizer.step()
     return (time.perf_counter() - started) * steps / taken
-
-
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
 def subsample(counts: torch.Tensor, *, records: float = 1.0, classes: float = 1.0) -> torch.Tensor:

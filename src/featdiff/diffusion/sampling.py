@@ -331,34 +331,18 @@ def sample_features(
     with bar:
         for y, temperature_chunk in zip(labels.split(chunk_size), temperatures, strict=True):
             scale = None if temperature_chunk is None else temperature_chunk.to(torch.float32)[:, None]
+            common = {
+                "prediction": prediction,
+                "clip": clip,
+                "generator": generator,
+                "differentiable": differentiable,
+                "guidance": sampler.guidance,
+                "temperature": scale,
+            }
             if sampler.method == "ddpm":
-                sample = ddpm_sample(
-                    model,
-                    y,
-                    feature_dim,
-                    schedule,
-                    prediction=prediction,
-                    clip=clip,
-                    generator=generator,
-                    differentiable=differentiable,
-                    guidance=sampler.guidance,
-                    temperature=scale,
-                )
+                sample = ddpm_sample(model, y, feature_dim, schedule, **common)
             else:
-                sample = ddim_sample(
-                    model,
-                    y,
-                    feature_dim,
-                    schedule,
-                    steps=sampler.steps,
-                    eta=sampler.eta,
-                    prediction=prediction,
-                    clip=clip,
-                    generator=generator,
-                    differentiable=differentiable,
-                    guidance=sampler.guidance,
-                    temperature=scale,
-                )
+                sample = ddim_sample(model, y, feature_dim, schedule, steps=sampler.steps, eta=sampler.eta, **common)
             chunks.append(sample)
             bar.update(y.shape[0])
     return torch.cat(chunks) if chunks else torch.empty((0, feature_dim), device=labels.device)
