@@ -53,6 +53,9 @@ METHODS: dict[str, dict] = {
     "e2e_B": {"method": "e2e", "e2e": {"strategy": "B"}},
     "e2e_C": {"method": "e2e", "e2e": {"strategy": "C"}},
     "e2e_A+rebalance": {"method": "e2e", "e2e": {"strategy": "A", "rebalance_classifier": True}},
+    # Issue 17: G trained with the logit-adjusted loss, so e2e stands on the footing of the LA controls.
+    "ce_finetune+la": {"method": "ce_finetune", "finetune": {"loss": "logit_adjusted"}},
+    "e2e_A+la": {"method": "e2e", "e2e": {"strategy": "A"}, "finetune": {"loss": "logit_adjusted"}},
 }
 ABLATIONS: dict[str, dict] = {
     "e2e_A": {},
@@ -75,7 +78,7 @@ def run_config(dataset: str, seed: int, spec: dict, epochs: int) -> dict:
         "encoder": {"checkpoint": str(DATA / f"ldmlr_resnet32_{dataset}_lt_if100.safetensors")},
         "features": {"style": "ldmlr"},
         "generation": {"count_rule": "balanced"},
-        "finetune": {"epochs": epochs, "trainable": "last_stage"},
+        "finetune": {"epochs": epochs, "trainable": "last_stage", **spec.get("finetune", {})},
         "filter": {"enabled": filter_on, "radius": "rms"},
         "e2e": e2e,
     }
