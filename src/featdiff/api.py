@@ -33,7 +33,6 @@ from featdiff.generation.gaussian import ClassGaussian
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, balanced_counts, fit_generator, labels_for
 from featdiff.generation.transfer import class_temperatures, transferred
 from featdiff.seeding import named_generator, reset_parameters
-from featdiff.statistics import SufficientStatistics
 from featdiff.training.classifier import WeightedFeatures, classifier_head, classifier_state, train_classifier
 
 GeneratorKind = Literal["diffusion", "gaussian"]
@@ -121,7 +120,10 @@ def fit(
     counts = torch.bincount(labels, minlength=num_classes)
     fitted = Generator(generator, run_config, counts, features, labels)
     if generator == "gaussian":
-        fitted.gaussian = ClassGaussian.fitted(SufficientStatistics.of(features, labels, num_classes), run_config.generation.shrinkage)
+        generation = run_config.generation
+        fitted.gaussian = ClassGaussian.fitted_to(
+            features, labels, num_classes, shrinkage=generation.shrinkage, covariance=generation.covariance
+        )
     elif generator == "diffusion":
         fitted.denoiser = fit_generator(
             features.to(_device(device)),

@@ -249,6 +249,10 @@ class GenerationConfig(_Section):
     """k: how many of the nearest more frequent classes a class borrows from."""
     shrinkage: Float = Field(0.2, ge=0, le=1)
     """The class Gaussian's covariance shrinkage λ towards the pooled within-class covariance (`gaussian`)."""
+    covariance: Literal["auto", "full", "pooled"] = "auto"
+    """The class Gaussian's covariances: one per class (full), or the pooled within-class one for
+    every class (pooled: memory C·D + D² instead of C·D²); auto: full while C·D² float64 take at
+    most 2 GB (CIFAR: 3 MB), else pooled (ImageNet-LT at D = 2048: 34 GB)."""
 
     @model_validator(mode="after")
     def _pseudo_only_fills_every_class(self) -> GenerationConfig:

@@ -50,3 +50,19 @@ def test_shrinkage_outside_the_unit_interval_is_refused():
     features, labels = _features()
     with pytest.raises(ValueError, match="shrinkage"):
         shrunk_covariances(SufficientStatistics.of(features, labels, 3), 1.5)
+
+
+def test_pooled_moments_match_numpy_and_every_class_shares_them():
+    from featdiff.generation.gaussian import pooled_moments, resolved_covariance
+
+    features, labels = _features()
+    counts, means, within = pooled_moments(features, labels, 3, chunk=50)
+    x, y = features.numpy(), labels.numpy()
+    centred = x - np.stack([x[y == c].mean(0) for c in range(3)])[y]
+    np.testing.assert_allclose(within.numpy(), centred.T @ centred / len(y), atol=1e-9)
+    np.testing.assert_allclose(means.numpy(), np.stack([x[y == c].mean(0) for c in range(3)]), atol=1e-10)
+    pooled = ClassGaussian.fitted_to(features, labels, 3, shrinkage=0.2, covariance="pooled")
+    assert pooled.factors.shape == (1, 3, 3)
+    draws, drawn = pooled.generate(torch.tensor([20000, 20000, 1]), torch.Generator().manual_seed(0))
+    assert torch.allclose(torch.cov(draws[drawn == 0].double().T), within, rtol=0.05, atol=0.05)
+    assert resolved_covariance("auto", 100, 64) == "full" and resolved_covariance("auto", 1000, 2048) == "pooled"

@@ -2,7 +2,8 @@
 
 Each class is N(μ_c, Σ_c) with its training mean and a covariance shrunk towards the pooled
 within-class covariance, Σ'_c = (1 − λ)·Σ_c + λ·Σ_pool (λ = `generation.shrinkage`, chosen on the
-validation part). A tail class of five records has a rank-four covariance in 64 dimensions;
+validation part); where C per-class D×D covariances do not fit in memory (`generation.covariance`),
+every class takes Σ_pool, computed in chunks. A tail class of five records has a rank-four covariance in 64 dimensions;
 shrinking borrows the shape of the spread from the classes that have data, and a class with
 fewer than two records takes Σ_pool outright. It is fitted from sufficient statistics (count,
 sum, sum of outer products per class), so the same generator is built from a federation's
@@ -47,12 +48,51 @@ def nearest_psd(covariances: Tensor) -> Tensor:
     return vectors @ torch.diag_embed(values.clamp_min(0)) @ vectors.transpose(-1, -2)
 
 
+FULL_COVARIANCE_BYTES = 2e9
+"""`generation.covariance: auto` keeps per-class covariances while C·D² float64 fit in this; above
+it (ImageNet-LT at D = 2048 would need 34 GB) the classes share one within-class covariance."""
+
+
+def resolved_covariance(covariance: str, num_classes: int, dim: int) -> str:
+    """`full` or `pooled`: what `generation.covariance` means for C classes in D dimensions."""
+    if covariance == "auto":
+        return "full" if num_classes * dim * dim * 8 <= FULL_COVARIANCE_BYTES else "pooled"
+    return covariance
+
+
+def pooled_moments(features: Tensor, labels: Tensor, num_classes: int, chunk: int = 16_384) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-class counts (C,) and means (C, D), and the within-class covariance pooled over every
+    class (D, D), float64, in chunks: memory C·D + D², whatever C and N."""
+    dim = features.shape[1]
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    sums = torch.zeros(num_classes, dim, dtype=torch.float64)
+    for rows in torch.arange(len(labels)).split(chunk):
+        sums.index_add_(0, labels[rows].cpu(), features[rows].cpu().double())
+    means = sums / counts.clamp_min(1)[:, None]
+    within = torch.zeros(dim, dim, dtype=torch.float64)
+    for rows in torch.arange(len(labels)).split(chunk):
+        centred = features[rows].cpu().double() - means[labels[rows].cpu()]
+        within += centred.T @ centred
+    return counts, means, within / counts.sum()
+
+
 @dataclass(frozen=True)
 class ClassGaussian:
-    """N(μ_c, Σ_c) per class, sampled through the lower Cholesky factors L_c (Σ_c = L_c L_cᵀ)."""
+    """N(μ_c, Σ_c) per class, sampled through the lower Cholesky factors L_c (Σ_c = L_c L_cᵀ): one
+    per class (C, D, D), or one the classes share (1, D, D)."""
 
     means: Tensor
     factors: Tensor
+
+    @classmethod
+    def fitted_to(cls, features: Tensor, labels: Tensor, num_classes: int, *, shrinkage: float, covariance: str = "auto") -> ClassGaussian:
+        """The class Gaussian of (features, labels): per-class covariances shrunk towards the pooled
+        one (`full`), or the pooled within-class covariance for every class (`pooled`, for C·D² too
+        large to hold; `auto` picks by size)."""
+        if resolved_covariance(covariance, num_classes, features.shape[1]) == "full":
+            return cls.fitted(SufficientStatistics.of(features, labels, num_classes), shrinkage)
+        _, means, within = pooled_moments(features, labels, num_classes)
+        return cls.of(means, within[None])
 
     @classmethod
     def fitted(cls, statistics: SufficientStatistics, shrinkage: float, *, project: bool = False) -> ClassGaussian:
@@ -80,9 +120,10 @@ class ClassGaussian:
         labels = labels.cpu()
         z = torch.randn(len(labels), self.means.shape[1], generator=generator, dtype=torch.float64)
         draws = torch.empty_like(z)
+        shared = len(self.factors) == 1
         for c in torch.unique(labels).tolist():  # one (n_c, D) product per class, never an N×D×D tensor
             rows = labels == c
-            draws[rows] = z[rows] @ self.factors[c].T
+            draws[rows] = z[rows] @ self.factors[0 if shared else c].T
         if temperature is not None:
             draws = draws * temperature.cpu().double()[:, None]
         return (self.means[labels] + draws).float()

@@ -28,7 +28,9 @@ import torch
 from torch import Tensor
 
 from featdiff.config import GenerationConfig
-from featdiff.statistics import SufficientStatistics
+from featdiff.errors import UserError
+from featdiff.generation.gaussian import resolved_covariance
+from featdiff.statistics import SufficientStatistics, class_means
 
 Transfer = Literal["none", "calibration", "residual"]
 
@@ -86,14 +88,18 @@ class HeadToTail:
         strength: float,
         neighbours: int,
     ) -> HeadToTail:
-        statistics = SufficientStatistics.of(features, labels, num_classes)
-        means, covariances = statistics.means_and_covariances()
-        counts = statistics.counts
+        means, counts = class_means(features.double(), labels, num_classes)
         near = more_frequent_neighbours(means, counts, neighbours)
         strengths = transfer_strengths(counts, strength)
         factors = residuals = residual_labels = None
         if mode == "calibration":
             dim = means.shape[1]
+            if resolved_covariance("auto", num_classes, dim) != "full":
+                raise UserError(
+                    f"generation.transfer: calibration borrows per-class covariances, {num_classes}·{dim}² of them here "
+                    f"({num_classes * dim * dim * 8 / 1e9:.0f} GB): use transfer: residual at this size"
+                )
+            _, covariances = SufficientStatistics.of(features, labels, num_classes).means_and_covariances()
             borrowed = torch.stack([covariances[n].mean(0) if len(n) else torch.zeros(dim, dim, dtype=torch.float64) for n in near])
             scale = torch.diagonal(borrowed, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
             factors = torch.linalg.cholesky(borrowed + 1e-6 * scale[:, None, None] * torch.eye(dim, dtype=torch.float64))

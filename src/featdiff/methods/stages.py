@@ -236,8 +236,14 @@ def stage_gaussian_pseudo_features(
 
     def fit_and_sample() -> StageOutput:
         with run.timed(f"{stage}_s"):
-            statistics = SufficientStatistics.of(features.features, features.labels, context.bundle.num_classes)
-            gaussian = ClassGaussian.fitted(statistics, config.generation.shrinkage)
+            generation = config.generation
+            gaussian = ClassGaussian.fitted_to(
+                features.features,
+                features.labels,
+                context.bundle.num_classes,
+                shrinkage=generation.shrinkage,
+                covariance=generation.covariance,
+            )
             temperatures = generation_temperatures(context)
             pseudo, labels = gaussian.generate(counts, named_generator(config.seed, f"{stage}/sampling"), temperatures=temperatures)
             pseudo = post_processed(context, features, pseudo, labels, stage)
