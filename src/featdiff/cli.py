@@ -54,29 +54,39 @@ def _run(args: argparse.Namespace) -> None:
             raise UserError("featdiff run needs a CONFIG file (see configs/) or --resume DIR")
         config = load_config(Path(args.config), parse_overrides(args.set))
         out = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if out.exists():  # Run.create refuses it too; saying so here spares the imports
+        if out.exists() and os.environ.get("RANK", "0") == "0":  # Run.create refuses it too; saying so here spares the imports
             raise UserError(f"output folder {out} already exists: choose another --out, or continue it with --resume {out}")
 
     import torch
 
-    from featdiff.pipeline import execute, preflight
+    from featdiff import distributed
+    from featdiff.pipeline import execute, preflight, resolve_device
     from featdiff.report import results_table
     from featdiff.runs import Run
 
-    if args.resume is None:
-        preflight(config)  # e.g. a privacy budget the config cannot meet: refused before anything is written
-    run = Run.resume(Path(args.resume)) if args.resume is not None else Run.create(out, config)
+    here = distributed.start(resolve_device(load_config(Path(args.resume) / SAVED_CONFIG).device if args.resume else config.device))
+    if args.resume is not None:
+        run = Run.resume(Path(args.resume))
+    else:
+        # Under torchrun rank 0 checks and creates the folder; every rank then opens that one.
+        folder = distributed.from_main(lambda: (preflight(config), Run.create(out, config).directory)[1])
+        run = Run.open(folder)
     if run.config.compute.threads is not None:
         torch.set_num_threads(run.config.compute.threads)
-    print(f"featdiff: run folder {run.directory}")
+    say = print if here.main else (lambda *_: None)
+    say(f"featdiff: run folder {run.directory}" + (f" ({here.size} ranks)" if here.parallel else ""))
     try:
         results = execute(run)
     except UserError:
-        if args.resume is None:
+        if args.resume is None and here.main:
             run.discard_if_unstarted()
         raise
     except KeyboardInterrupt:
         raise Interrupted(run.directory) from None
+    finally:
+        distributed.finish()
+    if not here.main:
+        return
     rows = {**results["controls"], results["method"]: results}
     parts = results["test_parts"]
     print(

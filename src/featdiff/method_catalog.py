@@ -17,7 +17,9 @@ What a method module defines:
 - `TRAINS_ENCODER = True` (optional): the method trains the encoder itself, so
   `finetune.init: scratch` may start it from random weights instead of a stage-1 encoder;
 - `FEATURES_ONLY = True` (optional): the method needs feature vectors only (no images, no
-  encoder), so it runs on `data.source: features`.
+  encoder), so it runs on `data.source: features`;
+- `PRIVATE = True` (optional): the method releases something under a DP guarantee, whose noise
+  each process draws for itself, so it runs in one process (not under torchrun).
 
 This module sits below `featdiff.config` (which asks it for the names and the rules) and imports
 the methods by name only, so no import points up the layers.
@@ -56,6 +58,7 @@ class Method:
     preflight: Callable[[RunConfig], None] | None = None
     trains_encoder: bool = False
     features_only: bool = False
+    private: bool = False
 
 
 def _extra_modules() -> list[str]:
@@ -108,4 +111,5 @@ def method_named(name: str) -> Method:
         preflight=getattr(module, "preflight", None),
         trains_encoder=bool(getattr(module, "TRAINS_ENCODER", False)),
         features_only=bool(getattr(module, "FEATURES_ONLY", False)),
+        private=bool(getattr(module, "PRIVATE", False)),
     )

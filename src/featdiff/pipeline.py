@@ -17,6 +17,7 @@ from torch import nn
 from featdiff.config import RunConfig, config_to_dict
 from featdiff.data.bundle import DatasetBundle, FeatureBundle, load_dataset
 from featdiff.data.feature_file import FeatureFile, load_feature_file, save_feature_file
+from featdiff.distributed import world
 from featdiff.errors import UserError
 from featdiff.evaluation.protocol import split_test_set
 from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
@@ -33,11 +34,14 @@ NEW_HEAD_STREAM = "encoder/new-head"
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The config's device; under torchrun on CUDA, this rank's GPU (LOCAL_RANK)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("config key 'device' is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", world().local_rank)
+    torch.cuda.set_device(device)
+    return device
 
 
 def new_encoder(bundle: DatasetBundle, seed: int, architecture: str = "auto") -> nn.Module:
@@ -116,6 +120,11 @@ def features_from_file(config: RunConfig, device: torch.device) -> tuple[Feature
 def preflight(config: RunConfig) -> None:
     """The method's checks that need the data but no training (before a run folder exists)."""
     method = method_named(config.method)
+    if method.private and world().parallel:
+        raise UserError(
+            f"method {config.method} runs in one process, not under torchrun: every process would draw its own DP noise "
+            "and the ranks' models would part; run it with `featdiff run` alone"
+        )
     if method.preflight is not None:
         method.preflight(config)
 
@@ -124,6 +133,8 @@ def execute(run: Run) -> dict:
     """Run every stage the config's method needs and write results.json."""
     config = run.config
     method = method_named(config.method)
+    if method.private and world().parallel:
+        preflight(config)  # a resumed private run under torchrun: the same one-line refusal
     device = resolve_device(config.device)
 
     if config.data.source == "features":

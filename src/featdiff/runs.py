@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 
 from featdiff.config import RunConfig, dump_config, load_config
+from featdiff.distributed import barrier, world
 from featdiff.errors import UserError
 from featdiff.io import (
     append_text,
@@ -56,6 +57,8 @@ class Run:
     def __init__(self, directory: Path, config: RunConfig):
         self.directory = directory
         self.config = config
+        self.writes = world().main
+        """Under torchrun only rank 0 writes the folder; every rank reads it (`featdiff.distributed`)."""
         self._session_started = time.perf_counter()
         self._earlier_s, self._stage_totals = self._read_timings()
         self._open_blocks: dict[str, float] = {}
@@ -142,7 +145,7 @@ class Run:
             raise UserError(f"cannot read {path} ({describe_error(error)}): delete it to count this run's time from zero") from error
 
     def _save_timings(self) -> None:
-        if not self.directory.is_dir():  # discarded: never bring the folder back
+        if not self.writes or not self.directory.is_dir():  # another rank's, or discarded: never bring the folder back
             return
         timings = {"elapsed_s": self.elapsed_s, "stage_s": self.stage_seconds}
         atomic_write_text(self.directory / TIMINGS_FILE, strict_json(timings, indent=1))
@@ -154,6 +157,8 @@ class Run:
 
     def log(self, stage: str, **values: Any) -> None:
         """Append one JSON line to metrics.jsonl; `time_s` is on the run's clock over all sessions."""
+        if not self.writes:
+            return
         record = {"stage": stage, "time_s": round(self.elapsed_s, 3), **values}
         append_text(self.directory / "metrics.jsonl", strict_json(record) + "\n")
         self._save_timings()
@@ -162,6 +167,8 @@ class Run:
         return (self.directory / "stages" / f"{stage}.done").exists()
 
     def mark_done(self, stage: str, **info: Any) -> None:
+        if not self.writes:
+            return
         atomic_write_text(self.directory / "stages" / f"{stage}.done", strict_json(info))
         self._save_timings()
 
@@ -177,11 +184,13 @@ class Run:
         the same way whether the stage ran now or in an earlier session.
         """
         file = f"{stage}.safetensors" if file is None else file
+        barrier()  # under torchrun every rank decides on the same folder
         if self.stage_done(stage):
             return self.load_tensors(file, stage=stage), self.stage_info(stage)
         tensors, info = compute()
         self.save_tensors(file, tensors)
         self.mark_done(stage, **info)
+        barrier()
         return tensors, info
 
     def resume_into(self, stage: str, state: Resumable) -> None:
@@ -191,6 +200,8 @@ class Run:
             state.load_state_dict(saved)
 
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        if not self.writes:
+            return
         atomic_save_tensors(self.directory / name, tensors)
 
     def load_tensors(self, name: str, stage: str | None = None) -> dict[str, torch.Tensor]:
@@ -205,6 +216,8 @@ class Run:
         return load_tensors(self.directory / name, fix)
 
     def save_checkpoint(self, stage: str, state: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         atomic_torch_save(self.directory / CHECKPOINTS / f"{stage}.pt", state)
         self._save_timings()
 
@@ -217,6 +230,8 @@ class Run:
 
     def write_results(self, results: dict[str, Any]) -> None:
         """results.json, then (never before) the training checkpoints go: a finished run cannot resume."""
+        if not self.writes:
+            return
         self._save_timings()
         atomic_write_text(self.directory / RESULTS_FILE, strict_json(results, indent=2))
         shutil.rmtree(self.directory / CHECKPOINTS, ignore_errors=True)

@@ -19,7 +19,9 @@ from featdiff.diffusion.parameterization import Prediction
 from featdiff.diffusion.sampling import Clip, SamplerSettings, sample_features
 from featdiff.diffusion.scaling import Scaler, Standardizer, UnitIntervalMap
 from featdiff.diffusion.schedules import NoiseSchedule, make_schedule
+from featdiff.distributed import gather_objects, world
 from featdiff.models.denoiser import FeatureDenoiser
+from featdiff.seeding import initialise, named_generator
 from featdiff.training.state import TrainState
 
 
@@ -120,6 +122,19 @@ class FeatureGenerator:
     ) -> tuple[Tensor, Tensor]:
         """counts[c] pseudo-features of every class c, class c's noise scaled by temperatures[c];
         (features, labels) on the CPU."""
+        here = world()
+        if here.parallel:  # torchrun: every rank samples its share of the classes from its own stream
+            mine = torch.zeros_like(counts)
+            mine[here.rank :: here.size] = counts[here.rank :: here.size]
+            stream = named_generator(generator.initial_seed(), f"rank {here.rank}", generator.device)
+            labels = labels_for(mine)
+            temperature = None if temperatures is None else temperatures[labels]
+            part = self.sample(labels, sampler, stream, progress=here.main, temperature=temperature).cpu()
+            gathered = gather_objects((part, labels))
+            features = torch.cat([f for f, _ in gathered])
+            everyone = torch.cat([y for _, y in gathered])
+            order = torch.argsort(everyone, stable=True)  # class order, as one process gives it
+            return features[order], everyone[order]
         labels = labels_for(counts)
         temperature = None if temperatures is None else temperatures[labels]
         return self.sample(labels, sampler, generator, progress=True, temperature=temperature).cpu(), labels
@@ -168,7 +183,6 @@ def fit_generator(
     named streams "denoiser/init", "denoiser/data" and "denoiser/diffusion" of `seed`, sampled from
     its EMA weights with the clip range of the scaled training features. `before_training` may
     load a checkpoint into the fresh state (a run's resume)."""
-    from featdiff.seeding import initialise, named_generator
     from featdiff.training.denoiser import denoiser_state, train_denoiser
 
     scaler = make_scaler(features, config)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from featdiff.methods.stages import MethodContext, MethodResult
 
 FEATURES_ONLY = True
+PRIVATE = True
 
 rules = private_control_rules
 COVERED_FILES = ["dp_release.safetensors", "dp_head.safetensors"]

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from featdiff.config import DiffusionConfig
 from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.diffusion.schedules import NoiseSchedule
+from featdiff.distributed import shard
 from featdiff.training.loop import StepFunction, apply_update, cosine_lr, run_steps
 from featdiff.training.state import ShuffledBatches, TrainState, make_ema
 
@@ -57,6 +58,16 @@ def denoiser_loss(
     return objective.loss(model, x0, labels, t, noise)
 
 
+def sharded_denoiser_loss(
+    model: nn.Module, x0: Tensor, labels: Tensor, schedule: NoiseSchedule, config: DiffusionConfig, generator: torch.Generator | None
+) -> Tensor:
+    """`denoiser_loss` under torchrun: the draws for the whole batch, then this rank's rows."""
+    objective = DenoisingObjective(schedule, config.resolved_prediction(), config.resolved_weighting())
+    t, noise = objective.draw(x0.shape[0], x0.shape[1], generator=generator, device=x0.device, dtype=x0.dtype)
+    x0, labels, t, noise = shard(x0, labels, t, noise)
+    return objective.loss(model, x0, labels, t, noise)
+
+
 def denoiser_step(state: TrainState, features: Tensor, labels: Tensor, schedule: NoiseSchedule, config: DiffusionConfig) -> StepFunction:
     """One optimiser step of the shared objective on a batch of rows of `features` (already
     scaled), with (t, ε) drawn from the state's diffusion generator."""
@@ -70,7 +81,7 @@ def denoiser_step(state: TrainState, features: Tensor, labels: Tensor, schedule:
         batch_labels = labels[index]
         if config.label_dropout > 0:
             batch_labels = dropped_labels(batch_labels, config.label_dropout, state.model.null_class, generator)
-        loss = denoiser_loss(state.model, features[index], batch_labels, schedule, config, generator).mean()
+        loss = sharded_denoiser_loss(state.model, features[index], batch_labels, schedule, config, generator).mean()
         apply_update(loss, optimizer)
         return {"loss": loss.detach()}
 

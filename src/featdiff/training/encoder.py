@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featdiff.config import EncoderConfig, FinetuneConfig
+from featdiff.distributed import shard
 from featdiff.training.loop import apply_update, run_steps
 from featdiff.training.state import ShuffledBatches, TrainState
 
@@ -65,7 +66,8 @@ def train_encoder(
     def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
         index = index.to(device)
         model.train()
-        loss = cross_entropy_loss(model, normalize(augment(images[index], generator)), labels[index])
+        batch, batch_labels = shard(normalize(augment(images[index], generator)), labels[index])  # drawn for the whole batch
+        loss = cross_entropy_loss(model, batch, batch_labels)
         apply_update(loss, optimizer)
         return {"loss": loss.detach()}
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from featdiff.config import FinetuneConfig
+from featdiff.distributed import shard
 from featdiff.training.encoder import cross_entropy_loss, learning_rate
 from featdiff.training.loop import apply_update, run_steps
 from featdiff.training.state import ShuffledBatches, TrainState
@@ -149,7 +150,8 @@ def train_finetune(
     def step(state: TrainState, index: Tensor) -> dict[str, Tensor]:
         index = index.to(device)
         set_train_mode(encoder, config.trainable)
-        loss = cross_entropy_loss(encoder, normalize(augment(images[index], generator)), labels[index], offsets)
+        batch, batch_labels = shard(normalize(augment(images[index], generator)), labels[index])  # drawn for the whole batch
+        loss = cross_entropy_loss(encoder, batch, batch_labels, offsets)
         apply_update(loss, optimizer)
         return {"real": loss.detach()}
 

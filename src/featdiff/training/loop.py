@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
+from featdiff.distributed import average_gradients, broadcast_buffers, world
 from featdiff.progress import progress
 from featdiff.training.state import TrainState
 
@@ -25,10 +26,12 @@ EpochHook = Callable[[TrainState], None]
 
 
 def apply_update(loss: Tensor, *optimizers: Any) -> None:
-    """The plain update: clear the gradients, backpropagate `loss`, step every optimizer."""
+    """The plain update: clear the gradients, backpropagate `loss`, (under torchrun, after a
+    sharded batch) average the gradients over the ranks, step every optimizer."""
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients([p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]])
     for optimizer in optimizers:
         optimizer.step()
 
@@ -65,7 +68,8 @@ def run_steps(
     `state.state_dict()` every `checkpoint_every_steps` steps or at the end of every
     `checkpoint_every_epochs`-th epoch, never after the last step (the caller saves the result).
     """
-    bar = progress(total=until, initial=state.step, desc=desc, unit="step")
+    bar = progress(total=until, initial=state.step, desc=desc, unit="step", disable=not world().main)
+    parallel = world().parallel
     epoch_started = time.perf_counter()
     while state.step < until:
         index = state.batches.next()
@@ -76,6 +80,8 @@ def run_steps(
         if lr_at is not None:
             set_learning_rate(state, lr_at(state.step))
         logged = step(state, index)
+        if parallel:
+            broadcast_buffers(state.model)
         if state.ema is not None:
             state.ema.update_parameters(state.model)
         state.step += 1

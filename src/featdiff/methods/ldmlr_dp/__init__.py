@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 rules = privacy_rules
 FEATURES_ONLY = True
+PRIVATE = True
 """A private method: the privacy section's rules apply."""
 
 
