@@ -1,12 +1,9 @@
-"""`featdiff encode` refuses an OUT it cannot write before it encodes anything, and writes the features file format."""
+"""`featdiff encode` refuses an OUT it cannot write before it encodes anything (tests/data/test_image_folder.py
+runs one that writes)."""
 
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
-
-from featdiff.data.feature_file import load_feature_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = PROJECT_ROOT / "configs" / "cifar10_lt_if100.yaml"
@@ -39,13 +36,3 @@ def test_an_existing_out_is_never_overwritten(tmp_path):
     out.write_bytes(b"mine")
     assert_one_line_error(encode(out), "already exists")
     assert out.read_bytes() == b"mine"
-
-
-@pytest.mark.slow
-def test_encode_writes_the_features_file_format_a_run_reads(tmp_path):
-    out = tmp_path / "cifar10.safetensors"
-    result = encode(out)
-    assert result.returncode == 0, result.stderr
-    file = load_feature_file(out)
-    assert file.class_names[:2] == ("airplane", "automobile") and file.feature_dim == 64
-    assert len(file.train_labels) == 12406 and len(file.test_labels) == 10000

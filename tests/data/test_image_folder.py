@@ -113,3 +113,53 @@ def test_a_folder_trains_an_encoder_and_runs_ldmlr_and_a_bad_root_is_one_line(tm
         env=env,
     )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "is not a folder" in bad.stderr
+
+
+def test_encode_writes_the_features_file_a_run_then_reads(tmp_path):
+    """`featdiff encode` of a folder dataset through a saved encoder: the features file format
+    with the class names, which `data.source: features` runs on."""
+    from featdiff.data.feature_file import load_feature_file
+    from featdiff.models.encoders import save_encoder
+    from featdiff.models.resnet_cifar import resnet32
+
+    root = write_folder(tmp_path / "pets")
+    save_encoder(resnet32(3), tmp_path / "encoder.safetensors")
+    values = {
+        "name": "encode",
+        "data": {"source": "folder", "root": str(root), "image_size": 16},
+        "encoder": {"checkpoint": str(tmp_path / "encoder.safetensors")},
+        "features": {"style": "eval"},
+        "compute": {"threads": 1},
+    }
+    config = tmp_path / "encode.yaml"
+    config.write_text(yaml.safe_dump(values))
+    env = {"FEATDIFF_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    out = tmp_path / "pets.safetensors"
+    encoded = subprocess.run(
+        [sys.executable, "-m", "featdiff", "encode", str(config), str(out)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert encoded.returncode == 0, encoded.stderr
+    file = load_feature_file(out)
+    assert file.class_names == ("cat", "dog", "eel") and file.feature_dim == 64 and len(file.train_labels) == 35
+    run = {
+        "method": "fc_retrain",
+        "data": {"source": "features", "features": str(out)},
+        "classifier": {"epochs": 5},
+        "compute": {"threads": 1},
+    }
+    config.write_text(yaml.safe_dump(run))
+    result = subprocess.run(
+        [sys.executable, "-m", "featdiff", "run", str(config), "--out", str(tmp_path / "run")],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["dataset"] == "features:pets"
