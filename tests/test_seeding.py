@@ -84,6 +84,7 @@ def test_every_stream_of_one_run_is_its_own_and_the_run_repeats(tmp_path, monkey
     """A short digits LDMLR run opens one stream per stage and purpose: the denoiser's
     initialisation, its data order and its diffusion draws (and the encoder's, the classifiers')
     never share a stream, and the same seed gives the same results."""
+    import featdiff.generation.pseudo
     import featdiff.methods.stages
     import featdiff.pipeline
     from featdiff.config import config_from_dict
@@ -96,7 +97,7 @@ def test_every_stream_of_one_run_is_its_own_and_the_run_repeats(tmp_path, monkey
         opened.append(name)
         return named_generator(seed, name, device)
 
-    for module in (featdiff.pipeline, featdiff.methods.stages):
+    for module in (featdiff.pipeline, featdiff.methods.stages, featdiff.generation.pseudo):
         monkeypatch.setattr(module, "named_generator", recording)
     fast = {
         "encoder": {"epochs": 1, "batch_size": 64},
