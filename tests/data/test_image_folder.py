@@ -35,6 +35,12 @@ def write_folder(root: Path) -> Path:
     return root
 
 
+def featdiff(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """The CLI in a fresh process, with its cache under the test's folder and a bare PATH."""
+    env = {"FEATDIFF_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "featdiff", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
 def test_class_folders_become_image_sets_at_the_image_size(tmp_path):
     train, test = load_image_folder(write_folder(tmp_path / "pets"), 16, cache=tmp_path / "cache")
     assert train.classes == ("cat", "dog", "eel") and train.images.shape == (35, 3, 16, 16)
@@ -89,29 +95,14 @@ def test_a_folder_trains_an_encoder_and_runs_ldmlr_and_a_bad_root_is_one_line(tm
     config = tmp_path / "pets.yaml"
     config.write_text(yaml.safe_dump(values))
     out = tmp_path / "run"
-    env = {"FEATDIFF_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-m", "featdiff", "run", str(config), "--out", str(out)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    result = featdiff(tmp_path, "run", str(config), "--out", str(out))
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["train_counts"] == [24, 8, 3] and results["tuned"]["report"]["acc"]["overall"] > 50  # colours; chance is 33
     assert (out / "encoder.safetensors").is_file() and "gaussian" in results["controls"]
     values["data"]["root"] = str(tmp_path / "absent")
     config.write_text(yaml.safe_dump(values))
-    bad = subprocess.run(
-        [sys.executable, "-m", "featdiff", "run", str(config), "--out", str(tmp_path / "bad")],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    bad = featdiff(tmp_path, "run", str(config), "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "is not a folder" in bad.stderr
 
 
@@ -133,16 +124,8 @@ def test_encode_writes_the_features_file_a_run_then_reads(tmp_path):
     }
     config = tmp_path / "encode.yaml"
     config.write_text(yaml.safe_dump(values))
-    env = {"FEATDIFF_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
     out = tmp_path / "pets.safetensors"
-    encoded = subprocess.run(
-        [sys.executable, "-m", "featdiff", "encode", str(config), str(out)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    encoded = featdiff(tmp_path, "encode", str(config), str(out))
     assert encoded.returncode == 0, encoded.stderr
     file = load_feature_file(out)
     assert file.class_names == ("cat", "dog", "eel") and file.feature_dim == 64 and len(file.train_labels) == 35
@@ -153,13 +136,6 @@ def test_encode_writes_the_features_file_a_run_then_reads(tmp_path):
         "compute": {"threads": 1},
     }
     config.write_text(yaml.safe_dump(run))
-    result = subprocess.run(
-        [sys.executable, "-m", "featdiff", "run", str(config), "--out", str(tmp_path / "run")],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    result = featdiff(tmp_path, "run", str(config), "--out", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "run" / "results.json").read_text())["dataset"] == "features:pets"
