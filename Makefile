@@ -22,7 +22,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15
 
 benchmark-ldmlr-frozen: $(STAMP)
 	$(PY) benchmarks/ldmlr_frozen.py

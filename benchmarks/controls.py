@@ -241,6 +241,8 @@ def frozen_markdown(report: dict) -> str:
             "",
             f"## {split.replace(':', ' IF=')} (seeds {entry['seeds']})",
             "",
+            f"`{entry.get('command', report['command'])}` ({entry.get('device', report['device'])})",
+            "",
             "| method | plain | adj. | **tuned** | many | medium | few | τ | validation |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -263,10 +265,11 @@ def selection_markdown(report: dict) -> str:
         "# Knobs chosen on the validation part (seed 0)",
         "",
         "Coordinate search (`featdiff.selection`): each knob in turn, an option kept only if it raises the validation part's",
-        "accuracy (τ chosen on that part). No report-part number is read. Command: " + f"`{report['command']}`.",
+        "accuracy (τ chosen on that part). No report-part number is read. Each split names the command that made it.",
     ]
     for split, entry in report["splits"].items():
         lines += ["", f"## {split.replace(':', ' IF=')}: featdiff method `{entry['featdiff']}`", ""]
+        lines += [f"`{entry.get('command', report['command'])}` ({entry.get('device', report['device'])})", ""]
         lines += ["| family | chosen overrides | validation | τ | runs | search (s) |", "|---|---|---|---|---|---|"]
         for family, chosen in entry["families"].items():
             overrides = key_of(chosen["overrides"]) if chosen["overrides"] else "defaults"
@@ -425,7 +428,7 @@ def main() -> None:
     selection = load_report(selection_path)
     if args.part == "select":
         for split in args.splits:
-            selection["splits"][split] = select(split, runs, args.threads)
+            selection["splits"][split] = select(split, runs, args.threads) | {"command": command, "device": device}
         selection |= {"command": command, "device": device}
         write_report(selection_path, selection, selection_markdown(selection))
         print(selection_markdown(selection))
@@ -436,7 +439,10 @@ def main() -> None:
     frozen_path = args.out / "controls_frozen"
     report = load_report(frozen_path)
     for split in args.splits:
-        report["splits"][split] = frozen(split, selection["splits"][split], runs, args.seeds, args.threads)
+        report["splits"][split] = frozen(split, selection["splits"][split], runs, args.seeds, args.threads) | {
+            "command": command,
+            "device": device,
+        }
     report |= {"command": command, "device": device}
     write_report(frozen_path, json.loads(strict_json(report)), frozen_markdown(report))
     print(frozen_markdown(report))

@@ -7,7 +7,13 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FEATDIFF_CACHE", str(PROJECT_ROOT / ".cache" / "featdiff"))
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(PROJECT_ROOT / ".cache" / "featdiff" / "torchinductor"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+"""`make test` runs the tests on pytest-xdist workers, one per core: each worker, and each featdiff
+process a test starts (OMP_NUM_THREADS is inherited), then gets one torch thread, so the workers
+share the cores rather than oversubscribe them."""
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
