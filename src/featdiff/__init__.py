@@ -7,7 +7,7 @@ is imported).
 
 __version__ = "0.1.0"
 
-API = ("Generator", "controls", "evaluate", "fit", "train_head")
+API = ("Generator", "controls", "evaluate", "fit", "open_features", "train_head")
 
 
 def __getattr__(name: str):

@@ -19,6 +19,7 @@ from a named stream of `seed`, so the same call gives the same features.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -32,6 +33,7 @@ from featdiff.evaluation.protocol import part_summaries, split_test_set
 from featdiff.generation.gaussian import ClassGaussian
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, balanced_counts, fit_generator, labels_for
 from featdiff.generation.transfer import class_temperatures, transferred
+from featdiff.io import StreamedTensorFile, mapped_tensors
 from featdiff.seeding import named_generator, reset_parameters
 from featdiff.training.classifier import WeightedFeatures, classifier_head, classifier_state, train_classifier
 
@@ -72,24 +74,65 @@ class Generator:
     def sample(self, labels: Tensor, *, seed: int | None = None) -> Tensor:
         """One pseudo-feature per label (float32, on the CPU), from the stream "api/sampling" of
         `seed` (the config's seed by default)."""
+        labels = self._checked(labels)
+        return self._draw(labels, *self._streams(seed))
+
+    def _checked(self, labels: Tensor) -> Tensor:
         labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise UserError(f"labels must lie in 0..{self.num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+        return labels
+
+    def _streams(self, seed: int | None) -> tuple[torch.Generator, torch.Generator]:
+        """The sampling stream (on the denoiser's device) and the transfer stream of `seed`."""
         seed = self.config.seed if seed is None else seed
+        device = torch.device("cpu") if self.denoiser is None else next(self.denoiser.denoiser.parameters()).device
+        return named_generator(seed, "api/sampling", device), named_generator(seed, "api/transfer")
+
+    def _draw(self, labels: Tensor, sampling: torch.Generator, transfer: torch.Generator) -> Tensor:
         generation = self.config.generation
         temperatures = class_temperatures(self.counts, generation.temperature, generation.temperature_power)
         temperature = temperatures[labels]
-        draw = named_generator(seed, "api/sampling")
         if self.denoiser is not None:
-            device = next(self.denoiser.denoiser.parameters()).device
-            sampled = self.denoiser.sample(
-                labels, SamplerSettings.of(self.config.diffusion), named_generator(seed, "api/sampling", device), temperature=temperature
-            )
+            sampled = self.denoiser.sample(labels, SamplerSettings.of(self.config.diffusion), sampling, temperature=temperature)
         else:
             assert self.gaussian is not None
-            sampled = self.gaussian.sample(labels, draw, temperature)
-        transfer = named_generator(seed, "api/transfer")
+            sampled = self.gaussian.sample(labels, sampling, temperature)
         return transferred(sampled.cpu(), labels, self.features, self.labels, self.num_classes, generation, transfer)
+
+    def write_fill(
+        self,
+        path: str | Path,
+        counts: Tensor | None = None,
+        *,
+        include_real: bool = True,
+        chunk: int = 65_536,
+        seed: int | None = None,
+    ) -> Path:
+        """Pseudo-features written to a safetensors file `chunk` rows at a time, never all in
+        memory: counts[c] of every class c (the balanced fill by default), after the training
+        features when `include_real`. The file holds `features` (N, D) and `labels` (N,), in class
+        order, and is what `open_features` maps for `train_head`, so a fill of millions of rows
+        trains batch by batch. The draws come from the same streams as `sample`'s but chunk by
+        chunk, so they differ from one `sample` call's; the same call writes the same file."""
+        counts = balanced_counts(self.counts) if counts is None else torch.as_tensor(counts, dtype=torch.int64)
+        if counts.shape != self.counts.shape or bool((counts < 0).any()):
+            raise UserError(f"counts must be {self.num_classes} non-negative numbers, one per class; got shape {tuple(counts.shape)}")
+        if chunk < 1:
+            raise UserError(f"chunk must be at least 1 row, got {chunk}")
+        labels = labels_for(counts)
+        real = len(self.labels) if include_real else 0
+        rows, dim = real + len(labels), self.features.shape[1]
+        streams = self._streams(seed)
+        with StreamedTensorFile(Path(path), {"features": ((rows, dim), torch.float32), "labels": ((rows,), torch.int64)}) as out:
+            if include_real:
+                out.append("features", self.features)
+                out.append("labels", self.labels)
+            for start in range(0, len(labels), chunk):
+                part = labels[start : start + chunk]
+                out.append("features", self._draw(part, *streams))
+                out.append("labels", part)
+        return Path(path)
 
     def sample_per_class(self, n: int, *, seed: int | None = None) -> tuple[Tensor, Tensor]:
         """`n` pseudo-features of every class: (features, labels)."""
@@ -136,6 +179,15 @@ def fit(
     else:
         raise UserError(f"generator must be 'diffusion' or 'gaussian', got {generator!r}")
     return fitted
+
+
+def open_features(path: str | Path) -> tuple[Tensor, Tensor]:
+    """(features, labels) of a file `Generator.write_fill` wrote, memory-mapped: `train_head` reads
+    the rows of each batch from the file, so the fill need not fit in memory."""
+    tensors = mapped_tensors(Path(path), fix="write it again with Generator.write_fill")
+    if set(tensors) != {"features", "labels"}:
+        raise UserError(f"{path} holds {sorted(tensors)}, not the features and labels Generator.write_fill writes")
+    return tensors["features"], tensors["labels"].clone()
 
 
 def train_head(
@@ -202,4 +254,4 @@ def controls(
     return scores
 
 
-__all__ = ["Generator", "controls", "evaluate", "fit", "train_head"]
+__all__ = ["Generator", "controls", "evaluate", "fit", "open_features", "train_head"]

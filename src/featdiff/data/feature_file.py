@@ -42,6 +42,10 @@ class FeatureFile:
         return int(self.train_features.shape[1])
 
 
+CHECK_ROWS = 65_536
+"""Rows checked at a time, so checking a memory-mapped fill never holds a mask of all of it."""
+
+
 def check_features(features: Tensor, labels: Tensor, *, where: str, num_classes: int | None = None) -> int:
     """The number of classes of (features, labels) tensors, after checking them as a features file
     is checked: (N, D) floating features and (N,) integer labels with N > 0, finite values,
@@ -56,8 +60,9 @@ def check_features(features: Tensor, labels: Tensor, *, where: str, num_classes:
         raise UserError(f"{where}: features are {features.dtype}; pass floating-point features")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise UserError(f"{where}: labels are {labels.dtype}; pass integer class indices")
-    if not bool(torch.isfinite(features).all()):
-        raise UserError(f"{where}: features hold NaN or infinite values ({int((~torch.isfinite(features)).sum())} entries)")
+    bad = sum(int((~torch.isfinite(block)).sum()) for block in features.split(CHECK_ROWS))  # block by block: a mapped file stays on disk
+    if bad:
+        raise UserError(f"{where}: features hold NaN or infinite values ({bad} entries)")
     classes = int(labels.max()) + 1 if num_classes is None else num_classes
     if int(labels.min()) < 0 or int(labels.max()) >= classes:
         raise UserError(f"{where}: labels run from {int(labels.min())} to {int(labels.max())}, outside 0..{classes - 1}")

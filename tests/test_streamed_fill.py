@@ -1,0 +1,131 @@
+"""A fill too large for memory: pseudo-features streamed to a safetensors file chunk by chunk, and a
+head trained on the memory-mapped file batch by batch, to the same weights as from memory."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import featdiff
+from featdiff.errors import UserError
+from featdiff.io import StreamedTensorFile, mapped_tensors
+
+
+def shapes(rows: int, dim: int) -> dict:
+    return {"features": ((rows, dim), torch.float32), "labels": ((rows,), torch.int64)}
+
+
+def test_a_streamed_file_reads_back_as_written_with_safetensors_and_mapped(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    features, labels = torch.randn(1000, 7, generator=g), torch.randint(0, 9, (1000,), generator=g)
+    path = tmp_path / "fill.safetensors"
+    with StreamedTensorFile(path, shapes(1000, 7), metadata={"note": "blocks"}) as out:
+        for start, stop in [(0, 1), (1, 333), (333, 334), (334, 1000)]:  # uneven blocks, the two tensors interleaved
+            out.append("features", features[start:stop])
+            out.append("labels", labels[start:stop])
+    read = load_file(path)  # safetensors' own reader: an independent check of the format
+    assert torch.equal(read["features"], features) and torch.equal(read["labels"], labels)
+    mapped = mapped_tensors(path, fix="-")
+    assert torch.equal(mapped["features"], features) and torch.equal(mapped["labels"], labels)
+    mapped["features"][0] = 99.0  # copy-on-write: the file is unchanged
+    assert torch.equal(load_file(path)["features"], features)
+
+
+def test_an_interrupted_or_short_write_leaves_no_file(tmp_path):
+    path = tmp_path / "fill.safetensors"
+    with pytest.raises(RuntimeError, match="killed"):
+        with StreamedTensorFile(path, shapes(10, 3)) as out:
+            out.append("features", torch.zeros(4, 3))
+            raise RuntimeError("killed")
+    with pytest.raises(ValueError, match="not fully written"):
+        with StreamedTensorFile(path, shapes(10, 3)) as out:
+            out.append("features", torch.zeros(10, 3))
+    with pytest.raises(ValueError, match="more rows"):
+        with StreamedTensorFile(path, shapes(10, 3)) as out:
+            out.append("features", torch.zeros(11, 3))
+    assert list(tmp_path.iterdir()) == []
+
+
+def anonymous_kib() -> int:
+    """This process's resident anonymous memory (Linux), which a mapped file's pages are not."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+def test_a_mapped_file_is_not_read_into_memory(tmp_path):
+    rows, dim = 65_536, 1024  # 256 MiB of features
+    path = tmp_path / "big.safetensors"
+    with StreamedTensorFile(path, shapes(rows, dim)) as out:
+        block = torch.ones(4096, dim)
+        for _ in range(rows // 4096):
+            out.append("features", block)
+            out.append("labels", torch.zeros(4096, dtype=torch.int64))
+    before = anonymous_kib()
+    mapped = mapped_tensors(path, fix="-")
+    batch = mapped["features"][torch.randint(0, rows, (1024,))]  # one batch of rows, gathered from the file
+    grown_mib = (anonymous_kib() - before) / 1024
+    assert batch.shape == (1024, dim) and bool((batch == 1).all())
+    assert grown_mib < 64, grown_mib  # the batch is 4 MiB; the file 256 MiB
+
+
+def blobs(seed: int = 0, counts=(300, 120, 40, 12, 5), dim: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(len(counts), dim, generator=g) * 4
+    labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    return centres, labels, centres[labels] + torch.randn(len(labels), dim, generator=g)
+
+
+def test_write_fill_streams_the_real_records_then_a_balanced_fill(tmp_path):
+    centres, labels, features = blobs()
+    generator = featdiff.fit(features, labels, generator="gaussian")
+    path = generator.write_fill(tmp_path / "fill.safetensors", chunk=37)
+    x, y = featdiff.open_features(path)
+    assert torch.bincount(y).tolist() == [300] * 5  # every class filled up to the largest
+    assert torch.equal(x[: len(labels)], features) and torch.equal(y[: len(labels)], labels)
+    pseudo, pseudo_labels = x[len(labels) :], y[len(labels) :]
+    for c in range(1, 5):  # the Gaussian's draws sit around their class's training mean
+        drawn = pseudo[pseudo_labels == c]
+        assert (drawn.mean(0) - features[labels == c].mean(0)).norm() < 0.5 * (centres[c] - centres[0]).norm()
+    again = generator.write_fill(tmp_path / "again.safetensors", chunk=37)
+    assert (tmp_path / "fill.safetensors").read_bytes() == again.read_bytes()  # the same call writes the same file
+    only = generator.write_fill(tmp_path / "only.safetensors", torch.tensor([0, 0, 3, 0, 2]), include_real=False)
+    assert featdiff.open_features(only)[1].tolist() == [2, 2, 2, 4, 4]
+
+
+def test_a_head_trains_on_the_mapped_fill_to_the_weights_it_gets_from_memory(tmp_path):
+    centres, labels, features = blobs()
+    path = featdiff.fit(features, labels, generator="gaussian").write_fill(tmp_path / "fill.safetensors", chunk=100)
+    x, y = featdiff.open_features(path)
+    recipe = {"classifier": {"epochs": 100}}
+    from_file = featdiff.train_head(x, y, config=recipe)
+    from_memory = featdiff.train_head(x.clone(), y.clone(), config=recipe)
+    assert torch.equal(from_file.weight, from_memory.weight) and torch.equal(from_file.bias, from_memory.bias)
+    test_labels = torch.arange(5).repeat_interleave(100)
+    test = centres[test_labels] + torch.randn(500, 8, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        accuracy = (from_file(test).argmax(1) == test_labels).float().mean()
+    assert accuracy > 0.6  # five blobs; chance is 0.2
+
+
+def test_bad_fills_and_files_are_one_line_errors(tmp_path):
+    _, labels, features = blobs()
+    generator = featdiff.fit(features, labels, generator="gaussian")
+    with pytest.raises(UserError, match="one per class"):
+        generator.write_fill(tmp_path / "f.safetensors", torch.tensor([1, 2]))
+    with pytest.raises(UserError, match="at least 1 row"):
+        generator.write_fill(tmp_path / "f.safetensors", chunk=0)
+    other = tmp_path / "other.safetensors"
+    with StreamedTensorFile(other, {"weights": ((3,), torch.float32)}) as out:
+        out.append("weights", torch.ones(3))
+    with pytest.raises(UserError, match="not the features and labels"):
+        featdiff.open_features(other)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(np.uint64(10**6).tobytes() + b"{")
+    with pytest.raises(UserError, match="cannot read"):
+        featdiff.open_features(broken)
+    assert sorted(os.listdir(tmp_path)) == ["broken.safetensors", "other.safetensors"]  # the refused fills left nothing
