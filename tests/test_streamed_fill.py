@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 import featdiff
 from featdiff.errors import UserError
 from featdiff.io import StreamedTensorFile, mapped_tensors
+from featdiff.training.classifier import StackedRows
 
 
 def shapes(rows: int, dim: int) -> dict:
@@ -129,3 +130,43 @@ def test_bad_fills_and_files_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="cannot read"):
         featdiff.open_features(broken)
     assert sorted(os.listdir(tmp_path)) == ["broken.safetensors", "other.safetensors"]  # the refused fills left nothing
+
+
+def test_stacked_rows_read_like_the_concatenated_tensor():
+    g = torch.Generator().manual_seed(3)
+    parts = [torch.randn(n, 5, generator=g) for n in (7, 1, 12)]
+    whole, stacked = torch.cat(parts), StackedRows(*parts)
+    assert stacked.shape == whole.shape and len(stacked) == 20
+    index = torch.randint(0, 20, (50,), generator=g)
+    assert torch.equal(stacked[index], whole[index]) and torch.equal(stacked[:3], whole[:3]) and torch.equal(stacked[5:9], whole[5:9])
+    with pytest.raises(ValueError, match="one D"):
+        StackedRows(torch.zeros(3, 5), torch.zeros(3, 4))
+
+
+def run_digits(folder: Path, capsys) -> Path:
+    from featdiff.cli import main
+
+    settings = [
+        "encoder.epochs=2",
+        "diffusion.steps=50",
+        "classifier.epochs=2",
+        "generation.count_rule=uniform",
+        "generation.per_class=300",
+    ]
+    status = main(["run", "configs/digits_ldmlr.yaml", *[part for s in settings for part in ("--set", s)], "--out", str(folder)])
+    assert status == 0, capsys.readouterr().err
+    return folder
+
+
+def test_a_runs_fill_is_streamed_chunk_by_chunk_to_the_draws_of_one_chunk(tmp_path, monkeypatch, capsys):
+    """Ten classes × 300 pseudo-features: in one chunk, and in three of 1,024 rows (the sampler's
+    own chunk size), the fill files are the same, bit for bit."""
+    import featdiff.methods.stages
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    one = run_digits(tmp_path / "one", capsys)
+    monkeypatch.setattr(featdiff.methods.stages, "FILL_CHUNK", 1024)
+    chunked = run_digits(tmp_path / "chunked", capsys)
+    for name in ("pseudo_features.safetensors", "gaussian_generation.safetensors"):
+        a, b = load_file(one / name), load_file(chunked / name)
+        assert len(a["labels"]) == 3000 and torch.equal(a["labels"], b["labels"]) and torch.equal(a["features"], b["features"]), name

@@ -33,6 +33,7 @@ from featdiff.io import (
     describe_error,
     load_tensors,
     load_torch_state,
+    mapped_tensors,
     strict_json,
 )
 
@@ -198,6 +199,24 @@ class Run:
         saved = self.load_checkpoint(stage)
         if saved is not None:
             state.load_state_dict(saved)
+
+    def streamed_stage(self, stage: str, write: Callable[[Path], dict], *, file: str) -> StageOutput:
+        """A stage whose output may be too large to hold (a fill of millions of pseudo-features):
+        `write(path)` writes `file` itself, atomically (`featdiff.io.StreamedTensorFile`), and
+        returns the stage's info; the tensors come back memory-mapped, whether the stage ran now
+        or in an earlier session. Only rank 0 writes; under torchrun the others wait and map it."""
+        barrier()
+        if not self.stage_done(stage):
+            if self.writes:
+                info = write(self.directory / file)
+                self.mark_done(stage, **info)
+            barrier()
+        return self.map_tensors(file, stage=stage), self.stage_info(stage)
+
+    def map_tensors(self, name: str, stage: str) -> dict[str, torch.Tensor]:
+        """A safetensors file of the run, memory-mapped (`featdiff.io.mapped_tensors`)."""
+        fix = f"delete it and {self.directory / 'stages' / f'{stage}.done'}, then continue the run with --resume {self.directory}"
+        return mapped_tensors(self.directory / name, fix)
 
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         if not self.writes:

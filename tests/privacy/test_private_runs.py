@@ -69,21 +69,17 @@ def test_privacy_command_refuses_a_non_private_method():
     assert result.stdout == ""
 
 
-@pytest.fixture(scope="module")
-def default_runs(tmp_path_factory) -> tuple[Path, Path, str]:
-    """Two private runs of one config and seed, with the default (unreplayable) noise; the first
-    one's terminal output."""
-    folder = tmp_path_factory.mktemp("default-noise")
+@pytest.mark.slow
+def test_a_digits_private_run_reports_its_ledger_and_a_second_one_draws_other_noise(tmp_path):
+    """Two private runs of one config and seed, with the default (unreplayable) noise: the first
+    one's ledger, files and terminal summary, then what differs between the two. One test, so the
+    two runs are made once whichever worker runs it."""
     outputs = []
     for name in ("first", "second"):
-        result = featdiff("run", CONFIG, *FAST, "--out", str(folder / name))
+        result = featdiff("run", CONFIG, *FAST, "--out", str(tmp_path / name))
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
-    return folder / "first", folder / "second", outputs[0]
-
-
-def test_digits_private_run_reports_its_ledger_and_controls(default_runs):
-    out, _, stdout = default_runs
+    out, stdout = tmp_path / "first", outputs[0]
     results = json.loads((out / "results.json").read_text())
     ledger = results["privacy"]
     assert ledger["private"] and ledger["epsilon"] <= 5.0 and ledger["delta"] == 1e-6
@@ -110,11 +106,8 @@ def test_digits_private_run_reports_its_ledger_and_controls(default_runs):
     # The terminal summary gives ε and the rows it covers.
     summary = [line for line in stdout.splitlines() if line.startswith("privacy: ")]
     assert len(summary) == 1 and f"ε = {ledger['epsilon']:.3g}" in summary[0] and "covers the row dp_pseudo_only only" in summary[0]
-
-
-@pytest.mark.slow
-def test_two_runs_with_the_same_seed_draw_different_noise(default_runs):
-    first, second, _ = default_runs
+    # Two runs with the same seed draw different noise.
+    first, second = tmp_path / "first", tmp_path / "second"
     a, b = load_file(first / "dp_denoiser.safetensors"), load_file(second / "dp_denoiser.safetensors")
     assert a.keys() == b.keys()
     assert any(not a[name].equal(b[name]) for name in a)

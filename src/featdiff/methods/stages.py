@@ -9,6 +9,7 @@ random draw comes from a stream named after the stage and its purpose (`featdiff
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +18,16 @@ from torch import nn
 
 from featdiff.config import ClassifierConfig, FeatureConfig, RunConfig
 from featdiff.data.bundle import DatasetBundle, FeatureBundle, load_dataset
+from featdiff.distributed import world
 from featdiff.evaluation.diagnostics import compare, plot_two_clouds
 from featdiff.evaluation.metrics import summarize
 from featdiff.evaluation.protocol import TestParts, part_summaries
 from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
 from featdiff.generation.filter import band_weights
 from featdiff.generation.gaussian import ClassGaussian
-from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, fit_generator, pseudo_counts
+from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, fit_generator, labels_for, pseudo_counts
 from featdiff.generation.transfer import class_temperatures, transferred
+from featdiff.io import StreamedTensorFile
 from featdiff.privacy.controls import ControlPlan, release_counts, release_moments
 from featdiff.privacy.dp_promise import clip_to_norm
 from featdiff.privacy.noise import private_noise
@@ -33,6 +36,7 @@ from featdiff.seeding import named_generator, reset_parameters
 from featdiff.statistics import ClassGeometry, SufficientStatistics, band_fractions
 from featdiff.training.acceleration import accelerated
 from featdiff.training.classifier import (
+    StackedRows,
     WeightedFeatures,
     class_mass,
     classifier_head,
@@ -183,12 +187,34 @@ def generation_temperatures(context: MethodContext) -> torch.Tensor | None:
     return class_temperatures(context.train_counts, generation.temperature, generation.temperature_power)
 
 
-def post_processed(context: MethodContext, features: FeatureSet, pseudo: torch.Tensor, labels: torch.Tensor, stream: str) -> torch.Tensor:
-    """The generator's output after `generation.transfer` (head-to-tail transfer from `features`,
-    the generator's own training set), drawing from the stream `<stream>/transfer`."""
+FILL_CHUNK = 65_536
+"""Pseudo-features sampled, post-processed and written at a time: a multiple of the sampler's
+1,024-row chunks, so the diffusion draws are exactly those of one call over every label."""
+
+
+def write_fill(
+    context: MethodContext,
+    features: FeatureSet,
+    counts: torch.Tensor,
+    draw: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    stream: str,
+    path: Path,
+) -> None:
+    """counts[c] pseudo-features of every class c, in class order, written to `path` (`features`,
+    `labels`) `FILL_CHUNK` at a time and never held at once: `draw(labels, temperatures)`
+    samples a chunk, then `generation.transfer` (from `features`, the generator's own training
+    set, drawing from the stream `<stream>/transfer`) applies to it."""
     config = context.config
-    generator = named_generator(config.seed, f"{stream}/transfer")
-    return transferred(pseudo, labels, features.features, features.labels, context.bundle.num_classes, config.generation, generator)
+    labels = labels_for(counts)
+    temperatures = generation_temperatures(context)
+    transfer = named_generator(config.seed, f"{stream}/transfer")
+    shapes = {"features": ((len(labels), features.features.shape[1]), torch.float32), "labels": ((len(labels),), torch.int64)}
+    with StreamedTensorFile(path, shapes) as out:
+        for part in labels.split(FILL_CHUNK):
+            pseudo = draw(part, None if temperatures is None else temperatures[part]).cpu()
+            pseudo = transferred(pseudo, part, features.features, features.labels, context.bundle.num_classes, config.generation, transfer)
+            out.append("features", pseudo)
+            out.append("labels", part)
 
 
 def stage_denoiser(context: MethodContext, features: FeatureSet) -> FeatureGenerator:
@@ -211,19 +237,42 @@ def stage_denoiser(context: MethodContext, features: FeatureSet) -> FeatureGener
 
 def stage_pseudo_features(context: MethodContext, features: FeatureSet, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The denoiser of `features` (`stage_denoiser`), sampled for counts[c] pseudo-features of
-    class c with the sampling and transfer knobs (stored)."""
+    class c with the sampling and transfer knobs, streamed to `pseudo_features.safetensors` and
+    memory-mapped from it. Under torchrun every rank samples its share of the classes
+    (`FeatureGenerator.generate`) and the fill is gathered in memory."""
     run, config = context.run, context.config
+    sampler = SamplerSettings.of(config.diffusion)
 
-    def fit_and_sample() -> StageOutput:
+    if world().parallel:
+
+        def fit_and_sample() -> StageOutput:
+            generator = stage_denoiser(context, features)
+            with run.timed("generation_s"):
+                stream = named_generator(config.seed, "generation/sampling", context.device)
+                pseudo, labels = generator.generate(counts, sampler, stream, temperatures=generation_temperatures(context))
+                transfer = named_generator(config.seed, "generation/transfer")
+                generation = config.generation
+                pseudo = transferred(pseudo, labels, features.features, features.labels, context.bundle.num_classes, generation, transfer)
+            return {"features": pseudo, "labels": labels}, {}
+
+        stored, _ = run.stage("generation", fit_and_sample, file="pseudo_features.safetensors")
+        return stored["features"], stored["labels"]
+
+    def sample_into(path: Path) -> dict:
         generator = stage_denoiser(context, features)
         with run.timed("generation_s"):
             stream = named_generator(config.seed, "generation/sampling", context.device)
-            temperatures = generation_temperatures(context)
-            pseudo, labels = generator.generate(counts, SamplerSettings.of(config.diffusion), stream, temperatures=temperatures)
-            pseudo = post_processed(context, features, pseudo, labels, "generation")
-        return {"features": pseudo, "labels": labels}, {}
+            write_fill(
+                context,
+                features,
+                counts,
+                lambda labels, temperature: generator.sample(labels, sampler, stream, progress=True, temperature=temperature),
+                "generation",
+                path,
+            )
+        return {}
 
-    stored, _ = run.stage("generation", fit_and_sample, file="pseudo_features.safetensors")
+    stored, _ = run.streamed_stage("generation", sample_into, file="pseudo_features.safetensors")
     return stored["features"], stored["labels"]
 
 
@@ -231,10 +280,11 @@ def stage_gaussian_pseudo_features(
     context: MethodContext, features: FeatureSet, counts: torch.Tensor, *, stage: str = "gaussian_generation"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The class-Gaussian generator (`generation.shrinkage`) fitted to `features`, sampled with the
-    same counts, temperatures and transfer as the diffusion generator (stored)."""
+    same counts, temperatures and transfer as the diffusion generator, streamed to its file and
+    memory-mapped from it."""
     run, config = context.run, context.config
 
-    def fit_and_sample() -> StageOutput:
+    def sample_into(path: Path) -> dict:
         with run.timed(f"{stage}_s"):
             generation = config.generation
             gaussian = ClassGaussian.fitted_to(
@@ -244,12 +294,11 @@ def stage_gaussian_pseudo_features(
                 shrinkage=generation.shrinkage,
                 covariance=generation.covariance,
             )
-            temperatures = generation_temperatures(context)
-            pseudo, labels = gaussian.generate(counts, named_generator(config.seed, f"{stage}/sampling"), temperatures=temperatures)
-            pseudo = post_processed(context, features, pseudo, labels, stage)
-        return {"features": pseudo, "labels": labels}, {}
+            stream = named_generator(config.seed, f"{stage}/sampling")
+            write_fill(context, features, counts, lambda labels, temperature: gaussian.sample(labels, stream, temperature), stage, path)
+        return {}
 
-    stored, _ = run.stage(stage, fit_and_sample, file=f"{stage}.safetensors")
+    stored, _ = run.streamed_stage(stage, sample_into, file=f"{stage}.safetensors")
     return stored["features"], stored["labels"]
 
 
@@ -277,11 +326,12 @@ def retrain_with_pseudo(
         weights = weights * multipliers
         extra["filter_bands"] = band_fractions(band)
     kept = weights > 0
-    pseudo_features, pseudo_labels, weights = pseudo_features[kept], pseudo_labels[kept], weights[kept]
+    if not bool(kept.all()):  # a mapped fill is copied only when the filter drops some of it
+        pseudo_features, pseudo_labels, weights = pseudo_features[kept], pseudo_labels[kept], weights[kept]
     if config.generation.include_real:
         real = encoded.train
         combined = WeightedFeatures(
-            torch.cat([real.features, pseudo_features]),
+            StackedRows(real.features, pseudo_features),
             torch.cat([real.labels, pseudo_labels]),
             torch.cat([torch.ones(len(real.labels)), weights]),
         )

@@ -2,7 +2,8 @@
 the logit-adjusted loss or LDAM's margin loss, on raw or L2-normalised features.
 
 Features live on the compute device as one tensor and are batched by index, so an epoch is a few
-matrix multiplies rather than a DataLoader walk.
+matrix multiplies rather than a DataLoader walk; a fill too large for memory stays a memory-mapped
+file, read batch by batch (`StackedRows` puts it after the real features without copying either).
 """
 
 from __future__ import annotations
@@ -20,11 +21,46 @@ from featdiff.training.loop import apply_update, run_steps
 from featdiff.training.state import ShuffledBatches, TrainState
 
 
+class StackedRows:
+    """Several (N_i, D) tensors read as one (ΣN_i, D) table without being concatenated: the real
+    features in memory and a memory-mapped fill of pseudo-features, say. Indexing gathers a
+    batch's rows from each part, so the table is never held in memory at once."""
+
+    def __init__(self, *parts: Tensor) -> None:
+        if not parts or any(part.ndim != 2 or part.shape[1] != parts[0].shape[1] for part in parts):
+            raise ValueError(f"StackedRows needs (N_i, D) tensors of one D, got {[tuple(part.shape) for part in parts]}")
+        self.parts = parts
+        self.starts = torch.tensor([0, *torch.tensor([len(part) for part in parts]).cumsum(0).tolist()])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), self.parts[0].shape[1]))
+
+    def to(self, device: torch.device) -> StackedRows:
+        return StackedRows(*(part.to(device) for part in self.parts))
+
+    def __getitem__(self, index: Tensor | slice) -> Tensor:
+        if isinstance(index, slice):
+            index = torch.arange(len(self))[index]
+        index = index.cpu()
+        device = self.parts[0].device
+        rows = torch.empty((len(index), self.shape[1]), dtype=self.parts[0].dtype, device=device)
+        part_of = torch.bucketize(index, self.starts[1:], right=True)
+        for number, part in enumerate(self.parts):
+            mine = part_of == number
+            if bool(mine.any()):
+                rows[mine.to(device)] = part[(index[mine] - self.starts[number]).to(part.device)].to(device)
+        return rows
+
+
 @dataclass
 class WeightedFeatures:
     """Training examples for the classifier: real features (weight 1) and pseudo ones (weight w)."""
 
-    features: torch.Tensor
+    features: torch.Tensor | StackedRows
     labels: torch.Tensor
     weights: torch.Tensor
 
