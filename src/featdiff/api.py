@@ -32,8 +32,9 @@ from featdiff.evaluation.metrics import summarize
 from featdiff.evaluation.protocol import part_summaries, split_test_set
 from featdiff.generation.gaussian import ClassGaussian
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, balanced_counts, fit_generator, labels_for
+from featdiff.generation.stream import write_fill
 from featdiff.generation.transfer import class_temperatures, transferred
-from featdiff.io import StreamedTensorFile, mapped_tensors
+from featdiff.io import mapped_tensors
 from featdiff.seeding import named_generator, reset_parameters
 from featdiff.training.classifier import WeightedFeatures, classifier_head, classifier_state, train_classifier
 
@@ -120,19 +121,10 @@ class Generator:
             raise UserError(f"counts must be {self.num_classes} non-negative numbers, one per class; got shape {tuple(counts.shape)}")
         if chunk < 1:
             raise UserError(f"chunk must be at least 1 row, got {chunk}")
-        labels = labels_for(counts)
-        real = len(self.labels) if include_real else 0
-        rows, dim = real + len(labels), self.features.shape[1]
         streams = self._streams(seed)
-        with StreamedTensorFile(Path(path), {"features": ((rows, dim), torch.float32), "labels": ((rows,), torch.int64)}) as out:
-            if include_real:
-                out.append("features", self.features)
-                out.append("labels", self.labels)
-            for start in range(0, len(labels), chunk):
-                part = labels[start : start + chunk]
-                out.append("features", self._draw(part, *streams))
-                out.append("labels", part)
-        return Path(path)
+        real = (self.features, self.labels) if include_real else None
+        dim = self.features.shape[1]
+        return write_fill(Path(path), labels_for(counts), dim, lambda part: self._draw(part, *streams), chunk=chunk, real=real)
 
     def sample_per_class(self, n: int, *, seed: int | None = None) -> tuple[Tensor, Tensor]:
         """`n` pseudo-features of every class: (features, labels)."""

@@ -26,8 +26,8 @@ from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
 from featdiff.generation.filter import band_weights
 from featdiff.generation.gaussian import ClassGaussian
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, fit_generator, labels_for, pseudo_counts
+from featdiff.generation.stream import write_fill
 from featdiff.generation.transfer import class_temperatures, transferred
-from featdiff.io import StreamedTensorFile
 from featdiff.privacy.controls import ControlPlan, release_counts, release_moments
 from featdiff.privacy.dp_promise import clip_to_norm
 from featdiff.privacy.noise import private_noise
@@ -192,7 +192,7 @@ FILL_CHUNK = 65_536
 1,024-row chunks, so the diffusion draws are exactly those of one call over every label."""
 
 
-def write_fill(
+def write_context_fill(
     context: MethodContext,
     features: FeatureSet,
     counts: torch.Tensor,
@@ -200,21 +200,19 @@ def write_fill(
     stream: str,
     path: Path,
 ) -> None:
-    """counts[c] pseudo-features of every class c, in class order, written to `path` (`features`,
-    `labels`) `FILL_CHUNK` at a time and never held at once: `draw(labels, temperatures)`
+    """counts[c] pseudo-features of every class c, in class order, streamed to `path`
+    (`featdiff.generation.stream.write_fill`, `FILL_CHUNK` at a time): `draw(labels, temperatures)`
     samples a chunk, then `generation.transfer` (from `features`, the generator's own training
     set, drawing from the stream `<stream>/transfer`) applies to it."""
     config = context.config
-    labels = labels_for(counts)
     temperatures = generation_temperatures(context)
     transfer = named_generator(config.seed, f"{stream}/transfer")
-    shapes = {"features": ((len(labels), features.features.shape[1]), torch.float32), "labels": ((len(labels),), torch.int64)}
-    with StreamedTensorFile(path, shapes) as out:
-        for part in labels.split(FILL_CHUNK):
-            pseudo = draw(part, None if temperatures is None else temperatures[part]).cpu()
-            pseudo = transferred(pseudo, part, features.features, features.labels, context.bundle.num_classes, config.generation, transfer)
-            out.append("features", pseudo)
-            out.append("labels", part)
+
+    def drawn(part: torch.Tensor) -> torch.Tensor:
+        pseudo = draw(part, None if temperatures is None else temperatures[part]).cpu()
+        return transferred(pseudo, part, features.features, features.labels, context.bundle.num_classes, config.generation, transfer)
+
+    write_fill(path, labels_for(counts), features.features.shape[1], drawn, chunk=FILL_CHUNK)
 
 
 def stage_denoiser(context: MethodContext, features: FeatureSet) -> FeatureGenerator:
@@ -262,7 +260,7 @@ def stage_pseudo_features(context: MethodContext, features: FeatureSet, counts: 
         generator = stage_denoiser(context, features)
         with run.timed("generation_s"):
             stream = named_generator(config.seed, "generation/sampling", context.device)
-            write_fill(
+            write_context_fill(
                 context,
                 features,
                 counts,
@@ -295,7 +293,9 @@ def stage_gaussian_pseudo_features(
                 covariance=generation.covariance,
             )
             stream = named_generator(config.seed, f"{stage}/sampling")
-            write_fill(context, features, counts, lambda labels, temperature: gaussian.sample(labels, stream, temperature), stage, path)
+            write_context_fill(
+                context, features, counts, lambda labels, temperature: gaussian.sample(labels, stream, temperature), stage, path
+            )
         return {}
 
     stored, _ = run.streamed_stage(stage, sample_into, file=f"{stage}.safetensors")
