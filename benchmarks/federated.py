@@ -16,12 +16,17 @@ head each run chose on the validation part (pseudo-only, or refined by FedAvg of
 stand-in for a server-side validation set).
 
     python benchmarks/federated.py                      # preset default: α = 0.5, 20 clients (8 per round), both datasets, 3 seeds
-    python benchmarks/federated.py --preset harder      # α ∈ {0.5, 0.1} × {20 (8), 50 (10)} clients, seed 0
+    python benchmarks/federated.py --preset harder      # α ∈ {0.5, 0.1} × {20 (8), 50 (10)} clients, both datasets, 3 seeds
     python benchmarks/federated.py --preset private     # ε ∈ {10, 3} per client, CIFAR-10, 3 seeds: DP controls beside the release
+
+The harder and private sweeps are run in parts, one seed each, so that no part passes an hour on
+2 cores (`--preset harder --seeds 1`, ~50 min on 1 thread; `--preset private --seeds 1`, ~35 min).
+A part merges into the preset's existing report: it replaces that report's rows for the seeds and
+datasets it ran, keeps the others, and records its own command and wall time under `parts`.
 
 `--workdir DIR` keeps the run folders and reuses finished runs whose saved config matches; each
 preset writes benchmarks/results/federated[_<preset>].{json,md} (and plots of the probe against
-rounds and bytes, first seed).
+rounds and bytes, lowest seed).
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ PRESETS = {
         "federations": [
             (d, a, k, m) for d in ("cifar10", "cifar100") for a in (0.5, 0.1) for k, m in ((20, 8), (50, 10)) if (a, k) != (0.5, 20)
         ],
-        "seeds": [0],
+        "seeds": [0, 1, 2],
         "epsilons": [],
     },
     "private": {"federations": [("cifar10", 0.5, 20, 8)], "seeds": [0, 1, 2], "epsilons": [10.0, 3.0]},
@@ -228,9 +233,62 @@ def row(method: str, results: dict, key: str, setting: dict, *, nbytes: int | No
     }
 
 
+def run_prefix(federation: tuple, seed: int) -> str:
+    dataset, alpha, clients, per_round = federation
+    return f"{dataset}-a{alpha:g}-k{clients}-m{per_round}-s{seed}"
+
+
+def reused_runs(workdir: Path, federations: list[tuple], seeds: list[int], started_at: float) -> int:
+    """Finished runs of this part that an earlier invocation had written (their time is not in this part's)."""
+    saved = [
+        path
+        for federation in federations
+        for seed in seeds
+        for pattern in (f"{run_prefix(federation, seed)}-*/{RESULTS_FILE}", f"{run_prefix(federation, seed)}-*-central.json")
+        for path in workdir.glob(pattern)
+    ]
+    return sum(path.stat().st_mtime < started_at for path in saved)
+
+
+def merged_report(out: Path, fresh: dict, federations: list[tuple], seeds: list[int]) -> dict:
+    """The preset's existing report with this part's rows and curves taken out (they are rerun), or
+    `fresh` when there is none. A report of another preset or round count is not merged into."""
+    path = out.with_suffix(".json")
+    if not path.is_file():
+        return fresh
+    existing = json.loads(path.read_text())
+    if (existing["preset"], existing["rounds"]) != (fresh["preset"], fresh["rounds"]):
+        raise SystemExit(f"error: {path} holds preset {existing['preset']!r} with {existing['rounds']} rounds; choose another --out")
+    datasets = {f[0] for f in federations}
+    if "curve_seed" not in existing:  # written before parts: one list of curves per seed, the first seed's first
+        first = min(existing["seeds"])
+        existing["curves"] = {name: {label: curves[0] for label, curves in by.items()} for name, by in existing["curves"].items()}
+        existing["curve_seed"] = dict.fromkeys(existing["curves"], first)
+    if "parts" not in existing:
+        existing["parts"] = [
+            {
+                "command": existing.pop("command"),
+                "seeds": existing["seeds"],
+                "datasets": sorted({r["dataset"] for r in existing["rows"]}),
+                "threads": existing["threads"],
+                "wall_s": existing.pop("wall_s"),
+                "reused": None,  # not recorded then
+            }
+        ]
+    existing["rows"] = [r for r in existing["rows"] if not (r["dataset"] in datasets and r["seed"] in seeds)]
+    existing["parts"] = [  # a part this one reruns whole is no longer the report's
+        part for part in existing["parts"] if not (set(part["seeds"]) <= set(seeds) and set(part["datasets"]) <= datasets)
+    ]
+    for name in [name for name in existing["curve_seed"] if not any(r["setting"] == name for r in existing["rows"])]:
+        del existing["curve_seed"][name], existing["curves"][name]  # their seed is being rerun
+    existing["seeds"] = sorted({r["seed"] for r in existing["rows"]} | set(seeds))
+    existing["federations"] = [list(f) for f in dict.fromkeys(map(tuple, existing["federations"] + [list(f) for f in federations]))]
+    return existing
+
+
 def one_federation(federation: tuple, seed: int, features: Path, args: argparse.Namespace, workdir: Path, report: dict) -> None:
     dataset, alpha, clients, per_round = federation
-    prefix = f"{dataset}-a{alpha:g}-k{clients}-m{per_round}-s{seed}"
+    prefix = run_prefix(federation, seed)
     shape = {"alpha": alpha, "clients": clients, "clients_per_round": per_round, "rounds": args.rounds}
     setting = {"setting": f"{dataset}, α = {alpha:g}, {clients} clients ({per_round} per round)", "dataset": dataset, "seed": seed}
     rows = report["rows"]
@@ -254,7 +312,7 @@ def one_federation(federation: tuple, seed: int, features: Path, args: argparse.
             if algorithm == "fedavg" and not extra:
                 control_bytes = results["setup"]["up_bytes"] + results["setup"]["down_bytes"] + total_head_round_bytes(results)
                 rows.append(row("gaussian_stats (free control)", results, "gaussian_stats_chosen", setting, nbytes=control_bytes))
-            report["curves"].setdefault(setting["setting"], {}).setdefault(label, []).append(curve(results))
+            keep_curve(report, setting, label, curve(results))
         central = central_or_reuse(config("central", {}), args.central_steps, workdir)
         for key, label in (("ldmlr", "centralised LDMLR"), ("gaussian", "centralised class Gaussian")):
             rows.append({"method": label, "acc": reported(central[key]), "bytes": None, "wall_s": central["wall_s"], **setting})
@@ -272,6 +330,18 @@ def one_federation(federation: tuple, seed: int, features: Path, args: argparse.
         combined = {"algorithm": "fedddpm", "private_refine": True}
         refined = run_or_reuse(config(f"{tag}-fedddpm-refine", combined, privacy | {"release_share": 0.5}), workdir)
         rows.append(row("FedDDPM release + DP-FedAvg head (half the budget each)", refined, "chosen", private_setting))
+
+
+def keep_curve(report: dict, setting: dict, label: str, points: list[dict]) -> None:
+    """The plots show one seed per federation, the lowest the report holds."""
+    name = setting["setting"]
+    stored = report["curve_seed"].get(name)
+    if stored is not None and stored < setting["seed"]:
+        return
+    if stored != setting["seed"]:
+        report["curves"][name] = {}
+        report["curve_seed"][name] = setting["seed"]
+    report["curves"][name][label] = points
 
 
 def total_head_round_bytes(results: dict) -> int:
@@ -297,8 +367,7 @@ def plot(report: dict, out: Path) -> None:
 
     for number, (setting, by_algorithm) in enumerate(report["curves"].items()):
         figure, axes = plt.subplots(2, 2, figsize=(10, 7))
-        for algorithm, curves in by_algorithm.items():
-            points = curves[0]
+        for algorithm, points in by_algorithm.items():
             for r, metric in enumerate(("acc", "frechet")):
                 axes[r][0].plot([p["round"] for p in points], [p[metric] for p in points], marker="o", label=algorithm)
                 axes[r][1].plot([p["bytes"] / 1e6 for p in points], [p[metric] for p in points], marker="o", label=algorithm)
@@ -307,7 +376,7 @@ def plot(report: dict, out: Path) -> None:
             axes[r][0].set_xlabel("round")
             axes[r][1].set_xlabel("cumulative MB (setup + warm-up + rounds)")
         axes[0][0].legend(fontsize=7)
-        figure.suptitle(f"{setting}: first seed")
+        figure.suptitle(f"{setting}: seed {report['curve_seed'][setting]}")
         figure.tight_layout()
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=90)
@@ -316,13 +385,18 @@ def plot(report: dict, out: Path) -> None:
 
 
 def markdown(report: dict) -> str:
-    run_minutes = sum(r["wall_s"] for r in report["rows"] if r.get("wall_s") is not None) / 60
     lines = [
         f"# Federated feature diffusion against its controls (preset `{report['preset']}`, IF = 100)",
         "",
-        f"Generated by `{report['command']}` on {report['machine']}; {report['threads']} torch threads, one job at a time."
-        f" Runs took {run_minutes:.1f} min in all (rows of one run count once per row)."
-        f" Seeds {report['seeds']}; {report['rounds']} rounds.",
+        f"Seeds {report['seeds']}; {report['rounds']} rounds; {report['machine']}. Generated in {len(report['parts'])} part(s),"
+        " each one process, wall time as measured (a part that reused finished runs says how many):",
+        "",
+        *[
+            f"- `{part['command']}`: seeds {part['seeds']}, {', '.join(part['datasets'])}; {part['wall_s'] / 60:.1f} min"
+            f" on {part['threads']} torch thread(s)"
+            + {None: ", runs reused not recorded", 0: ""}.get(part["reused"], f", {part['reused']} finished runs reused")
+            for part in report["parts"]
+        ],
         "",
         "- **Accuracy**: top-1 % on the report part of the test set, τ chosen on its validation part, mean ± std over seeds"
         " (n), for the head each run chose on the validation part (*pseudo-only* on the server's pseudo-features, or *refined*"
@@ -384,18 +458,28 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="featdiff-federated-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    report: dict = {
+    started, started_at = time.perf_counter(), time.time()
+    fresh = {
         "preset": args.preset,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "threads": args.threads,
-        "command": shlex.join(["python", "benchmarks/federated.py", *sys.argv[1:]]),
+        "machine": platform.processor() or platform.machine(),
         "seeds": seeds,
         "rounds": args.rounds,
         "federations": federations,
         "rows": [],
         "curves": {},
+        "curve_seed": {},
+        "parts": [],
     }
+    report = merged_report(out, fresh, federations, seeds)
+    part = {
+        "command": shlex.join(["python", "benchmarks/federated.py", *sys.argv[1:]]),
+        "seeds": seeds,
+        "datasets": sorted({f[0] for f in federations}),
+        "threads": args.threads,
+        "wall_s": 0.0,
+        "reused": 0,
+    }
+    report["parts"].append(part)
     for federation in federations:
         dataset = federation[0]
         features = workdir / f"{dataset}-features.safetensors"
@@ -403,12 +487,10 @@ def main() -> None:
             export_features(config_for(dataset, 0, f"{dataset}-encode", features, {}), features)
         for seed in seeds:
             one_federation(federation, seed, features, args, workdir, report)
-            report["wall_s"] = time.perf_counter() - started
+            part |= {"wall_s": time.perf_counter() - started, "reused": reused_runs(workdir, federations, seeds, started_at)}
             write_report(out, report, markdown(report))
-            print(f"{federation} seed {seed} done after {report['wall_s'] / 60:.1f} min", file=sys.stderr, flush=True)
+            print(f"{federation} seed {seed} done after {part['wall_s'] / 60:.1f} min", file=sys.stderr, flush=True)
     plot(report, out)
-    report["wall_s"] = time.perf_counter() - started
-    write_report(out, report, markdown(report))
 
 
 if __name__ == "__main__":
