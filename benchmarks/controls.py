@@ -215,6 +215,30 @@ def frozen(split: str, selection: dict, runs: Runs, seeds: list[int], threads: i
     return {"seeds": seeds, "rows": rows}
 
 
+def merged_seeds(existing: dict | None, measured: dict, part: dict) -> dict:
+    """A split's entry with `measured`'s seeds replaced or added and the others kept, so that seeds can
+    be run as separate parts (`--seeds 1 2` beside a committed seed 0); each part keeps its command."""
+    part = part | {"seeds": measured["seeds"]}
+    if existing is None:
+        return measured | {"parts": [part]}
+    parts = existing.get("parts") or [{"seeds": existing["seeds"], "command": existing["command"], "device": existing["device"]}]
+    kept = [s for s in existing["seeds"] if s not in measured["seeds"]]
+    by_seed = {name: dict(zip(existing["seeds"], runs, strict=True)) for name, runs in existing["rows"].items()}
+    for name, runs in measured["rows"].items():
+        by_seed.setdefault(name, {}).update(zip(measured["seeds"], runs, strict=True))
+    seeds = sorted(kept + measured["seeds"])
+    missing = [name for name, runs in by_seed.items() if set(runs) != set(seeds)]
+    if missing:
+        every = " ".join(map(str, seeds))
+        raise SystemExit(f"controls.py: rows {missing} lack some of seeds {seeds}; rerun the split with --seeds {every}")
+    parts = [{**p, "seeds": [s for s in p["seeds"] if s in kept]} for p in parts]
+    return {
+        "seeds": seeds,
+        "rows": {name: [runs[s] for s in seeds] for name, runs in by_seed.items()},
+        "parts": [p for p in parts if p["seeds"]] + [part],
+    }
+
+
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     present = [v for v in values if v is not None]
     if not present:
@@ -227,6 +251,12 @@ def cell(values: list[float | None]) -> str:
     return "–" if mean is None else (f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {std:.2f}")
 
 
+def entry_parts(entry: dict, report: dict) -> list[dict]:
+    """The commands that measured a split's seeds (one, for entries written before parts)."""
+    default = {"seeds": entry["seeds"], "command": entry.get("command", report["command"]), "device": entry.get("device", report["device"])}
+    return entry.get("parts") or [default]
+
+
 def frozen_markdown(report: dict) -> str:
     lines = [
         "# Feature generation against the cheapest controls (frozen shipped encoders)",
@@ -234,14 +264,14 @@ def frozen_markdown(report: dict) -> str:
         "Top-1 % on the **report part** of the test set (80 % of every class), mean ± std over seeds; every knob and τ chosen on the",
         "validation part (the other 20 %). `plain`: argmax of the logits; `adj.`: logit-adjusted by the prior the head was trained",
         "under (τ = 1); `tuned`: logits − τ·log(real prior) with τ chosen on the validation part (many / medium / few likewise).",
-        f"Device: {report['device']}. Command: `{report['command']}`.",
+        "Each split lists the commands that measured its seeds (a seed is run once, by one part).",
     ]
     for split, entry in report["splits"].items():
         lines += [
             "",
             f"## {split.replace(':', ' IF=')} (seeds {entry['seeds']})",
             "",
-            f"`{entry.get('command', report['command'])}` ({entry.get('device', report['device'])})",
+            *(f"- seeds {p['seeds']}: `{p['command']}` ({p['device']})" for p in entry_parts(entry, report)),
             "",
             "| method | plain | adj. | **tuned** | many | medium | few | τ | validation |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -437,14 +467,12 @@ def main() -> None:
     if missing:
         sys.exit(f"controls.py: no knob choice for {', '.join(missing)} yet; run --part select --splits {' '.join(missing)} first")
     frozen_path = args.out / "controls_frozen"
-    report = load_report(frozen_path)
     for split in args.splits:
-        report["splits"][split] = frozen(split, selection["splits"][split], runs, args.seeds, args.threads) | {
-            "command": command,
-            "device": device,
-        }
-    report |= {"command": command, "device": device}
-    write_report(frozen_path, json.loads(strict_json(report)), frozen_markdown(report))
+        measured = frozen(split, selection["splits"][split], runs, args.seeds, args.threads)
+        report = load_report(frozen_path)  # read again: another part may have written meanwhile
+        report["splits"][split] = merged_seeds(report["splits"].get(split), measured, {"command": command, "device": device})
+        report |= {"command": command, "device": device}
+        write_report(frozen_path, json.loads(strict_json(report)), frozen_markdown(report))
     print(frozen_markdown(report))
 
 
