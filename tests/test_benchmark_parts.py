@@ -1,0 +1,84 @@
+"""The benchmarks' long sweeps run in parts (a seed per invocation); a part must replace only what it
+reran and keep every other part's rows, or a table would silently mix or lose seeds."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def summary(value: float) -> dict:
+    return {"tuned": {"overall": value}}
+
+
+def test_controls_part_adds_seeds_beside_the_committed_ones_and_replaces_a_rerun_seed():
+    controls = benchmark("controls")
+    committed = {"seeds": [0], "rows": {"ce": [summary(1.0)], "gaussian": [summary(2.0)]}, "command": "c0", "device": "d"}
+    more = {"seeds": [2, 1], "rows": {"ce": [summary(12.0), summary(11.0)], "gaussian": [summary(22.0), summary(21.0)]}}
+    merged = controls.merged_seeds(committed, more, {"command": "c12", "device": "d"})
+    assert merged["seeds"] == [0, 1, 2]
+    assert [r["tuned"]["overall"] for r in merged["rows"]["gaussian"]] == [2.0, 21.0, 22.0]
+    assert [(p["command"], p["seeds"]) for p in merged["parts"]] == [("c0", [0]), ("c12", [2, 1])]
+
+    rerun = controls.merged_seeds(
+        merged, {"seeds": [0], "rows": {"ce": [summary(5.0)], "gaussian": [summary(6.0)]}}, {"command": "r0", "device": "d"}
+    )
+    assert [r["tuned"]["overall"] for r in rerun["rows"]["ce"]] == [5.0, 11.0, 12.0]
+    assert [(p["command"], p["seeds"]) for p in rerun["parts"]] == [("c12", [2, 1]), ("r0", [0])]
+
+
+def test_controls_part_that_lacks_a_row_for_a_kept_seed_is_refused():
+    controls = benchmark("controls")
+    committed = {"seeds": [0], "rows": {"ce": [summary(1.0)]}, "command": "c0", "device": "d"}
+    with pytest.raises(SystemExit, match="lack some of seeds"):
+        controls.merged_seeds(
+            committed, {"seeds": [1], "rows": {"ce": [summary(2.0)], "new row": [summary(3.0)]}}, {"command": "c", "device": "d"}
+        )
+
+
+def fed_row(dataset: str, seed: int, acc: float) -> dict:
+    return {"method": "m", "setting": f"{dataset}, α = 0.5", "dataset": dataset, "seed": seed, "acc": acc}
+
+
+def test_federated_part_replaces_only_its_seeds_and_datasets(tmp_path):
+    federated = benchmark("federated")
+    out = tmp_path / "federated_harder"
+    committed = {
+        "preset": "harder",
+        "rounds": 30,
+        "seeds": [0, 1],
+        "federations": [["cifar10", 0.5, 50, 10], ["cifar100", 0.5, 50, 10]],
+        "rows": [fed_row("cifar10", 0, 1.0), fed_row("cifar10", 1, 2.0), fed_row("cifar100", 1, 3.0)],
+        "curves": {"cifar10, α = 0.5": {"m": [[{"round": 1}], [{"round": 2}]]}},
+        "machine": "x86_64, 1 threads",
+        "threads": 1,
+        "command": "python benchmarks/federated.py --preset harder",
+        "wall_s": 60.0,
+    }
+    out.with_suffix(".json").write_text(json.dumps(committed))
+    fresh = {"preset": "harder", "rounds": 30, "seeds": [1], "federations": [], "rows": [], "curves": {}, "curve_seed": {}, "parts": []}
+    merged = federated.merged_report(out, fresh, [("cifar10", 0.5, 50, 10)], [1])
+    assert [(r["dataset"], r["seed"]) for r in merged["rows"]] == [("cifar10", 0), ("cifar100", 1)]
+    assert merged["curves"] == {"cifar10, α = 0.5": {"m": [{"round": 1}]}} and merged["curve_seed"] == {"cifar10, α = 0.5": 0}
+    assert merged["parts"][0]["command"] == committed["command"] and merged["parts"][0]["reused"] is None
+
+    federated.keep_curve(merged, {"setting": "cifar10, α = 0.5", "seed": 1}, "m", [{"round": 9}])
+    assert merged["curves"]["cifar10, α = 0.5"]["m"] == [{"round": 1}], "the lowest seed's curve is the one plotted"
+
+    everything = federated.merged_report(out, fresh | {"seeds": [0, 1]}, [("cifar10", 0.5, 50, 10), ("cifar100", 0.5, 50, 10)], [0, 1])
+    assert everything["rows"] == [] and everything["parts"] == [] and everything["curves"] == {}
+
+    with pytest.raises(SystemExit, match="choose another --out"):
+        federated.merged_report(out, fresh | {"rounds": 12}, [("cifar10", 0.5, 50, 10)], [1])
