@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from featdiff.config import config_from_dict
+from featdiff.errors import UserError, exit_status
 from featdiff.io import strict_json
 from featdiff.methods.ldmlr import denoiser_inputs
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
@@ -215,13 +216,13 @@ def frozen(split: str, selection: dict, runs: Runs, seeds: list[int], threads: i
     return {"seeds": seeds, "rows": rows}
 
 
-def merged_seeds(existing: dict | None, measured: dict, part: dict) -> dict:
-    """A split's entry with `measured`'s seeds replaced or added and the others kept, so that seeds can
-    be run as separate parts (`--seeds 1 2` beside a committed seed 0); each part keeps its command."""
+def merged_seeds(existing: dict | None, measured: dict, part: dict, report: dict) -> dict:
+    """A split's entry of `report` with `measured`'s seeds replaced or added and the others kept, so that
+    seeds can be run as separate parts (`--seeds 1 2` beside a committed seed 0); each part keeps its command."""
     part = part | {"seeds": measured["seeds"]}
     if existing is None:
         return measured | {"parts": [part]}
-    parts = existing.get("parts") or [{"seeds": existing["seeds"], "command": existing["command"], "device": existing["device"]}]
+    parts = entry_parts(existing, report)
     kept = [s for s in existing["seeds"] if s not in measured["seeds"]]
     by_seed = {name: dict(zip(existing["seeds"], runs, strict=True)) for name, runs in existing["rows"].items()}
     for name, runs in measured["rows"].items():
@@ -230,7 +231,7 @@ def merged_seeds(existing: dict | None, measured: dict, part: dict) -> dict:
     missing = [name for name, runs in by_seed.items() if set(runs) != set(seeds)]
     if missing:
         every = " ".join(map(str, seeds))
-        raise SystemExit(f"controls.py: rows {missing} lack some of seeds {seeds}; rerun the split with --seeds {every}")
+        raise UserError(f"rows {missing} lack some of seeds {seeds}; rerun the split with --seeds {every}")
     parts = [{**p, "seeds": [s for s in p["seeds"] if s in kept]} for p in parts]
     return {
         "seeds": seeds,
@@ -253,8 +254,11 @@ def cell(values: list[float | None]) -> str:
 
 def entry_parts(entry: dict, report: dict) -> list[dict]:
     """The commands that measured a split's seeds (one, for entries written before parts)."""
-    default = {"seeds": entry["seeds"], "command": entry.get("command", report["command"]), "device": entry.get("device", report["device"])}
-    return entry.get("parts") or [default]
+    if entry.get("parts"):
+        return entry["parts"]
+    return [
+        {"seeds": entry["seeds"], "command": entry.get("command") or report["command"], "device": entry.get("device") or report["device"]}
+    ]
 
 
 def frozen_markdown(report: dict) -> str:
@@ -465,16 +469,16 @@ def main() -> None:
         return
     missing = [split for split in args.splits if split not in selection["splits"]]
     if missing:
-        sys.exit(f"controls.py: no knob choice for {', '.join(missing)} yet; run --part select --splits {' '.join(missing)} first")
+        raise UserError(f"no knob choice for {', '.join(missing)} yet; run --part select --splits {' '.join(missing)} first")
     frozen_path = args.out / "controls_frozen"
     for split in args.splits:
         measured = frozen(split, selection["splits"][split], runs, args.seeds, args.threads)
         report = load_report(frozen_path)  # read again: another part may have written meanwhile
-        report["splits"][split] = merged_seeds(report["splits"].get(split), measured, {"command": command, "device": device})
+        report["splits"][split] = merged_seeds(report["splits"].get(split), measured, {"command": command, "device": device}, report)
         report |= {"command": command, "device": device}
         write_report(frozen_path, json.loads(strict_json(report)), frozen_markdown(report))
     print(frozen_markdown(report))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main, "controls.py"))

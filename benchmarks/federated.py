@@ -32,6 +32,7 @@ rounds and bytes, lowest seed).
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import platform
@@ -47,6 +48,7 @@ import torch
 
 from featdiff.config import RunConfig, config_from_dict, config_to_dict, dump_config, load_config
 from featdiff.diffusion.scaling import Standardizer
+from featdiff.errors import UserError, exit_status
 from featdiff.evaluation.diagnostics import compare
 from featdiff.evaluation.metrics import summarize
 from featdiff.evaluation.protocol import part_summaries, split_test_set
@@ -105,7 +107,7 @@ def run_or_reuse(config: RunConfig, workdir: Path) -> dict:
     folder = workdir / config.name
     if (folder / RESULTS_FILE).exists():
         if load_config(folder / "config.yaml") != config:
-            raise SystemExit(f"error: {folder} holds a run with another config; choose another --workdir")
+            raise UserError(f"{folder} holds a run with another config; choose another --workdir")
         return json.loads((folder / RESULTS_FILE).read_text())
     if folder.exists():
         shutil.rmtree(folder)  # an unfinished run of this benchmark: start it again
@@ -255,10 +257,10 @@ def merged_report(out: Path, fresh: dict, federations: list[tuple], seeds: list[
     `fresh` when there is none. A report of another preset or round count is not merged into."""
     path = out.with_suffix(".json")
     if not path.is_file():
-        return fresh
+        return copy.deepcopy(fresh)
     existing = json.loads(path.read_text())
     if (existing["preset"], existing["rounds"]) != (fresh["preset"], fresh["rounds"]):
-        raise SystemExit(f"error: {path} holds preset {existing['preset']!r} with {existing['rounds']} rounds; choose another --out")
+        raise UserError(f"{path} holds preset {existing['preset']!r} with {existing['rounds']} rounds; choose another --out")
     datasets = {f[0] for f in federations}
     if "curve_seed" not in existing:  # written before parts: one list of curves per seed, the first seed's first
         first = min(existing["seeds"])
@@ -286,12 +288,24 @@ def merged_report(out: Path, fresh: dict, federations: list[tuple], seeds: list[
     return existing
 
 
-def one_federation(federation: tuple, seed: int, features: Path, args: argparse.Namespace, workdir: Path, report: dict) -> None:
+def with_part(report: dict, mine: dict, part: dict) -> dict:
+    """`report` (re-read from disk just before each write, so that parts running side by side keep each
+    other's rows) with this part's rows, curves and record added."""
+    report["rows"] += mine["rows"]
+    report["parts"].append(dict(part))
+    for name, by_label in mine["curves"].items():
+        for label, points in by_label.items():
+            keep_curve(report, {"setting": name, "seed": mine["curve_seed"][name]}, label, points)
+    return report
+
+
+def one_federation(federation: tuple, seed: int, features: Path, args: argparse.Namespace, workdir: Path, mine: dict) -> None:
+    """Runs one federation's methods for one seed (or reuses their finished runs) into `mine`'s rows and curves."""
     dataset, alpha, clients, per_round = federation
     prefix = run_prefix(federation, seed)
     shape = {"alpha": alpha, "clients": clients, "clients_per_round": per_round, "rounds": args.rounds}
     setting = {"setting": f"{dataset}, α = {alpha:g}, {clients} clients ({per_round} per round)", "dataset": dataset, "seed": seed}
-    rows = report["rows"]
+    rows = mine["rows"]
 
     def config(name: str, federated: dict, privacy: dict | None = None) -> RunConfig:
         return config_for(dataset, seed, f"{prefix}-{name}", features, shape | federated, privacy)
@@ -312,7 +326,7 @@ def one_federation(federation: tuple, seed: int, features: Path, args: argparse.
             if algorithm == "fedavg" and not extra:
                 control_bytes = results["setup"]["up_bytes"] + results["setup"]["down_bytes"] + total_head_round_bytes(results)
                 rows.append(row("gaussian_stats (free control)", results, "gaussian_stats_chosen", setting, nbytes=control_bytes))
-            keep_curve(report, setting, label, curve(results))
+            keep_curve(mine, setting, label, curve(results))
         central = central_or_reuse(config("central", {}), args.central_steps, workdir)
         for key, label in (("ldmlr", "centralised LDMLR"), ("gaussian", "centralised class Gaussian")):
             rows.append({"method": label, "acc": reported(central[key]), "bytes": None, "wall_s": central["wall_s"], **setting})
@@ -470,7 +484,8 @@ def main() -> None:
         "curve_seed": {},
         "parts": [],
     }
-    report = merged_report(out, fresh, federations, seeds)
+    mine = {"rows": [], "curves": {}, "curve_seed": {}}  # this part's own results; the report is rebuilt around them
+    report = merged_report(out, fresh, federations, seeds)  # checked before any run, so a wrong --out fails at once
     part = {
         "command": shlex.join(["python", "benchmarks/federated.py", *sys.argv[1:]]),
         "seeds": seeds,
@@ -479,19 +494,19 @@ def main() -> None:
         "wall_s": 0.0,
         "reused": 0,
     }
-    report["parts"].append(part)
     for federation in federations:
         dataset = federation[0]
         features = workdir / f"{dataset}-features.safetensors"
         if not features.exists():
             export_features(config_for(dataset, 0, f"{dataset}-encode", features, {}), features)
         for seed in seeds:
-            one_federation(federation, seed, features, args, workdir, report)
+            one_federation(federation, seed, features, args, workdir, mine)
             part |= {"wall_s": time.perf_counter() - started, "reused": reused_runs(workdir, federations, seeds, started_at)}
+            report = with_part(merged_report(out, fresh, federations, seeds), mine, part)
             write_report(out, report, markdown(report))
             print(f"{federation} seed {seed} done after {part['wall_s'] / 60:.1f} min", file=sys.stderr, flush=True)
     plot(report, out)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main, "federated.py"))

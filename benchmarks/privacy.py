@@ -43,6 +43,7 @@ import torch
 
 from featdiff.config import RunConfig, config_from_dict, config_to_dict, load_config
 from featdiff.data.bundle import load_dataset
+from featdiff.errors import UserError, exit_status
 from featdiff.evaluation.diagnostics import compare
 from featdiff.features import EncodedDataset, encode_dataset
 from featdiff.io import atomic_write_bytes, load_tensors
@@ -96,7 +97,7 @@ def run_or_reuse(config: RunConfig, workdir: Path) -> dict:
     if results.exists():
         saved = json.loads(results.read_text())
         if saved["config"] != config_to_dict(config):
-            raise SystemExit(f"error: {folder} holds a run with another config; choose another --workdir")
+            raise UserError(f"{folder} holds a run with another config; choose another --workdir")
         return saved
     return execute(Run.create(folder, config))
 
@@ -511,4 +512,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main, "privacy.py"))

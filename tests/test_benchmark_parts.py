@@ -3,10 +3,13 @@ reran and keep every other part's rows, or a table would silently mix or lose se
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from featdiff.errors import UserError
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -27,13 +30,13 @@ def test_controls_part_adds_seeds_beside_the_committed_ones_and_replaces_a_rerun
     controls = benchmark("controls")
     committed = {"seeds": [0], "rows": {"ce": [summary(1.0)], "gaussian": [summary(2.0)]}, "command": "c0", "device": "d"}
     more = {"seeds": [2, 1], "rows": {"ce": [summary(12.0), summary(11.0)], "gaussian": [summary(22.0), summary(21.0)]}}
-    merged = controls.merged_seeds(committed, more, {"command": "c12", "device": "d"})
+    merged = controls.merged_seeds(committed, more, {"command": "c12", "device": "d"}, {"command": "old", "device": "d"})
     assert merged["seeds"] == [0, 1, 2]
     assert [r["tuned"]["overall"] for r in merged["rows"]["gaussian"]] == [2.0, 21.0, 22.0]
     assert [(p["command"], p["seeds"]) for p in merged["parts"]] == [("c0", [0]), ("c12", [2, 1])]
 
     rerun = controls.merged_seeds(
-        merged, {"seeds": [0], "rows": {"ce": [summary(5.0)], "gaussian": [summary(6.0)]}}, {"command": "r0", "device": "d"}
+        merged, {"seeds": [0], "rows": {"ce": [summary(5.0)], "gaussian": [summary(6.0)]}}, {"command": "r0", "device": "d"}, {}
     )
     assert [r["tuned"]["overall"] for r in rerun["rows"]["ce"]] == [5.0, 11.0, 12.0]
     assert [(p["command"], p["seeds"]) for p in rerun["parts"]] == [("c12", [2, 1]), ("r0", [0])]
@@ -42,10 +45,19 @@ def test_controls_part_adds_seeds_beside_the_committed_ones_and_replaces_a_rerun
 def test_controls_part_that_lacks_a_row_for_a_kept_seed_is_refused():
     controls = benchmark("controls")
     committed = {"seeds": [0], "rows": {"ce": [summary(1.0)]}, "command": "c0", "device": "d"}
-    with pytest.raises(SystemExit, match="lack some of seeds"):
+    with pytest.raises(UserError, match="lack some of seeds"):
         controls.merged_seeds(
-            committed, {"seeds": [1], "rows": {"ce": [summary(2.0)], "new row": [summary(3.0)]}}, {"command": "c", "device": "d"}
+            committed, {"seeds": [1], "rows": {"ce": [summary(2.0)], "new row": [summary(3.0)]}}, {"command": "c", "device": "d"}, {}
         )
+
+
+def test_controls_entry_written_before_parts_takes_the_reports_command():
+    controls = benchmark("controls")
+    committed = {"seeds": [0], "rows": {"ce": [summary(1.0)]}}  # the command was kept only report-wide then
+    merged = controls.merged_seeds(
+        committed, {"seeds": [1], "rows": {"ce": [summary(2.0)]}}, {"command": "c1", "device": "d"}, {"command": "c0", "device": "cpu"}
+    )
+    assert [(p["command"], p["device"], p["seeds"]) for p in merged["parts"]] == [("c0", "cpu", [0]), ("c1", "d", [1])]
 
 
 def fed_row(dataset: str, seed: int, acc: float) -> dict:
@@ -80,5 +92,42 @@ def test_federated_part_replaces_only_its_seeds_and_datasets(tmp_path):
     everything = federated.merged_report(out, fresh | {"seeds": [0, 1]}, [("cifar10", 0.5, 50, 10), ("cifar100", 0.5, 50, 10)], [0, 1])
     assert everything["rows"] == [] and everything["parts"] == [] and everything["curves"] == {}
 
-    with pytest.raises(SystemExit, match="choose another --out"):
+    with pytest.raises(UserError, match="choose another --out"):
         federated.merged_report(out, fresh | {"rounds": 12}, [("cifar10", 0.5, 50, 10)], [1])
+
+
+def test_federated_parts_written_side_by_side_keep_each_others_rows(tmp_path):
+    """Two parts (seeds 1 and 2) run at once into one report: each write re-reads it, so neither part's
+    rows are lost whichever writes last."""
+    federated = benchmark("federated")
+    out = tmp_path / "federated_harder"
+    federation = ("cifar10", 0.5, 50, 10)
+    fresh = {"preset": "harder", "rounds": 30, "seeds": [], "federations": [], "rows": [], "curves": {}, "curve_seed": {}, "parts": []}
+
+    def write(seed: int, acc: float) -> None:
+        mine = {"rows": [fed_row("cifar10", seed, acc)], "curves": {"cifar10, α = 0.5": {"m": [{"round": seed}]}}, "curve_seed": {}}
+        mine["curve_seed"]["cifar10, α = 0.5"] = seed
+        part = {"command": f"part {seed}", "seeds": [seed], "datasets": ["cifar10"], "threads": 1, "wall_s": acc, "reused": 0}
+        report = federated.with_part(federated.merged_report(out, fresh | {"seeds": [seed]}, [federation], [seed]), mine, part)
+        out.with_suffix(".json").write_text(json.dumps(report))
+
+    write(1, 10.0)
+    write(2, 20.0)
+    write(1, 11.0)  # part 1's second write, after part 2's first
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert sorted((r["seed"], r["acc"]) for r in report["rows"]) == [(1, 11.0), (2, 20.0)]
+    assert sorted((p["command"], p["wall_s"]) for p in report["parts"]) == [("part 1", 11.0), ("part 2", 20.0)]
+    assert report["seeds"] == [1, 2] and report["curve_seed"] == {"cifar10, α = 0.5": 1}
+    assert report["curves"]["cifar10, α = 0.5"]["m"] == [{"round": 1}]
+
+
+def test_a_benchmark_refuses_a_report_of_another_preset_in_one_line_with_status_2(tmp_path):
+    out = tmp_path / "federated_harder"
+    out.with_suffix(".json").write_text(json.dumps({"preset": "private", "rounds": 30}))
+    command = [sys.executable, str(BENCHMARKS / "federated.py"), "--preset", "harder", "--out", str(out), "--workdir", str(tmp_path / "w")]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 2
+    assert finished.stderr.strip().splitlines() == [
+        f"federated.py: error: {out.with_suffix('.json')} holds preset 'private' with 30 rounds; choose another --out"
+    ]
+    assert json.loads(out.with_suffix(".json").read_text()) == {"preset": "private", "rounds": 30}
