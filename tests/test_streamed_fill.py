@@ -170,3 +170,24 @@ def test_a_runs_fill_is_streamed_chunk_by_chunk_to_the_draws_of_one_chunk(tmp_pa
     for name in ("pseudo_features.safetensors", "gaussian_generation.safetensors"):
         a, b = load_file(one / name), load_file(chunked / name)
         assert len(a["labels"]) == 3000 and torch.equal(a["labels"], b["labels"]) and torch.equal(a["features"], b["features"]), name
+
+
+def test_a_chunked_fill_fits_the_transfer_once_and_applies_it_to_every_chunk(tmp_path, monkeypatch):
+    """The transfer depends only on the real features: a fill of many chunks fits it once, and it acts
+    on every chunk (the rarest class's rows come last, in later chunks than the first)."""
+    from featdiff.generation.transfer import HeadToTail
+
+    fits = []
+    original = HeadToTail.fitted.__func__
+    monkeypatch.setattr(HeadToTail, "fitted", classmethod(lambda cls, *a, **k: fits.append(1) or original(cls, *a, **k)))
+    _, labels, features = blobs()
+    config = {"generation": {"transfer": "residual", "transfer_strength": 0.8}}
+    chunked = featdiff.fit(features, labels, generator="gaussian", config=config).write_fill(tmp_path / "chunked.safetensors", chunk=37)
+    assert len(fits) == 1
+    x, y = featdiff.open_features(chunked)
+    plain, _ = featdiff.open_features(
+        featdiff.fit(features, labels, generator="gaussian").write_fill(tmp_path / "plain.safetensors", chunk=37)
+    )
+    rarest = y == 4
+    assert torch.equal(x[y == 0], plain[y == 0])  # the head class is not transferred (β = 0) ...
+    assert (x[rarest] - plain[rarest]).abs().max() > 0.1  # ... the rarest class is, in its late chunks

@@ -19,6 +19,7 @@ from a named stream of `seed`, so the same call gives the same features.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -33,7 +34,7 @@ from featdiff.evaluation.protocol import part_summaries, split_test_set
 from featdiff.generation.gaussian import ClassGaussian
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, balanced_counts, fit_generator, labels_for
 from featdiff.generation.stream import write_fill
-from featdiff.generation.transfer import class_temperatures, transferred
+from featdiff.generation.transfer import HeadToTail, class_temperatures, fitted_transfer
 from featdiff.io import mapped_tensors
 from featdiff.seeding import named_generator, reset_parameters
 from featdiff.training.classifier import WeightedFeatures, classifier_head, classifier_state, train_classifier
@@ -99,7 +100,13 @@ class Generator:
         else:
             assert self.gaussian is not None
             sampled = self.gaussian.sample(labels, sampling, temperature)
-        return transferred(sampled.cpu(), labels, self.features, self.labels, self.num_classes, generation, transfer)
+        head_to_tail = self._head_to_tail
+        return sampled.cpu() if head_to_tail is None else head_to_tail(sampled.cpu(), labels, transfer)
+
+    @cached_property
+    def _head_to_tail(self) -> HeadToTail | None:
+        """The config's transfer, fitted once to the training features and reused by every draw."""
+        return fitted_transfer(self.config.generation, self.features, self.labels, self.num_classes)
 
     def write_fill(
         self,

@@ -142,19 +142,12 @@ class HeadToTail:
         return self.residuals[picks]
 
 
-def transferred(
-    pseudo: Tensor,
-    labels: Tensor,
-    features: Tensor,
-    feature_labels: Tensor,
-    num_classes: int,
-    config: GenerationConfig,
-    generator: torch.Generator,
-) -> Tensor:
-    """`pseudo` after `config.transfer` from the real (`features`, `feature_labels`), unchanged for `none`."""
+def fitted_transfer(config: GenerationConfig, features: Tensor, labels: Tensor, num_classes: int) -> HeadToTail | None:
+    """`config.transfer` fitted to the real (`features`, `labels`), or None for `none`. A fill fits it
+    once and applies it to each chunk it draws: the fit (class statistics, neighbours, factors)
+    depends only on the real features, so refitting per chunk would only repeat it."""
     if config.transfer == "none":
-        return pseudo
-    transfer = HeadToTail.fitted(
-        config.transfer, features, feature_labels, num_classes, strength=config.transfer_strength, neighbours=config.transfer_neighbours
+        return None
+    return HeadToTail.fitted(
+        config.transfer, features, labels, num_classes, strength=config.transfer_strength, neighbours=config.transfer_neighbours
     )
-    return transfer(pseudo, labels, generator)

@@ -27,7 +27,7 @@ from featdiff.generation.filter import band_weights
 from featdiff.generation.gaussian import ClassGaussian
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, fit_generator, labels_for, pseudo_counts
 from featdiff.generation.stream import write_fill
-from featdiff.generation.transfer import class_temperatures, transferred
+from featdiff.generation.transfer import class_temperatures, fitted_transfer
 from featdiff.privacy.controls import ControlPlan, release_counts, release_moments
 from featdiff.privacy.dp_promise import clip_to_norm
 from featdiff.privacy.noise import private_noise
@@ -206,11 +206,12 @@ def write_context_fill(
     set, drawing from the stream `<stream>/transfer`) applies to it."""
     config = context.config
     temperatures = generation_temperatures(context)
-    transfer = named_generator(config.seed, f"{stream}/transfer")
+    transfer_stream = named_generator(config.seed, f"{stream}/transfer")
+    transfer = fitted_transfer(config.generation, features.features, features.labels, context.bundle.num_classes)
 
     def drawn(part: torch.Tensor) -> torch.Tensor:
         pseudo = draw(part, None if temperatures is None else temperatures[part]).cpu()
-        return transferred(pseudo, part, features.features, features.labels, context.bundle.num_classes, config.generation, transfer)
+        return pseudo if transfer is None else transfer(pseudo, part, transfer_stream)
 
     write_fill(path, labels_for(counts), features.features.shape[1], drawn, chunk=FILL_CHUNK)
 
@@ -248,9 +249,9 @@ def stage_pseudo_features(context: MethodContext, features: FeatureSet, counts: 
             with run.timed("generation_s"):
                 stream = named_generator(config.seed, "generation/sampling", context.device)
                 pseudo, labels = generator.generate(counts, sampler, stream, temperatures=generation_temperatures(context))
-                transfer = named_generator(config.seed, "generation/transfer")
-                generation = config.generation
-                pseudo = transferred(pseudo, labels, features.features, features.labels, context.bundle.num_classes, generation, transfer)
+                transfer = fitted_transfer(config.generation, features.features, features.labels, context.bundle.num_classes)
+                if transfer is not None:
+                    pseudo = transfer(pseudo, labels, named_generator(config.seed, "generation/transfer"))
             return {"features": pseudo, "labels": labels}, {}
 
         stored, _ = run.stage("generation", fit_and_sample, file="pseudo_features.safetensors")
