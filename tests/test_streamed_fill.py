@@ -1,6 +1,7 @@
 """A fill too large for memory: pseudo-features streamed to a safetensors file chunk by chunk, and a
 head trained on the memory-mapped file batch by batch, to the same weights as from memory."""
 
+import json
 import os
 from pathlib import Path
 
@@ -143,7 +144,7 @@ def test_stacked_rows_read_like_the_concatenated_tensor():
         StackedRows(torch.zeros(3, 5), torch.zeros(3, 4))
 
 
-def run_digits(folder: Path, capsys) -> Path:
+def run_digits(folder: Path, capsys, *extra: str) -> Path:
     from featdiff.cli import main
 
     settings = [
@@ -152,6 +153,7 @@ def run_digits(folder: Path, capsys) -> Path:
         "classifier.epochs=2",
         "generation.count_rule=uniform",
         "generation.per_class=300",
+        *extra,
     ]
     status = main(["run", "configs/digits_ldmlr.yaml", *[part for s in settings for part in ("--set", s)], "--out", str(folder)])
     assert status == 0, capsys.readouterr().err
@@ -191,3 +193,65 @@ def test_a_chunked_fill_fits_the_transfer_once_and_applies_it_to_every_chunk(tmp
     rarest = y == 4
     assert torch.equal(x[y == 0], plain[y == 0])  # the head class is not transferred (β = 0) ...
     assert (x[rarest] - plain[rarest]).abs().max() > 0.1  # ... the rarest class is, in its late chunks
+
+
+class ReadRows:
+    """A table that records the largest block of rows read from it at once."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table, self.dtype, self.largest = table, table.dtype, 0
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        block = self.table[rows]
+        self.largest = max(self.largest, len(block))
+        return block
+
+
+def test_the_filter_reads_a_fill_chunk_by_chunk_and_keeps_its_rows_without_copying_them(tmp_path):
+    """Bands computed `chunk` rows at a time match each row's distance to its prototype in radii
+    (worked out here with numpy), and the kept rows of a mapped fill are read batch by batch from
+    the file's own memory, never gathered into a copy."""
+    from featdiff.config import PseudoFilterConfig
+    from featdiff.generation.filter import band_weights
+    from featdiff.statistics import ClassGeometry
+    from featdiff.training.classifier import SelectedRows
+
+    rows, dim = 10_000, 64
+    path = tmp_path / "fill.safetensors"
+    g = torch.Generator().manual_seed(0)
+    with StreamedTensorFile(path, shapes(rows, dim)) as out:
+        for _ in range(rows // 1000):
+            out.append("features", torch.randn(1000, dim, generator=g) * torch.rand(1000, 1, generator=g) * 3)
+            out.append("labels", torch.randint(0, 2, (1000,), generator=g))
+    mapped = mapped_tensors(path, fix="-")
+    geometry = ClassGeometry(prototypes=torch.zeros(2, dim), radii=torch.tensor([8.0, 12.0]))
+    config = PseudoFilterConfig(enabled=True, id_edge=1.0, aid_edge=1.5, ood_weight=0.0, aid_weight=0.5)
+    probe = ReadRows(mapped["features"])
+    weights, band = band_weights(probe, mapped["labels"], geometry, config, chunk=768)
+    assert probe.largest == 768
+
+    features = mapped["features"].numpy().astype(np.float64)
+    ratios = np.linalg.norm(features, axis=1) / np.array([8.0, 12.0])[mapped["labels"].numpy()]
+    expected = (ratios > 1.0).astype(int) + (ratios > 1.5).astype(int)
+    assert band.tolist() == expected.tolist() and min((expected == b).sum() for b in range(3)) > 500
+    assert weights.tolist() == [{0: 1.0, 1: 0.5, 2: 0.0}[b] for b in expected.tolist()]
+
+    kept = torch.nonzero(weights > 0).flatten()
+    selected = SelectedRows(mapped["features"], kept)
+    assert selected.table.data_ptr() == mapped["features"].data_ptr() and selected.shape == (int((expected < 2).sum()), dim)
+    batch = torch.randint(0, len(kept), (256,), generator=g)
+    assert torch.equal(selected[batch], mapped["features"][kept[batch]]) and torch.equal(selected[:3], mapped["features"][kept[:3]])
+    stacked = StackedRows(torch.zeros(3, dim), selected)
+    assert torch.equal(stacked[torch.tensor([1, 3, 4])][1:], mapped["features"][kept[:2]])
+
+
+def test_a_run_whose_filter_drops_pseudo_features_trains_on_the_rest(tmp_path, monkeypatch, capsys):
+    """Tight edges put many pseudo-features out of distribution (weight 0): the head trains on the
+    kept rows of the mapped fill (`SelectedRows`) and still learns the classes."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    edges = ("filter.enabled=true", "filter.radius=rms", "filter.id_edge=3", "filter.aid_edge=3.5")
+    folder = run_digits(tmp_path / "filtered", capsys, *edges)
+    results = json.loads((folder / "results.json").read_text())
+    bands = results["filter_bands"]
+    assert bands["ood"] > 0.05 and bands["id"] + bands["aid"] > 0.05, bands  # some rows dropped, some kept
+    assert results["acc"]["overall"] > 20  # ten digit classes: a head trained on what was kept, well above chance

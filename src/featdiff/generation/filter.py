@@ -15,8 +15,19 @@ from featdiff.config import PseudoFilterConfig
 from featdiff.statistics import ClassGeometry, bands, distance_ratios
 
 
-def band_weights(features: Tensor, labels: Tensor, geometry: ClassGeometry, config: PseudoFilterConfig) -> tuple[Tensor, Tensor]:
-    """Per-sample loss multipliers from each sample's band, and the bands themselves."""
-    band = bands(distance_ratios(features, labels, geometry), config.id_edge, config.aid_edge)
-    table = torch.tensor([config.id_weight, config.aid_weight, config.ood_weight], dtype=features.dtype, device=features.device)
+def band_weights(
+    features: Tensor, labels: Tensor, geometry: ClassGeometry, config: PseudoFilterConfig, chunk: int = 65_536
+) -> tuple[Tensor, Tensor]:
+    """Per-sample loss multipliers from each sample's band, and the bands themselves; `chunk` rows
+    at a time, so that a memory-mapped fill is read through, never held."""
+    band = torch.cat(
+        [
+            bands(
+                distance_ratios(features[start : start + chunk], labels[start : start + chunk], geometry), config.id_edge, config.aid_edge
+            )
+            for start in range(0, len(labels), chunk)
+        ]
+        or [torch.zeros(0, dtype=torch.int64)]
+    )
+    table = torch.tensor([config.id_weight, config.aid_weight, config.ood_weight], dtype=features.dtype, device=band.device)
     return table[band], band

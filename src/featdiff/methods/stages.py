@@ -36,6 +36,7 @@ from featdiff.seeding import named_generator, reset_parameters
 from featdiff.statistics import ClassGeometry, SufficientStatistics, band_fractions
 from featdiff.training.acceleration import accelerated
 from featdiff.training.classifier import (
+    SelectedRows,
     StackedRows,
     WeightedFeatures,
     class_mass,
@@ -327,8 +328,9 @@ def retrain_with_pseudo(
         weights = weights * multipliers
         extra["filter_bands"] = band_fractions(band)
     kept = weights > 0
-    if not bool(kept.all()):  # a mapped fill is copied only when the filter drops some of it
-        pseudo_features, pseudo_labels, weights = pseudo_features[kept], pseudo_labels[kept], weights[kept]
+    if not bool(kept.all()):  # the kept rows are read from the fill batch by batch, not copied out of it
+        rows = torch.nonzero(kept).flatten()
+        pseudo_features, pseudo_labels, weights = SelectedRows(pseudo_features, rows), pseudo_labels[rows], weights[rows]
     if config.generation.include_real:
         real = encoded.train
         combined = WeightedFeatures(

@@ -3,7 +3,8 @@ the logit-adjusted loss or LDAM's margin loss, on raw or L2-normalised features.
 
 Features live on the compute device as one tensor and are batched by index, so an epoch is a few
 matrix multiplies rather than a DataLoader walk; a fill too large for memory stays a memory-mapped
-file, read batch by batch (`StackedRows` puts it after the real features without copying either).
+file, read batch by batch (`StackedRows` puts it after the real features without copying either;
+`SelectedRows` keeps the rows a filter kept without copying them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class StackedRows:
     features in memory and a memory-mapped fill of pseudo-features, say. Indexing gathers a
     batch's rows from each part, so the table is never held in memory at once."""
 
-    def __init__(self, *parts: Tensor) -> None:
+    def __init__(self, *parts: Tensor | SelectedRows) -> None:
         if not parts or any(part.ndim != 2 or part.shape[1] != parts[0].shape[1] for part in parts):
             raise ValueError(f"StackedRows needs (N_i, D) tensors of one D, got {[tuple(part.shape) for part in parts]}")
         self.parts = parts
@@ -56,11 +57,35 @@ class StackedRows:
         return rows
 
 
+class SelectedRows:
+    """The rows `index` of an (N, D) table read as one (len(index), D) table without being gathered:
+    the pseudo-features a filter kept from a memory-mapped fill, say. Indexing gathers a batch."""
+
+    def __init__(self, table: Tensor, index: Tensor) -> None:
+        if table.ndim != 2:
+            raise ValueError(f"SelectedRows needs an (N, D) table, got {tuple(table.shape)}")
+        self.table, self.index = table, index.cpu()
+        self.ndim, self.dtype, self.device = 2, table.dtype, table.device
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.index), self.table.shape[1]))
+
+    def to(self, device: torch.device) -> SelectedRows:
+        return SelectedRows(self.table.to(device), self.index)
+
+    def __getitem__(self, index: Tensor | slice) -> Tensor:
+        return self.table[self.index[index.cpu() if isinstance(index, Tensor) else index].to(self.table.device)]
+
+
 @dataclass
 class WeightedFeatures:
     """Training examples for the classifier: real features (weight 1) and pseudo ones (weight w)."""
 
-    features: torch.Tensor | StackedRows
+    features: torch.Tensor | StackedRows | SelectedRows
     labels: torch.Tensor
     weights: torch.Tensor
 
