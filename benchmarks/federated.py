@@ -278,9 +278,13 @@ def merged_report(out: Path, fresh: dict, federations: list[tuple], seeds: list[
             }
         ]
     existing["rows"] = [r for r in existing["rows"] if not (r["dataset"] in datasets and r["seed"] in seeds)]
-    existing["parts"] = [  # a part this one reruns whole is no longer the report's
-        part for part in existing["parts"] if not (set(part["seeds"]) <= set(seeds) and set(part["datasets"]) <= datasets)
-    ]
+    kept = []
+    for part in existing["parts"]:  # a part keeps the seeds this one does not rerun; one rerun whole is dropped
+        if set(part["datasets"]) <= datasets:
+            part = part | {"seeds": [s for s in part["seeds"] if s not in seeds]}
+        if part["seeds"]:
+            kept.append(part)
+    existing["parts"] = kept
     for name in [name for name in existing["curve_seed"] if not any(r["setting"] == name for r in existing["rows"])]:
         del existing["curve_seed"][name], existing["curves"][name]  # their seed is being rerun
     existing["seeds"] = sorted({r["seed"] for r in existing["rows"]} | set(seeds))

@@ -89,6 +89,11 @@ def test_federated_part_replaces_only_its_seeds_and_datasets(tmp_path):
     federated.keep_curve(merged, {"setting": "cifar10, α = 0.5", "seed": 1}, "m", [{"round": 9}])
     assert merged["curves"]["cifar10, α = 0.5"]["m"] == [{"round": 1}], "the lowest seed's curve is the one plotted"
 
+    out.with_suffix(".json").write_text(json.dumps(committed | {"rows": committed["rows"][:2], "seeds": [0, 1]}))
+    only_cifar10 = federated.merged_report(out, fresh, [("cifar10", 0.5, 50, 10)], [1])
+    assert only_cifar10["parts"][0]["seeds"] == [0], "the committed part no longer measured seed 1"
+    out.with_suffix(".json").write_text(json.dumps(committed))
+
     everything = federated.merged_report(out, fresh | {"seeds": [0, 1]}, [("cifar10", 0.5, 50, 10), ("cifar100", 0.5, 50, 10)], [0, 1])
     assert everything["rows"] == [] and everything["parts"] == [] and everything["curves"] == {}
 
