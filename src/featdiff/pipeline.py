@@ -22,7 +22,7 @@ from featdiff.errors import UserError
 from featdiff.evaluation.protocol import split_test_set
 from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
 from featdiff.method_catalog import method_named
-from featdiff.methods.stages import MethodContext, evaluate_all
+from featdiff.methods.stages import MethodContext, evaluate_all, logits_of
 from featdiff.models.encoders import encoder_for, load_encoder
 from featdiff.runs import Run, StageOutput
 from featdiff.seeding import initialise, named_generator, reset_parameters
@@ -154,6 +154,8 @@ def execute(run: Run) -> dict:
     has_head = config.data.source != "features" and not config.encoder.public
     if not starts_from_scratch(config) and has_head:  # a random classifier's accuracy is no control
         context.controls["ce"] = evaluate_all(encoder.fc, encoded, context.real_prior, context)
+        if not method.private:
+            context.encoder_logits = logits_of(encoder.fc, encoded.test)
     outcome = method.run(context)
     controls = context.controls | outcome.controls
     results = {

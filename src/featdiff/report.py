@@ -28,10 +28,13 @@ def fmt_mean_std(values: Sequence[float | None]) -> str:
 def results_table(rows: dict[str, dict], *, part: str | None = None) -> str:
     """One row per method: top-1 overall/many/medium/few, plain and logit-adjusted (%), of the
     whole summary or of one part of the test set (`part="report"`), which then adds the overall
-    accuracy with τ chosen on the validation part."""
+    accuracy with τ chosen on the validation part, and, when a row has one, the blend with the
+    encoder's head ((w, τ) chosen on the validation part)."""
     tuned = part == "report"
-    header = "| method | " + " | ".join(GROUPS) + " | " + " | ".join(f"{g} (adj.)" for g in GROUPS) + (" | tuned (τ) |" if tuned else " |")
-    lines = [header, "|" + "---|" * (1 + 2 * len(GROUPS) + tuned)]
+    blended = tuned and any("blended" in summary for summary in rows.values())
+    extra = (" | tuned (τ) |" if tuned else " |") + (" blended with the encoder's head (w, τ) |" if blended else "")
+    header = "| method | " + " | ".join(GROUPS) + " | " + " | ".join(f"{g} (adj.)" for g in GROUPS) + extra
+    lines = [header, "|" + "---|" * (1 + 2 * len(GROUPS) + tuned + blended)]
     for name, summary in rows.items():
         scores = summary if part is None else summary[part]
         plain = [fmt(scores["acc"][g]) for g in GROUPS]
@@ -39,6 +42,9 @@ def results_table(rows: dict[str, dict], *, part: str | None = None) -> str:
         cells = plain + adjusted
         if tuned:
             cells.append(f"{fmt(summary['tuned']['report']['acc']['overall'])} ({summary['tuned']['tau']:g})")
+        if blended:
+            mix = summary.get("blended")
+            cells.append("–" if mix is None else f"{fmt(mix['report']['acc']['overall'])} ({mix['weight']:g}, {mix['tau']:g})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from featdiff.config import config_from_dict
-from featdiff.evaluation.protocol import TAU_GRID, choose_tau, part_summaries, split_test_set
+from featdiff.evaluation.protocol import BLEND_GRID, TAU_GRID, blended_summaries, choose_blend, choose_tau, part_summaries, split_test_set
 from featdiff.pipeline import execute
 from featdiff.runs import Run
 
@@ -86,6 +86,64 @@ def test_ties_go_to_the_least_adjustment():
     assert choose_tau(logits, labels, torch.tensor([40.0, 20.0, 10.0, 5.0])) == 0.0
 
 
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def _reference_blend(head, encoder, labels, counts) -> tuple[float, float, float]:
+    """(validation accuracy, w, τ) by brute force over the grids, in numpy."""
+    scored = []
+    for weight in BLEND_GRID:
+        mixed = (1 - weight) * _log_softmax(encoder) + weight * _log_softmax(head)
+        tau = _reference_tau(mixed, labels, counts)
+        accuracy = float(np.mean(np.argmax(mixed - tau * np.log(counts / counts.sum()), axis=1) == labels))
+        scored.append((accuracy, weight, tau))
+    return max(scored, key=lambda t: (t[0], t[1]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_blend_is_the_best_on_validation_by_an_independent_reference(seed):
+    """Two heads that each see half of the signal: the blend is chosen as a brute-force numpy
+    search over (w, τ) chooses it, and it beats either head alone."""
+    rng = np.random.default_rng(seed)
+    counts = np.array([400.0, 100.0, 25.0, 6.0])
+    labels = rng.integers(0, 4, 600)
+    signal = np.eye(4)[labels]
+    head = rng.normal(size=(600, 4)) + 1.2 * signal
+    encoder = rng.normal(size=(600, 4)) + 1.2 * signal + np.log(counts / counts.sum())
+    weight, tau = choose_blend(torch.from_numpy(head), torch.from_numpy(encoder), torch.from_numpy(labels), torch.from_numpy(counts))
+    accuracy, ref_weight, ref_tau = _reference_blend(head, encoder, labels, counts)
+    assert (weight, tau) == pytest.approx((ref_weight, ref_tau))
+    assert 0.0 < weight < 1.0  # independent errors: the mix beats either head
+    alone = [float(np.mean(np.argmax(h, axis=1) == labels)) for h in (head, encoder - np.log(counts / counts.sum()))]
+    assert accuracy > max(alone) + 0.02
+
+
+def test_a_head_blended_with_an_uninformative_encoder_head_is_read_alone():
+    """Constant encoder logits carry nothing: the blend keeps the head alone (w = 1), with the τ
+    the head's own tuned adjustment takes."""
+    counts = torch.tensor([300.0, 100.0, 30.0])
+    labels = _labels([300, 300, 300])
+    head = 2.0 * torch.nn.functional.one_hot(labels, 3).double() + _noise(900, 3, seed=4) + torch.log(counts / counts.sum())
+    weight, tau = choose_blend(head, torch.zeros(900, 3).double(), labels, counts)
+    assert weight == 1.0
+    assert tau == choose_tau(torch.log_softmax(head, dim=1), labels, counts)
+
+
+def test_the_blend_ignores_the_report_labels():
+    counts = torch.tensor([300, 100, 30])
+    labels = _labels([400, 400, 400])
+    head = 1.5 * torch.nn.functional.one_hot(labels, 3).double() + _noise(1200, 3, seed=5)
+    encoder = 1.5 * torch.nn.functional.one_hot(labels, 3).double() + _noise(1200, 3, seed=6)
+    true = blended_summaries(head, encoder, labels, split_test_set(labels, 0.2, seed=0), counts, index_groups=False)
+    shuffled = blended_summaries(
+        head, encoder, labels, split_test_set(labels, 0.2, seed=0, shuffle_report_labels=True), counts, index_groups=False
+    )
+    assert (shuffled["weight"], shuffled["tau"], shuffled["validation"]) == (true["weight"], true["tau"], true["validation"])
+    assert shuffled["report"]["acc"]["overall"] < true["report"]["acc"]["overall"] - 20
+
+
 def test_shuffled_report_labels_change_the_report_part_only():
     counts = torch.tensor([300, 100, 30])
     labels = _labels([400, 400, 400])
@@ -132,6 +190,15 @@ def test_a_frozen_encoder_run_reports_the_cheap_heads_beside_its_result(tmp_path
     assert set(results["controls"]) == {"ce", "fc_retrain_la", "fc_retrain_normalized"}
     for summary in (results, *results["controls"].values()):
         assert {"acc", "validation", "report", "tuned"} <= set(summary)
+    # Every retrained head is also read blended with the shipped head; the shipped head is not.
+    assert "blended" not in results["controls"]["ce"]
+    for summary in (results, results["controls"]["fc_retrain_la"], results["controls"]["fc_retrain_normalized"]):
+        assert summary["blended"]["weight"] in BLEND_GRID
+        assert (
+            summary["blended"]["validation"]["acc"]["overall"]
+            >= max(summary["tuned"]["validation"]["acc"]["overall"], results["controls"]["ce"]["tuned"]["validation"]["acc"]["overall"])
+            - 1e-9
+        )
     # The logit-adjusted head predicts under a uniform prior: its adjusted scores are its plain ones.
     la_head = results["controls"]["fc_retrain_la"]
     assert la_head["acc_adjusted"] == la_head["acc"]

@@ -119,6 +119,7 @@ def test_a_private_control_cannot_be_replayed_unless_asked_and_then_says_so(tmp_
     second, second_run = _digits_control(tmp_path, "b", method)
     assert first["privacy"]["reproducible_noise"] is False and "entropy" in first["privacy"]["noise_source"]
     assert first["privacy"]["epsilon"] <= 5.0 and file in first["privacy"]["covered_files"]
+    assert "blended" not in first  # no mix with the non-private shipped head in a private run
     a, b = load_file(first_run.path(file)), load_file(second_run.path(file))
     assert any(not torch.equal(a[key], b[key]) for key in a)
     seeded = [_digits_control(tmp_path, name, method, reproducible_noise=True)[1] for name in ("c", "d")]

@@ -21,7 +21,7 @@ from featdiff.data.bundle import DatasetBundle, FeatureBundle, load_dataset
 from featdiff.distributed import world
 from featdiff.evaluation.diagnostics import compare, plot_two_clouds
 from featdiff.evaluation.metrics import summarize
-from featdiff.evaluation.protocol import TestParts, part_summaries
+from featdiff.evaluation.protocol import TestParts, blended_summaries, part_summaries
 from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
 from featdiff.generation.filter import band_weights
 from featdiff.generation.gaussian import ClassGaussian
@@ -63,6 +63,10 @@ class MethodContext:
     """Controls the pipeline evaluated before the method ran (`ce`, the encoder as it is)."""
     parts: TestParts
     """The test set's validation and report parts (`featdiff.evaluation.protocol`)."""
+    encoder_logits: torch.Tensor | None = None
+    """The encoder's own head's test logits, which every later classifier's `blended` summary
+    mixes in (None when there is no trained head to blend with, and in private runs: the blend
+    is no part of what a release's guarantee covers)."""
 
     @property
     def config(self) -> RunConfig:
@@ -103,8 +107,9 @@ def evaluate_all(
     adjust_counts: torch.Tensor | None = None,
 ) -> dict:
     """The full test set's summary (what the tables before the validation protocol report), its
-    `validation` and `report` parts', `tuned` (τ chosen on the validation part), and the
-    train holdout's when the run holds one out. `prior` is the prior the classifier was trained
+    `validation` and `report` parts', `tuned` (τ chosen on the validation part), `blended` (mixed
+    with the encoder's head, when the context holds its logits) and the train holdout's when the
+    run holds one out. `prior` is the prior the classifier was trained
     under; `adjust_counts` the counts the tuned adjustment divides by (the true training counts
     unless a private head gives its released ones)."""
     index_groups, counts = context.bundle.index_groups, context.train_counts
@@ -113,6 +118,10 @@ def evaluate_all(
     result |= part_summaries(
         logits, encoded.test.labels, context.parts, counts, prior=prior, index_groups=index_groups, adjust_counts=adjust_counts
     )
+    if context.encoder_logits is not None:
+        result["blended"] = blended_summaries(
+            logits, context.encoder_logits, encoded.test.labels, context.parts, counts, index_groups=index_groups
+        )
     if encoded.train_holdout is not None:
         holdout = encoded.train_holdout
         result["train_holdout"] = summarize(logits_of(classifier, holdout), holdout.labels, counts, prior=prior, index_groups=index_groups)
