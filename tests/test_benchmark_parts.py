@@ -136,3 +136,26 @@ def test_a_benchmark_refuses_a_report_of_another_preset_in_one_line_with_status_
         f"federated.py: error: {out.with_suffix('.json')} holds preset 'private' with 30 rounds; choose another --out"
     ]
     assert json.loads(out.with_suffix(".json").read_text()) == {"preset": "private", "rounds": 30}
+
+
+def blended_summary(tuned: float, report: float, validation: float) -> dict:
+    return {"tuned": {"overall": tuned}, "blended": {"report": {"overall": report}, "validation": validation, "weight": 0.5}}
+
+
+def test_controls_blend_reading_picks_the_real_only_blend_on_validation_not_on_report():
+    controls = benchmark("controls")
+    rows = {
+        "ce (shipped encoder)": [summary(60.0), summary(60.0)],
+        "fc_retrain": [blended_summary(58.0, 61.0, 62.0), blended_summary(58.0, 61.0, 62.0)],
+        # the best report blend, but the worst on validation: a table must not pick it
+        "fc_retrain_la (logit-adjusted loss)": [blended_summary(58.0, 63.0, 60.0), blended_summary(58.0, 63.0, 60.0)],
+        "fc_retrain_normalized": [blended_summary(58.0, 60.0, 61.0), blended_summary(58.0, 60.0, 61.0)],
+        "featdiff: ldmlr (chosen on validation)": [blended_summary(59.0, 62.0, 62.5), blended_summary(59.0, 61.0, 62.5)],
+    }
+    line = controls.blend_reading(rows)
+    assert "61.50 against post-hoc LA 60.00 (+1.50)" in line
+    assert "(fc_retrain, chosen on validation) 61.00 (+0.50" in line
+    assert "span 60.00–63.00" in line
+
+    rows["fc_retrain"][1] = summary(58.0)  # a seed measured before the blend existed
+    assert controls.blend_reading(rows) is None
