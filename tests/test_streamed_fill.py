@@ -144,6 +144,22 @@ def test_stacked_rows_read_like_the_concatenated_tensor():
         StackedRows(torch.zeros(3, 5), torch.zeros(3, 4))
 
 
+def test_moving_a_row_table_moves_its_batches_not_its_parts():
+    """A fill larger than the accelerator's memory must train there: `to(device)` leaves every
+    part (a mapped fill, the rows a filter kept) in host memory and puts only the gathered batch
+    on the device. The meta device stands in for an accelerator: nothing can be read back from it."""
+    from featdiff.training.classifier import SelectedRows
+
+    table, real = torch.randn(30, 4), torch.randn(5, 4)
+    selected = SelectedRows(table, torch.tensor([2, 7, 11]))
+    moved = StackedRows(real, selected).to(torch.device("meta"))
+    batch = moved[torch.tensor([0, 6, 7])]
+    assert batch.device.type == "meta" and batch.shape == (3, 4)
+    assert all(part.device.type == "cpu" for part in moved.parts) and moved.parts[1].table.data_ptr() == table.data_ptr()
+    assert selected.to(torch.device("meta"))[torch.tensor([1])].device.type == "meta"
+    assert torch.equal(moved.to(torch.device("cpu"))[torch.tensor([0, 6, 7])], torch.cat([real[:1], table[[7, 11]]]))
+
+
 def run_digits(folder: Path, capsys, *extra: str) -> Path:
     from featdiff.cli import main
 

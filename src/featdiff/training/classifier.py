@@ -4,7 +4,9 @@ the logit-adjusted loss or LDAM's margin loss, on raw or L2-normalised features.
 Features live on the compute device as one tensor and are batched by index, so an epoch is a few
 matrix multiplies rather than a DataLoader walk; a fill too large for memory stays a memory-mapped
 file, read batch by batch (`StackedRows` puts it after the real features without copying either;
-`SelectedRows` keeps the rows a filter kept without copying them).
+`SelectedRows` keeps the rows a filter kept without copying them). Moving either table to a device
+moves only the batches it gives: its parts stay in host memory (a mapped fill on disk), so a fill
+larger than the accelerator's memory still trains there.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from featdiff.training.state import ShuffledBatches, TrainState
 class StackedRows:
     """Several (N_i, D) tensors read as one (ΣN_i, D) table without being concatenated: the real
     features in memory and a memory-mapped fill of pseudo-features, say. Indexing gathers a
-    batch's rows from each part, so the table is never held in memory at once."""
+    batch's rows from each part, so the table is never held in memory at once. Batches come out on
+    `device` (the first part's unless moved with `to`); the parts stay where they are."""
 
-    def __init__(self, *parts: Tensor | SelectedRows) -> None:
+    def __init__(self, *parts: Tensor | SelectedRows, device: torch.device | None = None) -> None:
         if not parts or any(part.ndim != 2 or part.shape[1] != parts[0].shape[1] for part in parts):
             raise ValueError(f"StackedRows needs (N_i, D) tensors of one D, got {[tuple(part.shape) for part in parts]}")
         self.parts = parts
         self.starts = torch.tensor([0, *torch.tensor([len(part) for part in parts]).cumsum(0).tolist()])
+        self.device = torch.device(device) if device is not None else parts[0].device
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -41,31 +45,33 @@ class StackedRows:
         return torch.Size((len(self), self.parts[0].shape[1]))
 
     def to(self, device: torch.device) -> StackedRows:
-        return StackedRows(*(part.to(device) for part in self.parts))
+        return StackedRows(*self.parts, device=device)
 
     def __getitem__(self, index: Tensor | slice) -> Tensor:
         if isinstance(index, slice):
             index = torch.arange(len(self))[index]
         index = index.cpu()
-        device = self.parts[0].device
-        rows = torch.empty((len(index), self.shape[1]), dtype=self.parts[0].dtype, device=device)
+        host = self.parts[0].device
+        rows = torch.empty((len(index), self.shape[1]), dtype=self.parts[0].dtype, device=host)
         part_of = torch.bucketize(index, self.starts[1:], right=True)
         for number, part in enumerate(self.parts):
             mine = part_of == number
             if bool(mine.any()):
-                rows[mine.to(device)] = part[(index[mine] - self.starts[number]).to(part.device)].to(device)
-        return rows
+                rows[mine.to(host)] = part[(index[mine] - self.starts[number]).to(part.device)].to(host)
+        return rows.to(self.device)
 
 
 class SelectedRows:
     """The rows `index` of an (N, D) table read as one (len(index), D) table without being gathered:
-    the pseudo-features a filter kept from a memory-mapped fill, say. Indexing gathers a batch."""
+    the pseudo-features a filter kept from a memory-mapped fill, say. Indexing gathers a batch, on
+    `device` (the table's unless moved with `to`); the table stays where it is."""
 
-    def __init__(self, table: Tensor, index: Tensor) -> None:
+    def __init__(self, table: Tensor, index: Tensor, device: torch.device | None = None) -> None:
         if table.ndim != 2:
             raise ValueError(f"SelectedRows needs an (N, D) table, got {tuple(table.shape)}")
         self.table, self.index = table, index.cpu()
-        self.ndim, self.dtype, self.device = 2, table.dtype, table.device
+        self.ndim, self.dtype = 2, table.dtype
+        self.device = torch.device(device) if device is not None else table.device
 
     def __len__(self) -> int:
         return len(self.index)
@@ -75,10 +81,10 @@ class SelectedRows:
         return torch.Size((len(self.index), self.table.shape[1]))
 
     def to(self, device: torch.device) -> SelectedRows:
-        return SelectedRows(self.table.to(device), self.index)
+        return SelectedRows(self.table, self.index, device=device)
 
     def __getitem__(self, index: Tensor | slice) -> Tensor:
-        return self.table[self.index[index.cpu() if isinstance(index, Tensor) else index].to(self.table.device)]
+        return self.table[self.index[index.cpu() if isinstance(index, Tensor) else index].to(self.table.device)].to(self.device)
 
 
 @dataclass
