@@ -156,6 +156,9 @@ def test_controls_blend_reading_picks_the_real_only_blend_on_validation_not_on_r
     assert "61.50 against post-hoc LA 60.00 (+1.50)" in line
     assert "(fc_retrain, chosen on validation) 61.00 (+0.50" in line
     assert "span 60.00–63.00" in line
+    # the LA-loss head on the chosen generator's features is a real-only rival too, and here the best on validation
+    rows["fc_retrain_la (the chosen ldmlr's features, same run)"] = [blended_summary(58.0, 61.25, 62.2)] * 2
+    assert "(fc_retrain_la (the chosen ldmlr's features, same run), chosen on validation) 61.25 (+0.25" in controls.blend_reading(rows)
 
     rows["fc_retrain"][1] = summary(58.0)  # a seed measured before the blend existed
     assert controls.blend_reading(rows) is None
