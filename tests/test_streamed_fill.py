@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import featdiff
 from featdiff.errors import UserError
 from featdiff.io import StreamedTensorFile, mapped_tensors
-from featdiff.training.classifier import StackedRows
+from featdiff.training.classifier import SelectedRows, StackedRows
 
 
 def shapes(rows: int, dim: int) -> dict:
@@ -148,8 +148,6 @@ def test_moving_a_row_table_moves_its_batches_not_its_parts():
     """A fill larger than the accelerator's memory must train there: `to(device)` leaves every
     part (a mapped fill, the rows a filter kept) in host memory and puts only the gathered batch
     on the device. The meta device stands in for an accelerator: nothing can be read back from it."""
-    from featdiff.training.classifier import SelectedRows
-
     table, real = torch.randn(30, 4), torch.randn(5, 4)
     selected = SelectedRows(table, torch.tensor([2, 7, 11]))
     moved = StackedRows(real, selected).to(torch.device("meta"))
@@ -230,7 +228,6 @@ def test_the_filter_reads_a_fill_chunk_by_chunk_and_keeps_its_rows_without_copyi
     from featdiff.config import PseudoFilterConfig
     from featdiff.generation.filter import band_weights
     from featdiff.statistics import ClassGeometry
-    from featdiff.training.classifier import SelectedRows
 
     rows, dim = 10_000, 64
     path = tmp_path / "fill.safetensors"
