@@ -75,6 +75,25 @@ def test_tight_epsilon_agrees_with_dp_accountings_pld_on_random_two_phase_settin
         assert tight_epsilon(phases, delta) == pytest.approx(reference, rel=0.01), (phases, delta)
 
 
+@pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
+def test_tight_epsilon_is_opacus_prv_accountants_own_number():
+    """featdiff sizes the PRV domain from cached RDP curves: the ε must be Opacus's, to the bit."""
+    from opacus.accountants import PRVAccountant
+
+    rng = random.Random(1)
+    for _ in range(3):
+        phases = [
+            SubsampledGaussian(rng.uniform(0.6, 6.0), rng.uniform(1e-3, 0.05), rng.randint(100, 3000)),
+            SubsampledGaussian(rng.uniform(0.7, 4.0), rng.uniform(0.01, 0.2), rng.randint(50, 800)),
+        ]
+        delta = 10 ** rng.uniform(-6, -4)
+        opacus = PRVAccountant()
+        opacus.history = [(p.noise_multiplier, p.sample_rate, p.steps) for p in phases]
+        coarse = opacus.get_epsilon(delta, eps_error=0.05)
+        expected = opacus.get_epsilon(delta, eps_error=1e-3 * max(coarse, 0.5))
+        assert tight_epsilon(phases, delta, relative_error=1e-3) == expected
+
+
 @pytest.mark.parametrize("target", [1.0, 10.0])
 def test_calibrated_noise_spends_within_one_percent_below_the_target(target):
     phase_one = SubsampledGaussian(12.8, 0.0206, 969)

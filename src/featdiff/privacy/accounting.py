@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
 
@@ -79,16 +80,64 @@ def clt_epsilon(phases: Sequence[SubsampledGaussian], delta: float) -> float:
     return gdp_epsilon(math.sqrt(sum(clt_mu(phase) ** 2 for phase in phases if phase.steps > 0)), delta)
 
 
+@functools.cache
+def _step_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
+    """RDP of one subsampled Gaussian step at Opacus's default orders; `steps` of them are `steps`
+    times it, as Opacus computes them."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    return compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
+
+
+def _rdp_epsilon(mechanisms: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """Opacus's RDP accountant's ε for (noise multiplier, sample rate, steps) mechanisms, from the cached step RDPs."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    rdp = sum(_step_rdp(rate, sigma) * steps for sigma, rate, steps in mechanisms)
+    return float(get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)[0])
+
+
+@functools.cache
+def _prv_accountant_class() -> type:
+    """Opacus's PRV accountant whose discretisation domain is sized from cached RDP curves.
+
+    Opacus sizes the domain (Gopi et al. 2021, remark 5.6) from an RDP bound that it computes
+    afresh, over 150 orders, at every ε query; that was two thirds of a calibration's time, which
+    asks about the same mechanisms again and again. The domain is the same number
+    (`opacus.accountants.analysis.prv.domain.compute_safe_domain_size`, checked by a test)."""
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis.prv import Domain
+
+    class CachedDomainPRVAccountant(PRVAccountant):
+        def _get_domain(self, prvs, num_self_compositions, eps_error, delta_error):
+            total = sum(num_self_compositions)
+            mechanisms = [(prv.noise_multiplier, prv.sample_rate, steps) for prv, steps in zip(prvs, num_self_compositions, strict=True)]
+            bound = _rdp_epsilon(mechanisms, delta_error / 4)
+            for sigma, rate, _ in mechanisms:
+                bound = max(bound, _rdp_epsilon([(sigma, rate, 1)], delta_error / (8 * total)))
+            half_width = max(bound, eps_error) + 3
+            mesh_size = eps_error / np.sqrt(total * np.log(12 / delta_error) / 2)
+            return Domain.create_aligned(-half_width, half_width, mesh_size)
+
+    return CachedDomainPRVAccountant
+
+
 def tight_epsilon(phases: Sequence[SubsampledGaussian], delta: float, relative_error: float = TIGHT_RELATIVE_ERROR) -> float:
     """ε of the composition of all phases by Opacus's PRV accountant: an upper bound, at most
     `relative_error`·ε above the estimate (a coarse pass sizes the error of the fine one, since
-    the cost grows as the absolute error shrinks)."""
-    from opacus.accountants import PRVAccountant
+    the cost grows as the absolute error shrinks). Remembered per process: a plan asks for the
+    same composition several times (calibration, the claim, the table)."""
+    return _tight_epsilon(tuple(p for p in phases if p.steps > 0), delta, relative_error)
 
-    accountant = PRVAccountant()
-    accountant.history = [(p.noise_multiplier, p.sample_rate, p.steps) for p in phases if p.steps > 0]
-    if not accountant.history:
+
+@functools.lru_cache(maxsize=1024)
+def _tight_epsilon(phases: tuple[SubsampledGaussian, ...], delta: float, relative_error: float) -> float:
+    if not phases:
         return 0.0
+    accountant = _prv_accountant_class()()
+    accountant.history = [(p.noise_multiplier, p.sample_rate, p.steps) for p in phases]
     with warnings.catch_warnings():
         # Opacus sizes the PRV's domain from an RDP bound and warns when that bound's best order is
         # its largest; the domain only needs to be wide enough, and PRV's error bound covers it.
