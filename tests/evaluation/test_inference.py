@@ -61,7 +61,8 @@ def test_ldmlr_style_uses_batch_statistics_and_leaves_model_unchanged(model, ima
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
-    assert all(tensor.is_contiguous() for tensor in after.values())  # a CPU pass runs channels-last, then restores the layout
+    # A CPU pass runs channels-last, then restores the layout, with weights that training can still use.
+    assert all(tensor.is_contiguous() and not tensor.is_inference() for tensor in after.values())
     assert all(m.training == training for m in model.modules())
 
     reference = copy.deepcopy(model).train()  # LDMLR: train-mode BN, no stem ReLU, batch by batch

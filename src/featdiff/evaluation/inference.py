@@ -97,7 +97,7 @@ def _batched(
     layout = torch.channels_last if target.type == "cpu" else torch.contiguous_format
     out = torch.empty(images.shape[0], out_dim, dtype=torch.float32)
     starts = range(0, images.shape[0], batch_size)
-    with torch.inference_mode(), memory_format(model, layout):
+    with memory_format(model, layout), torch.inference_mode():
         for start in progress_bar(starts, desc="inference", unit="batch", leave=False, disable=not progress):
             batch = images[start : start + batch_size].to(target, non_blocking=True)
             if augment is not None:
@@ -108,7 +108,9 @@ def _batched(
 
 @contextmanager
 def memory_format(model: Encoder, layout: torch.memory_format) -> Iterator[None]:
-    """The model's 4-D weights in `layout` inside, back in the default layout on exit.
+    """The model's 4-D weights in `layout` inside, back in the default layout on exit. Enter it
+    outside inference mode: weights converted inside would become inference tensors, which
+    training can no longer use.
 
     On a CPU, oneDNN's convolutions ran ResNet-32's eval-mode extraction 1.3× (1 thread) to 1.6×
     (2 threads) faster, LDMLR's train-mode one 1.5–1.6×, on channels-last tensors (measured);
