@@ -22,3 +22,18 @@ def data_root() -> Path:
     root = (PROJECT_ROOT / ".." / "shared" / "data" / "cifar-lt").resolve()
     assert root.is_dir(), f"test data missing: {root} (see README, 'Data')"
     return root
+
+
+@pytest.fixture(scope="session")
+def digits_encoder(tmp_path_factory) -> str:
+    """A digits CNN trained once per test process (stage 1 of a `ce` run: 15 epochs, seed 0), the
+    path of its weights. Tests whose subject is not stage 1 start their digits runs from it
+    (`encoder.checkpoint`) instead of training the same encoder again in every run."""
+    from featdiff.config import config_from_dict
+    from featdiff.pipeline import execute
+    from featdiff.runs import Run
+
+    folder = tmp_path_factory.mktemp("digits-encoder") / "run"
+    config = config_from_dict({"name": "encoder", "method": "ce", "data": {"dataset": "digits"}, "encoder": {"epochs": 15}})
+    execute(Run.create(folder, config))
+    return str(folder / "encoder.safetensors")

@@ -177,7 +177,6 @@ def test_the_train_holdout_keeps_its_old_name_in_saved_configs():
         ({"compute": {"threads": 0}}, "compute.threads"),
         ({"method": "e2e", "finetune": {"init": "scratch"}}, "finetune.trainable"),
         ({"method": "ldmlr_stale", "finetune": SCRATCH}, "finetune.init"),
-        ({"data": {"dataset": "digits"}, "encoder": {"checkpoint": "x.safetensors"}}, "encoder.checkpoint"),
         (
             {"method": "e2e", "data": {"dataset": "cifar10"}, "encoder": {"checkpoint": "x.safetensors"}, "finetune": SCRATCH},
             "encoder.checkpoint",

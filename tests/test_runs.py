@@ -381,3 +381,18 @@ def test_a_stage_that_fails_is_neither_stored_nor_marked_and_runs_again(run):
     fresh = State()
     run.resume_into("never-checkpointed", fresh)
     assert fresh.loaded is None
+
+
+def test_a_digits_run_starts_from_the_encoder_of_an_earlier_run(tmp_path, digits_encoder):
+    """`encoder.checkpoint` takes the stage-1 encoder of an earlier run on any dataset (for digits
+    the digits CNN, as `auto` trains there): no stage 1 runs, and its head scores as in its own run."""
+    from featdiff.config import config_from_dict
+    from featdiff.pipeline import execute
+
+    config = config_from_dict({"name": "again", "method": "ce", "data": {"dataset": "digits"}, "encoder": {"checkpoint": digits_encoder}})
+    results = execute(Run.create(tmp_path / "again", config))
+    original = json.loads((Path(digits_encoder).parent / "results.json").read_text())
+    assert results["acc"] == original["acc"] and results["per_class"] == original["per_class"]
+    trained, loaded = (folder / "metrics.jsonl" for folder in (Path(digits_encoder).parent, tmp_path / "again"))
+    assert '"stage": "encoder"' in trained.read_text()
+    assert not loaded.exists() or '"stage": "encoder"' not in loaded.read_text()

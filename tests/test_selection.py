@@ -43,7 +43,7 @@ def test_merged_sets_nested_keys_without_touching_its_inputs():
 
 
 @pytest.mark.slow
-def test_a_search_with_the_report_labels_shuffled_makes_the_same_choices(tmp_path):
+def test_a_search_with_the_report_labels_shuffled_makes_the_same_choices(tmp_path, digits_encoder):
     """Real runs (the class Gaussian on long-tailed digits): permuting the report part's labels
     changes every report number and no choice."""
     knobs = [
@@ -53,7 +53,7 @@ def test_a_search_with_the_report_labels_shuffled_makes_the_same_choices(tmp_pat
     base = {
         "method": "gaussian",
         "data": {"dataset": "digits"},
-        "encoder": {"epochs": 15},
+        "encoder": {"checkpoint": digits_encoder},
         "classifier": {"epochs": 30},
         "generation": {"count_rule": "balanced"},
         "evaluation": {"controls": False},

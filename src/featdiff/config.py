@@ -654,8 +654,6 @@ class RunConfig(_Section):
     def _sections_agree(self) -> RunConfig:
         """Rules over several sections that hold for every method, then the method's own."""
         config_rule(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
-        if self.data.dataset == "digits" and self.data.source not in ("folder", "features"):
-            config_rule(self.encoder.checkpoint is None, "encoder.checkpoint", "digits has no shipped encoder; leave it null")
         config_rule(not self.encoder.public or self.encoder.checkpoint is not None, "encoder.public", "needs encoder.checkpoint")
         method = method_named(self.method)
         if self.data.source == "features":

@@ -23,7 +23,7 @@ from featdiff.evaluation.protocol import split_test_set
 from featdiff.features import EncodedDataset, FeatureSet, encode_dataset
 from featdiff.method_catalog import method_named
 from featdiff.methods.stages import MethodContext, evaluate_all, logits_of
-from featdiff.models.encoders import encoder_for, load_encoder
+from featdiff.models.encoders import encoder_for, load_encoder, resolved_architecture
 from featdiff.runs import Run, StageOutput
 from featdiff.seeding import initialise, named_generator, reset_parameters
 from featdiff.training.acceleration import accelerated
@@ -51,8 +51,9 @@ def new_encoder(bundle: DatasetBundle, seed: int, architecture: str = "auto") ->
 
 
 def load_checkpoint_encoder(config: RunConfig, bundle: DatasetBundle, new_head: torch.Generator | None) -> nn.Module:
-    """`encoder.checkpoint` as the configured architecture (ResNet-32 unless it says the digits CNN)."""
-    architecture = "small_cnn" if config.encoder.architecture == "small_cnn" else "resnet32"
+    """`encoder.checkpoint` as the architecture the run would have trained (`encoder.architecture`;
+    auto: the digits CNN for digits, ResNet-32 otherwise)."""
+    architecture = resolved_architecture(bundle.name, config.encoder.architecture)
     channels = bundle.train.images.shape[1]
     return load_encoder(Path(config.encoder.checkpoint), bundle.num_classes, new_head, in_channels=channels, architecture=architecture)
 

@@ -157,13 +157,13 @@ def test_shuffled_report_labels_change_the_report_part_only():
     assert shuffled["report"]["acc"]["overall"] < true["report"]["acc"]["overall"] - 20  # ~33 % against ~85 %
 
 
-def _fast_digits_run(tmp_path, name: str, **evaluation) -> dict:
+def _fast_digits_run(tmp_path, encoder: str, name: str, **evaluation) -> dict:
     config = config_from_dict(
         {
             "name": name,
             "method": "fc_retrain",
             "data": {"dataset": "digits"},
-            "encoder": {"epochs": 15},
+            "encoder": {"checkpoint": encoder},
             "classifier": {"epochs": 50},
             "evaluation": evaluation,
         }
@@ -171,9 +171,9 @@ def _fast_digits_run(tmp_path, name: str, **evaluation) -> dict:
     return execute(Run.create(tmp_path / name, config))
 
 
-def test_a_run_reports_both_parts_and_ignores_the_report_labels_for_every_choice(tmp_path):
-    plain = _fast_digits_run(tmp_path, "plain")
-    shuffled = _fast_digits_run(tmp_path, "shuffled", shuffle_report_labels=True)
+def test_a_run_reports_both_parts_and_ignores_the_report_labels_for_every_choice(tmp_path, digits_encoder):
+    plain = _fast_digits_run(tmp_path, digits_encoder, "plain")
+    shuffled = _fast_digits_run(tmp_path, digits_encoder, "shuffled", shuffle_report_labels=True)
     parts = plain["test_parts"]
     assert 0.18 < parts["validation"] / (parts["validation"] + parts["report"]) < 0.22
     for ours, check in ((plain, shuffled), (plain["controls"]["ce"], shuffled["controls"]["ce"])):
@@ -185,8 +185,8 @@ def test_a_run_reports_both_parts_and_ignores_the_report_labels_for_every_choice
     assert shuffled["test_parts"]["report_labels_shuffled"] and not parts["report_labels_shuffled"]
 
 
-def test_a_frozen_encoder_run_reports_the_cheap_heads_beside_its_result(tmp_path):
-    results = _fast_digits_run(tmp_path, "controls")
+def test_a_frozen_encoder_run_reports_the_cheap_heads_beside_its_result(tmp_path, digits_encoder):
+    results = _fast_digits_run(tmp_path, digits_encoder, "controls")
     assert set(results["controls"]) == {"ce", "fc_retrain_la", "fc_retrain_normalized"}
     for summary in (results, *results["controls"].values()):
         assert {"acc", "validation", "report", "tuned"} <= set(summary)

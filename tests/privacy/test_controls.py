@@ -99,12 +99,12 @@ def test_released_moments_carry_the_planned_noise():
     assert float(off_diagonal.std()) == pytest.approx(plan.moments.std / math.sqrt(2), rel=0.15)
 
 
-def _digits_control(tmp_path, name: str, method: str, **privacy) -> tuple[dict, Run]:
+def _digits_control(tmp_path, encoder: str, name: str, method: str, **privacy) -> tuple[dict, Run]:
     values = {
         "name": name,
         "method": method,
         "data": {"dataset": "digits"},
-        "encoder": {"epochs": 8},
+        "encoder": {"checkpoint": encoder},
         "classifier": {"epochs": 10},
         "evaluation": {"controls": False},
         "privacy": {"epsilon": 5.0, "delta": 1e-6, **privacy},
@@ -114,15 +114,15 @@ def _digits_control(tmp_path, name: str, method: str, **privacy) -> tuple[dict, 
 
 
 @pytest.mark.parametrize(("method", "file"), [("dp_linear", "dp_head.safetensors"), ("dp_gaussian", "dp_pseudo_features.safetensors")])
-def test_a_private_control_cannot_be_replayed_unless_asked_and_then_says_so(tmp_path, method, file):
-    first, first_run = _digits_control(tmp_path, "a", method)
-    second, second_run = _digits_control(tmp_path, "b", method)
+def test_a_private_control_cannot_be_replayed_unless_asked_and_then_says_so(tmp_path, digits_encoder, method, file):
+    first, first_run = _digits_control(tmp_path, digits_encoder, "a", method)
+    second, second_run = _digits_control(tmp_path, digits_encoder, "b", method)
     assert first["privacy"]["reproducible_noise"] is False and "entropy" in first["privacy"]["noise_source"]
     assert first["privacy"]["epsilon"] <= 5.0 and file in first["privacy"]["covered_files"]
     assert "blended" not in first  # no mix with the non-private shipped head in a private run
     a, b = load_file(first_run.path(file)), load_file(second_run.path(file))
     assert any(not torch.equal(a[key], b[key]) for key in a)
-    seeded = [_digits_control(tmp_path, name, method, reproducible_noise=True)[1] for name in ("c", "d")]
+    seeded = [_digits_control(tmp_path, digits_encoder, name, method, reproducible_noise=True)[1] for name in ("c", "d")]
     assert seeded[0].path(file).read_bytes() == seeded[1].path(file).read_bytes()
     ledger = json.loads(seeded[0].path("results.json").read_text())["privacy"]
     assert "does not hold against anyone who knows the seed" in ledger["covers"]

@@ -51,10 +51,17 @@ class Encoder(Protocol):
     def named_buffers(self) -> Iterator[tuple[str, torch.Tensor]]: ...
 
 
+def resolved_architecture(dataset: str, architecture: str = "auto") -> str:
+    """`architecture`, with auto made concrete: the digits CNN for digits, ResNet-32 otherwise.
+    A checkpoint is loaded as the architecture a run would have trained."""
+    if architecture == "auto":
+        return "small_cnn" if dataset == "digits" else "resnet32"
+    return architecture
+
+
 def encoder_for(dataset: str, num_classes: int, in_channels: int, architecture: str = "auto") -> nn.Module:
-    """The architecture featdiff trains: `architecture`, or (auto) the digits CNN for digits and
-    ResNet-32 otherwise."""
-    if architecture == "small_cnn" or (architecture == "auto" and dataset == "digits"):
+    """The architecture featdiff trains (`resolved_architecture`), with random weights."""
+    if resolved_architecture(dataset, architecture) == "small_cnn":
         return SmallCNN(num_classes, in_channels=in_channels)
     if in_channels != 3:
         raise UserError(f"ResNet-32 takes 3-channel images, these have {in_channels}; set encoder.architecture: small_cnn")
