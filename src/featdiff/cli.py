@@ -119,7 +119,7 @@ def _privacy(args: argparse.Namespace) -> None:
     print(f"{config.data.dataset}, N = {plan.dataset_size} records, δ = {plan.delta:g}, {privacy.adjacency.replace('_', ' ')} adjacency")
     print(f"records clipped to R = {privacy.norm_bound:g}, scaled by √D/R = {plan.feature_scale:.3g}; Δ = {plan.sensitivity:.3g}")
     print(f"split S = {privacy.split_timestep} (ᾱ_S = {plan.alpha_bar:.3g}); K = {privacy.draws} draws, clip C = {privacy.clip_norm:g}\n")
-    print("| phase | noise multiplier | sampling rate | steps | ε (dp-promise CLT) | ε (tight, PRV) |")
+    print("| phase | noise multiplier | sampling rate | steps | ε (dp-promise CLT) | ε (tight) |")
     print("|---|---|---|---|---|---|")
     table = plan.table()
     for name, phase in (("I (t >= S)", plan.phase_one), ("II (t < S)", plan.phase_two), ("total", None)):
@@ -127,6 +127,11 @@ def _privacy(args: argparse.Namespace) -> None:
         cells = ["–", "–", "–"] if phase is None else [f"{phase.noise_multiplier:.4g}", f"{phase.sample_rate:.4g}", str(phase.steps)]
         eps = [("∞" if value is None else f"{value:.3f}") for value in (table[key]["clt"], table[key]["prv"])]
         print(f"| {name} | " + " | ".join(cells + eps) + " |")
+    if plan.phase_two is not None and plan.phase_two.relation == "replace_one":
+        print(
+            "\nPhase II's clipped sum is accounted with the replace-one pair (a record swapped: a mixture on each side, "
+            "dp-accounting's PLD); the CLT column, dp-promise's formula, reads it as an added record and under-reports"
+        )
     target = "∞ (not private)" if privacy.epsilon is None else f"{privacy.epsilon:g}"
     claim = "∞" if not plan.private else f"{plan.epsilon:.3f}"
     print(f"\ntarget ε {target}; claimed ({privacy.accountant}) {claim}")

@@ -94,6 +94,35 @@ def test_tight_epsilon_is_opacus_prv_accountants_own_number():
         assert tight_epsilon(phases, delta, relative_error=1e-3) == expected
 
 
+def test_a_replaced_record_costs_more_than_an_added_one_and_less_than_twice_the_sensitivity():
+    """The replace-one pair of a Poisson-subsampled clipped sum (a mixture on each side), by
+    dp-accounting's PLD, against Opacus's add/remove pair: above it at σ (accounting a replaced
+    record as an added one under-reports ε), below it at σ/2 (sensitivity 2C, which over-reports)."""
+    rng = random.Random(2)
+    for _ in range(3):
+        sigma, rate, steps, delta = rng.uniform(0.8, 4.0), rng.uniform(0.005, 0.3), rng.randint(50, 1000), 10 ** rng.uniform(-6, -4)
+        replaced = tight_epsilon([SubsampledGaussian(sigma, rate, steps, "replace_one")], delta)
+        added = tight_epsilon([SubsampledGaussian(sigma, rate, steps)], delta)
+        doubled = tight_epsilon([SubsampledGaussian(sigma / 2, rate, steps)], delta)
+        assert 1.2 * added < replaced < doubled, (sigma, rate, steps, delta, added, replaced, doubled)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 3.0])
+def test_one_unsampled_replaced_record_is_the_gaussian_mechanism_with_twice_the_shift(sigma):
+    """At q = 1 the replace-one pair is N(−1, σ²) against N(1, σ²): μ-GDP with μ = 2/σ exactly
+    (the closed form is checked against the analytic Gaussian mechanism above)."""
+    replaced = tight_epsilon([SubsampledGaussian(sigma, 1.0, 1, "replace_one")], 1e-5)
+    assert replaced == pytest.approx(gdp_epsilon(2 / sigma, 1e-5), rel=2e-3)
+
+
+def test_calibration_under_the_replace_one_pair_lands_just_below_the_target():
+    phase_one = SubsampledGaussian(12.8, 0.0206, 969)
+    sigma = calibrate_noise_multiplier(5.0, 1e-5, 0.0825, 605, fixed=[phase_one], relation="replace_one")
+    spent = tight_epsilon([phase_one, SubsampledGaussian(sigma, 0.0825, 605, "replace_one")], 1e-5)
+    assert 0.99 * 5.0 <= spent <= 5.0
+    assert sigma > calibrate_noise_multiplier(5.0, 1e-5, 0.0825, 605, fixed=[phase_one])  # more noise for the stronger adjacency
+
+
 @pytest.mark.parametrize("target", [1.0, 10.0])
 def test_calibrated_noise_spends_within_one_percent_below_the_target(target):
     phase_one = SubsampledGaussian(12.8, 0.0206, 969)
@@ -129,3 +158,24 @@ def test_phase_one_noise_multiplier_and_clt_formula():
     expected_mu = 0.01 * math.sqrt(100 * (math.exp(0.25) - 1))
     assert clt_epsilon([phase], 1e-5) == pytest.approx(gdp_epsilon(expected_mu, 1e-5))
     assert clt_epsilon([phase, phase], 1e-5) == pytest.approx(gdp_epsilon(math.sqrt(2) * expected_mu, 1e-5))
+
+
+@pytest.mark.parametrize("adjacency", ["replace_one", "add_remove_one"])
+def test_a_runs_dp_sgd_phase_is_accounted_with_its_adjacencys_pair(adjacency):
+    """ldmlr_dp's Phase II under the config's adjacency: calibrated to the target with that pair.
+    Under replace-one, the same σ read with the add/remove pair (featdiff's claim before this
+    check) spends far less than the target: it under-reported ε."""
+    import dataclasses
+
+    from featdiff.config import config_from_dict
+    from featdiff.privacy.plan import plan_privacy
+
+    privacy = {"epsilon": 5.0, "adjacency": adjacency}
+    config = config_from_dict({"method": "ldmlr_dp", "diffusion": {"schedule": "linear"}, "privacy": privacy})
+    plan = plan_privacy(config.privacy, config.diffusion, 12406, 64)
+    assert plan.phase_two.relation == adjacency and 0.99 * 5.0 <= plan.epsilon <= 5.0
+    as_added = tight_epsilon([plan.phase_one, dataclasses.replace(plan.phase_two, relation="add_remove_one")], plan.delta)
+    if adjacency == "replace_one":
+        assert as_added < 0.8 * plan.epsilon
+    else:
+        assert as_added == plan.epsilon

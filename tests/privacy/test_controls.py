@@ -48,8 +48,8 @@ def test_the_mechanisms_compose_to_the_target_and_the_counts_to_their_share(cont
     assert 0.99 * epsilon <= plan.epsilon <= epsilon
     assert tight_epsilon([plan.counts.mechanism], 1e-5) == pytest.approx(0.2 * epsilon, rel=0.01)
     assert (plan.sums is not None) == (control == "dp_gaussian")
-    if control == "dp_linear":  # replace-one: the clipped sum moves by 2C, so σ is twice what the accountant sees
-        assert plan.sgd_noise_multiplier == pytest.approx(2 * plan.sgd.noise_multiplier)
+    if control == "dp_linear":  # replace-one (the default): the clipped sum is accounted with the replace-one pair at σ
+        assert plan.sgd.relation == "replace_one" and plan.sgd_noise_multiplier == plan.sgd.noise_multiplier
 
 
 def test_a_release_beside_dp_sgd_spends_its_share_first():

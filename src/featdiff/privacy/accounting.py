@@ -6,13 +6,28 @@ for t ≥ S, a Gaussian mechanism whose sensitivity is that of √ᾱ_S·x, so i
 σ_eq = √((1−ᾱ_S)/ᾱ_S) / Δ, with Δ the L2 sensitivity of x under the adjacency (2R for
 replace-one of records clipped to norm R, dp-promise's choice; R for add/remove-one).
 
+Which pair of output distributions a mechanism is accounted with (`SubsampledGaussian.relation`):
+- `add_remove_one`: a record present or absent, Opacus's pair (1 − q)·N(0, σ²) + q·N(1, σ²)
+  against N(0, σ²), in both directions. It also accounts a mechanism whose noise multiplier is
+  already relative to the L2 distance between neighbours' outputs under replace-one: a one-shot
+  release (q = 1), and Phase I with Δ = 2R.
+- `replace_one`: a clipped sum (DP-SGD) one of whose records is replaced by another, so each
+  side is a mixture: (1 − q)·N(0, σ²) + q·N(−1, σ²) against (1 − q)·N(0, σ²) + q·N(1, σ²), σ
+  relative to the clip norm (dp-accounting's REPLACE_ONE pair). Accounting such a sum with the
+  add/remove pair at σ under-reports ε about twofold; with it at σ/2 (sensitivity 2C) it
+  over-reports (a test checks both sides).
+
 Two accountants:
 - `clt_epsilon`: dp-promise's own, the GDP central-limit approximation (Bu et al. 2020):
   μ_i = q_i·√(n_i·(exp(1/σ_i²) − 1)), composed as μ = √Σμ_i², converted to (ε, δ). It reproduces
-  the paper's configs but under-reports ε, most in Phase I where σ_eq is small.
-- `tight_epsilon`: the privacy-loss-random-variable (PRV) accountant of Opacus over the
-  heterogeneous composition of both phases (Gopi et al. 2021), the upper end of its error
-  interval. This is the ε featdiff claims; a test checks it against dp-accounting's PLD.
+  the paper's configs but under-reports ε, most in Phase I where σ_eq is small; it knows only the
+  add/remove pair.
+- `tight_epsilon`: the ε featdiff claims. With add/remove pairs only, the privacy-loss-random-variable
+  (PRV) accountant of Opacus over the heterogeneous composition (Gopi et al. 2021), the upper end
+  of its error interval (a test checks it against dp-accounting's PLD); with any replace-one pair,
+  dp-accounting's privacy-loss-distribution (PLD) accountant over the same composition, each
+  mechanism with its own pair (pessimistic discretisation: an upper bound), since Opacus has no
+  replace-one pair.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy.optimize import brentq
@@ -29,15 +45,23 @@ from scipy.stats import norm
 
 TIGHT_RELATIVE_ERROR = 1e-3
 """Relative ε error of the PRV discretisation; the reported ε is the upper end of its interval."""
+PLD_DISCRETISATION = 1e-4
+"""dp-accounting's privacy-loss discretisation interval for replace-one compositions (its default;
+ε then agreed with Opacus's PRV within 0.12 % on add/remove settings, test)."""
+
+
+Relation = Literal["add_remove_one", "replace_one"]
 
 
 @dataclass(frozen=True)
 class SubsampledGaussian:
-    """`steps` Gaussian mechanisms with noise multiplier σ, each on a Poisson sample at rate q."""
+    """`steps` Gaussian mechanisms with noise multiplier σ, each on a Poisson sample at rate q,
+    accounted with the pair of `relation` (see the module docstring)."""
 
     noise_multiplier: float
     sample_rate: float
     steps: int
+    relation: Relation = "add_remove_one"
 
     def __post_init__(self) -> None:
         if not self.noise_multiplier > 0:
@@ -46,6 +70,8 @@ class SubsampledGaussian:
             raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.relation not in ("add_remove_one", "replace_one"):
+            raise ValueError(f"relation must be 'add_remove_one' or 'replace_one', got {self.relation!r}")
 
 
 def phase_one_noise_multiplier(alpha_bar: float, sensitivity: float) -> float:
@@ -136,6 +162,8 @@ def tight_epsilon(phases: Sequence[SubsampledGaussian], delta: float, relative_e
 def _tight_epsilon(phases: tuple[SubsampledGaussian, ...], delta: float, relative_error: float) -> float:
     if not phases:
         return 0.0
+    if any(p.relation == "replace_one" for p in phases):
+        return _pld_epsilon(phases, delta)
     accountant = _prv_accountant_class()()
     accountant.history = [(p.noise_multiplier, p.sample_rate, p.steps) for p in phases]
     with warnings.catch_warnings():
@@ -147,6 +175,24 @@ def _tight_epsilon(phases: tuple[SubsampledGaussian, ...], delta: float, relativ
         warnings.filterwarnings("ignore", message="divide by zero encountered in log", category=RuntimeWarning)
         coarse = accountant.get_epsilon(delta, eps_error=0.05)
         return float(accountant.get_epsilon(delta, eps_error=relative_error * max(coarse, 0.5)))
+
+
+def _pld_epsilon(phases: tuple[SubsampledGaussian, ...], delta: float) -> float:
+    """dp-accounting's PLD over the composition, every mechanism with its own pair."""
+    from dp_accounting import NeighboringRelation
+    from dp_accounting.pld import privacy_loss_distribution
+
+    relations = {"add_remove_one": NeighboringRelation.ADD_OR_REMOVE_ONE, "replace_one": NeighboringRelation.REPLACE_ONE}
+    composed = None
+    for phase in phases:
+        pld = privacy_loss_distribution.from_gaussian_mechanism(
+            standard_deviation=phase.noise_multiplier,
+            sampling_prob=phase.sample_rate,
+            value_discretization_interval=PLD_DISCRETISATION,
+            neighboring_relation=relations[phase.relation],
+        ).self_compose(phase.steps)
+        composed = pld if composed is None else composed.compose(pld)
+    return float(composed.get_epsilon_for_delta(delta))
 
 
 Accountant = Callable[[Sequence[SubsampledGaussian], float], float]
@@ -161,10 +207,12 @@ def calibrate_noise_multiplier(
     fixed: Sequence[SubsampledGaussian] = (),
     relative_tolerance: float = 0.005,
     accountant: Accountant = tight_epsilon,
+    relation: Relation = "add_remove_one",
 ) -> float:
-    """A σ for which `steps` subsampled Gaussian steps at rate q, composed with the `fixed`
-    phases, spend ε ∈ [(1 − tolerance)·target, target] under `accountant` (the tight one by
-    default): the target is never exceeded and little of it is left unspent. Bisection on log σ.
+    """A σ for which `steps` subsampled Gaussian steps at rate q (accounted with the pair of
+    `relation`), composed with the `fixed` phases, spend ε ∈ [(1 − tolerance)·target, target]
+    under `accountant` (the tight one by default): the target is never exceeded and little of it
+    is left unspent. Bisection on log σ.
 
     Raises ValueError when the fixed phases alone spend the target (no σ can help)."""
     spent = accountant(fixed, delta)
@@ -173,7 +221,7 @@ def calibrate_noise_multiplier(
 
     @functools.cache
     def epsilon(sigma: float) -> float:
-        return accountant([*fixed, SubsampledGaussian(sigma, sample_rate, steps)], delta)
+        return accountant([*fixed, SubsampledGaussian(sigma, sample_rate, steps, relation)], delta)
 
     high = 1.0
     while epsilon(high) > target_epsilon:

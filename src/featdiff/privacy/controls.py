@@ -12,8 +12,9 @@ nothing about the private features is used to choose a scale. Three Gaussian mec
   statistics (post-processing: PSD projection, shrinkage towards the pooled covariance) and sampled.
 - **DP-SGD on the linear head** (`dp_linear`): the logit-adjusted cross-entropy's per-example
   gradients, in closed form for a linear head ((p − e_y)·[x; 1]ᵀ), clipped to C, summed, plus
-  N(0, σ²C²), divided by the expected Poisson batch. Under replace-one adjacency the clipped sum's
-  sensitivity is 2C, so the accountant sees σ/2. Optionally the head also trains on pseudo-features
+  N(0, σ²C²), divided by the expected Poisson batch. Under replace-one adjacency the clipped sum is
+  accounted with the replace-one pair of mixtures (`featdiff.privacy.accounting`), not as the
+  add/remove pair at σ/2 (sensitivity 2C), which over-reports ε. Optionally the head also trains on pseudo-features
   of a class-moment release (their gradient is post-processing and needs neither clipping nor noise).
 
 Every mechanism of a control is composed by the tight accountant (Opacus PRV) into the one
@@ -69,11 +70,6 @@ def moment_sensitivities(adjacency: str, norm_bound: float) -> tuple[float, floa
     return norm_bound, norm_bound**2
 
 
-def sgd_sensitivity_factor(adjacency: str) -> float:
-    """The clipped gradient sum's sensitivity in units of C."""
-    return 2.0 if adjacency == "replace_one" else 1.0
-
-
 @dataclass(frozen=True)
 class GaussianRelease:
     """One Gaussian mechanism: noise std = `noise_multiplier` · `sensitivity`."""
@@ -102,7 +98,7 @@ class ControlPlan:
     sums: GaussianRelease | None
     moments: GaussianRelease | None
     sgd: SubsampledGaussian | None
-    """DP-SGD as the accountant sees it: noise multiplier σ / (sensitivity factor)."""
+    """DP-SGD as the accountant sees it: noise multiplier σ, the adjacency's pair."""
     sgd_noise_multiplier: float | None
     """σ: the DP-SGD noise std in units of C."""
     sgd_steps: int
@@ -185,10 +181,10 @@ def plan_control(
     sgd = sigma = None
     if control == "dp_linear":
         try:
-            accounted = calibrate_noise_multiplier(epsilon, delta, rate, steps, fixed)
+            sigma = calibrate_noise_multiplier(epsilon, delta, rate, steps, fixed, relation=adjacency)
         except ValueError as error:
             raise UserError(f"config key 'privacy.epsilon' {epsilon:g} leaves nothing for the head's DP-SGD: {error}") from None
-        sgd, sigma = SubsampledGaussian(accounted, rate, steps), accounted * sgd_sensitivity_factor(adjacency)
+        sgd = SubsampledGaussian(sigma, rate, steps, adjacency)
     return ControlPlan(control, dataset_size, delta, counts, sums, moments, sgd, sigma, steps, rate, earlier=tuple(earlier))
 
 

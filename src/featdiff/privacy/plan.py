@@ -97,8 +97,11 @@ def plan_privacy(privacy: PrivacyConfig, diffusion: DiffusionConfig, dataset_siz
             )
         if sigma is None:
             fixed = [phase_one] if phase_one else []
-            sigma = calibrate_noise_multiplier(privacy.epsilon, privacy.delta, rate, steps, fixed, accountant=accountant)
-    phase_two = SubsampledGaussian(sigma, rate, steps) if sigma is not None else None
+            sigma = calibrate_noise_multiplier(
+                privacy.epsilon, privacy.delta, rate, steps, fixed, accountant=accountant, relation=privacy.adjacency
+            )
+    # Phase II's clipped sum: under replace-one each side of the pair is a mixture (one record swapped).
+    phase_two = SubsampledGaussian(sigma, rate, steps, privacy.adjacency) if sigma is not None else None
     plan = PrivacyPlan(dataset_size, scale, sensitivity, alpha_bar, phase_one, phase_two, privacy.delta, privacy.accountant)
     if privacy.epsilon is not None and plan.epsilon > privacy.epsilon * (1 + 1e-9):
         raise UserError(
