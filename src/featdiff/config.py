@@ -444,8 +444,8 @@ class PrivacyConfig(_Section):
     delta: Float = Field(1e-5, gt=0, lt=1)
     """Must be below 1/N for the N training records (checked when the data is known)."""
     adjacency: Literal["replace_one", "add_remove_one"] = "replace_one"
-    """Neighbouring datasets differ in one record replaced (sensitivity 2R, dp-promise's choice)
-    or one record added or removed (R)."""
+    """Neighbouring datasets differ in one record replaced (dp-promise's choice: Phase I's sensitivity
+    2R, DP-SGD's clipped sums accounted with the replace-one pair) or one record added or removed (R)."""
     norm_bound: Float = Field(8.0, gt=0)
     """R: every feature vector is clipped to this L2 norm (ResNet-32 features have norms ~4–8)."""
     split_timestep: int = Field(900, ge=1)
@@ -465,8 +465,9 @@ class PrivacyConfig(_Section):
     draws: int = Field(4, ge=1)
     """K noise draws (t, ε) per example in Phase II, averaged before clipping."""
     accountant: Literal["prv", "clt"] = "prv"
-    """prv: tight accounting of both phases (Opacus's PRV), what featdiff claims; clt: dp-promise's
-    GDP central-limit formula, which under-reports ε (kept to reproduce the paper)."""
+    """prv: tight accounting of both phases (Opacus's PRV; dp-accounting's PLD once Phase II has the
+    replace-one pair), what featdiff claims; clt: dp-promise's GDP central-limit formula, which
+    under-reports ε (kept to reproduce the paper; it knows only the add/remove pair)."""
     gradients: Literal["ghost", "functorch", "opacus"] = "ghost"
     """How per-example gradients are clipped: ghost norms (no per-example gradients), torch.func,
     or Opacus's hooks (the reference); all give the same clipped sum."""
