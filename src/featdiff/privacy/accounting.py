@@ -152,10 +152,11 @@ def _prv_accountant_class() -> type:
 
 
 def tight_epsilon(phases: Sequence[SubsampledGaussian], delta: float, relative_error: float = TIGHT_RELATIVE_ERROR) -> float:
-    """ε of the composition of all phases by Opacus's PRV accountant: an upper bound, at most
-    `relative_error`·ε above the estimate (a coarse pass sizes the error of the fine one, since
-    the cost grows as the absolute error shrinks). Remembered per process: a plan asks for the
-    same composition several times (calibration, the claim, the table)."""
+    """ε of the composition of all phases, an upper bound: Opacus's PRV accountant when every pair
+    is add/remove, at most `relative_error`·ε above its estimate (a coarse pass sizes the error of
+    the fine one, since the cost grows as the absolute error shrinks); dp-accounting's
+    pessimistic PLD once a pair is replace-one. Remembered per process: a plan asks for the same
+    composition several times (calibration, the claim, the table)."""
     return _tight_epsilon(tuple(p for p in phases if p.steps > 0), delta, relative_error)
 
 
