@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from featdiff.data.imageset import ImageSet
 from featdiff.data.ldam_split import check_imbalance_factor, ldam_split
@@ -20,6 +18,11 @@ _DIGITS_MAX_VALUE = 16
 
 def load_digits_lt(imbalance_factor: float = 10, test_fraction: float = 0.3, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """(long-tailed train, test); the stratified test split is drawn first, so it keeps the near-uniform classes."""
+    # Imported here, not at the top: scikit-learn (with SciPy) takes about a second to import, which
+    # every featdiff command would otherwise pay whatever its dataset.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     check_imbalance_factor(imbalance_factor)
     if not 0 < test_fraction < 1:
         raise UserError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
