@@ -85,15 +85,12 @@ def clt_mu(phase: SubsampledGaussian) -> float:
     return phase.sample_rate * math.sqrt(phase.steps * math.expm1(phase.noise_multiplier**-2))
 
 
-def standard_normal_cdf(x: float) -> float:
-    """Φ(x) through erfc, accurate in both tails (SciPy's `norm.cdf` computes the same; importing
-    scipy.stats would add half a second to every featdiff command)."""
-    return 0.5 * math.erfc(-x / math.sqrt(2))
-
-
 def gdp_delta(mu: float, epsilon: float) -> float:
-    """δ(ε) of μ-GDP: Φ(−ε/μ + μ/2) − e^ε·Φ(−ε/μ − μ/2) (Dong, Roth, Su 2019, Cor. 2.13)."""
-    return standard_normal_cdf(-epsilon / mu + mu / 2) - math.exp(epsilon) * standard_normal_cdf(-epsilon / mu - mu / 2)
+    """δ(ε) of μ-GDP: Φ(−ε/μ + μ/2) − e^ε·Φ(−ε/μ − μ/2) (Dong, Roth, Su 2019, Cor. 2.13), the
+    second term in log space (e^ε alone overflows at the large μ of very little noise)."""
+    from scipy.special import log_ndtr, ndtr  # here: only the CLT accountant needs SciPy, slow to import
+
+    return float(ndtr(-epsilon / mu + mu / 2) - math.exp(epsilon + log_ndtr(-epsilon / mu - mu / 2)))
 
 
 def gdp_epsilon(mu: float, delta: float) -> float:
@@ -220,7 +217,11 @@ def calibrate_noise_multiplier(
     """A σ for which `steps` subsampled Gaussian steps at rate q (accounted with the pair of
     `relation`), composed with the `fixed` phases, spend ε ∈ [(1 − tolerance)·target, target]
     under `accountant` (the tight one by default): the target is never exceeded and little of it
-    is left unspent. Bisection on log σ.
+    is left unspent. ε falls roughly as a power of σ, so the search takes secant steps in log σ
+    against log ε, bisecting the bracket instead when a step would leave it and at every fourth
+    step (so that it always shrinks): half the accountant calls of a bisection on log σ, and each
+    tight call is a large share of a private run's start-up. Where no σ lands in the band (an
+    accountant with a jump), it returns the smallest σ found that spends at most the target.
 
     Raises ValueError when the fixed phases alone spend the target (no σ can help)."""
     spent = accountant(fixed, delta)
@@ -231,20 +232,42 @@ def calibrate_noise_multiplier(
     def epsilon(sigma: float) -> float:
         return accountant([*fixed, SubsampledGaussian(sigma, sample_rate, steps, relation)], delta)
 
-    high = 1.0
-    while epsilon(high) > target_epsilon:
-        high *= 2
-    low = high / 2
-    while epsilon(low) <= target_epsilon:
-        high, low = low, low / 2
-    for _ in range(60):
-        if epsilon(high) >= (1 - relative_tolerance) * target_epsilon:
-            break
-        middle = math.sqrt(low * high)
-        if epsilon(middle) > target_epsilon:
-            low = middle
+    band = ((1 - relative_tolerance) * target_epsilon, target_epsilon)
+    aim = math.log((1 - relative_tolerance / 2) * target_epsilon)  # the middle of the band
+    low = high = None  # the largest σ known to spend more than the target, the smallest known not to
+    seen: list[tuple[float, float]] = []  # (log σ, log ε) of every σ tried with ε > 0
+    sigma = 1.0
+    for count in range(200):
+        spent = epsilon(sigma)
+        if band[0] <= spent <= band[1]:
+            return sigma
+        if spent > target_epsilon:
+            low = sigma if low is None else max(low, sigma)
         else:
-            high = middle
+            high = sigma if high is None else min(high, sigma)
+        if spent <= 0:  # far too much noise to resolve: halve
+            guess = math.log(sigma / 2)
+        else:
+            seen.append((math.log(sigma), math.log(spent)))
+            # the secant through the two points nearest the aim (ε ∝ 1/σ while there is one point)
+            nearest = sorted(seen, key=lambda point: abs(point[1] - aim))[:2]
+            (x0, y0), slope = nearest[0], -1.0
+            if len(nearest) == 2 and nearest[1][0] != x0:
+                measured = (nearest[1][1] - y0) / (nearest[1][0] - x0)
+                slope = measured if measured < 0 else slope
+            guess = x0 + (aim - y0) / slope
+        if low is not None and high is not None:  # inside the bracket, and every 4th step halves it
+            left, right = math.log(low), math.log(high)
+            margin = 1e-3 * (right - left)
+            inside = left < guess < right and count % 4 != 3
+            guess = min(max(guess, left + margin), right - margin) if inside else (left + right) / 2
+        elif high is None:  # more noise: 1.25x to 8x beyond the largest σ tried, until one spends little enough
+            guess = min(max(guess, math.log(low * 1.25)), math.log(low * 8))
+        else:  # less noise, likewise
+            guess = min(max(guess, math.log(high / 8)), math.log(high / 1.25))
+        sigma = math.exp(guess)
+    if high is None:
+        raise RuntimeError(f"no noise multiplier found that spends at most ε = {target_epsilon}")
     return high
 
 
