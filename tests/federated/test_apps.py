@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-from conftest import RaisingClients, in_round
 from flwr.app import ConfigRecord, Message, RecordDict
+from raising_clients import RaisingClients, in_round
 from safetensors.torch import load_file
 
 from featdiff.errors import UserError

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 import torch
-from conftest import RaisingClients, in_round
+from raising_clients import RaisingClients, in_round
 
 import featdiff.federated.client_app
 import featdiff.federated.launch

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import binomtest, norm
+from sklearn.metrics import roc_auc_score
 
 from featdiff.diffusion.objective import DenoisingObjective
 from featdiff.diffusion.schedules import make_schedule
@@ -16,6 +17,7 @@ from featdiff.privacy.membership import (
     clopper_pearson,
     denoiser_loss_scores,
     distance_scores,
+    mann_whitney_auc,
     offline_lira_scores,
     tpr_bound,
 )
@@ -34,6 +36,20 @@ def test_metrics_of_gaussian_scores_match_the_closed_forms():
         entry = metrics[f"tpr_at_{fpr:g}"]
         # The threshold is itself estimated from 20,000 non-members: allow its sampling error too.
         assert entry["ci"][0] - 0.01 <= truth <= entry["ci"][1] + 0.01, (fpr, entry, truth)
+
+
+def test_batched_auc_is_scikit_learns_roc_auc_with_ties_and_the_bootstrap_reads_it_so():
+    rng = np.random.default_rng(1)
+    members, non_members = rng.integers(0, 6, (5, 30)).astype(float), rng.integers(0, 5, (5, 17)).astype(float)  # many ties
+    labels = np.r_[np.ones(30), np.zeros(17)]
+    expected = [roc_auc_score(labels, np.r_[m, n]) for m, n in zip(members, non_members, strict=True)]
+    np.testing.assert_allclose(mann_whitney_auc(members, non_members), expected, rtol=0, atol=1e-12)
+    # The interval is the quantiles of scikit-learn's AUC over the same resamples (drawn as documented).
+    metrics = attack_metrics(members[0], non_members[0], resamples=150, seed=3)
+    draws = np.random.default_rng(3)
+    boot = [roc_auc_score(labels, np.r_[draws.choice(members[0], 30), draws.choice(non_members[0], 17)]) for _ in range(150)]
+    assert metrics["auc"] == pytest.approx(expected[0], abs=1e-12)
+    assert metrics["auc_ci"] == pytest.approx([np.quantile(boot, 0.025), np.quantile(boot, 0.975)], abs=1e-12)
 
 
 def test_clopper_pearson_matches_scipy_exact_interval():

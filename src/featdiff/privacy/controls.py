@@ -247,7 +247,7 @@ def train_private_head(
     device = head.weight.device
     records, labels, offsets = records.to(device), labels.to(device), offsets.to(device)
     expected = plan.sgd_rate * len(labels)
-    optimizer = torch.optim.Adam(head.parameters(), lr=privacy.linear_lr)
+    optimizer = torch.optim.Adam(head.parameters(), lr=privacy.linear_lr, fused=True)
     generators = noise.checkpointed() | ({"pseudo batches": pseudo_generator} if pseudo_generator is not None else {})
     state = TrainState(
         model=head, optimizers={"head": optimizer}, generators=generators, batches=PoissonBatches(len(labels), plan.sgd_rate, noise.masks)

@@ -86,7 +86,7 @@ def phase_state(
     generators = ({"diffusion draws": draws} if draws is not None else {}) | noise.checkpointed()
     return TrainState(
         model=model,
-        optimizers={"denoiser": torch.optim.Adam(model.parameters(), lr=lr)},
+        optimizers={"denoiser": torch.optim.Adam(model.parameters(), lr=lr, fused=True)},
         generators=generators,
         batches=PoissonBatches(size, min(1.0, batch / size), noise.masks),
         ema=make_ema(model, ema_decay),
