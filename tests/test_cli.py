@@ -24,6 +24,17 @@ def featdiff(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProces
     return subprocess.run([sys.executable, "-m", "featdiff", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+def featdiff_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The command in this process, for the steps after a run's first one: a resume reads
+    everything from the folder as a new process would, and a new interpreter's start-up (seconds
+    on a loaded machine) is not their subject."""
+    from featdiff.cli import main
+
+    status = main(list(args))
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(["featdiff", *args], status, printed.out, printed.err)
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -215,7 +226,7 @@ def test_existing_out_folder_is_never_touched(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_run_end_to_end_then_resume_after_a_crash(tmp_path):
+def test_digits_run_end_to_end_then_resume_after_a_crash(tmp_path, capsys):
     straight = tmp_path / "straight"
     result = featdiff("run", "configs/digits_ldmlr.yaml", *FAST_DIGITS, "--out", str(straight))
     assert result.returncode == 0, result.stderr
@@ -233,7 +244,7 @@ def test_digits_run_end_to_end_then_resume_after_a_crash(tmp_path):
     shutil.copytree(straight, crashed)
     for name in ("results.json", "classifier.safetensors", "stages/classifier.done"):
         (crashed / name).unlink()
-    resumed = featdiff("run", "--resume", str(crashed))
+    resumed = featdiff_in_process(capsys, "run", "--resume", str(crashed))
     assert resumed.returncode == 0, resumed.stderr
     again = json.loads((crashed / "results.json").read_text())
     assert again["acc"] == results["acc"] and again["per_class"] == results["per_class"]
@@ -244,7 +255,7 @@ def test_digits_run_end_to_end_then_resume_after_a_crash(tmp_path):
     assert again["stage_s"]["denoiser_s"] == pytest.approx(results["stage_s"]["denoiser_s"])
     assert not (straight / "checkpoints").exists(), "a finished run drops its training checkpoints"
 
-    complete = featdiff("run", "--resume", str(straight))
+    complete = featdiff_in_process(capsys, "run", "--resume", str(straight))
     assert_one_line_error(complete, "already complete")
 
     # Damaged files in a run folder: one line naming the file and the fix, exit 2, nothing changed.
@@ -255,7 +266,7 @@ def test_digits_run_end_to_end_then_resume_after_a_crash(tmp_path):
     encoder = damaged / "encoder.safetensors"
     encoder.write_bytes(encoder.read_bytes()[:100])
     before = snapshot(damaged)
-    assert_one_line_error(featdiff("run", "--resume", str(damaged)), "encoder.safetensors", "--resume")
+    assert_one_line_error(featdiff_in_process(capsys, "run", "--resume", str(damaged)), "encoder.safetensors", "--resume")
     assert snapshot(damaged) == before
     shutil.copyfile(straight / "encoder.safetensors", encoder)
     checkpoint = damaged / "checkpoints" / "classifier.pt"
@@ -263,7 +274,7 @@ def test_digits_run_end_to_end_then_resume_after_a_crash(tmp_path):
     torch.save({"model": torch.zeros(100)}, checkpoint)
     checkpoint.write_bytes(checkpoint.read_bytes()[:50])
     before = snapshot(damaged)
-    assert_one_line_error(featdiff("run", "--resume", str(damaged)), "classifier.pt", "delete it")
+    assert_one_line_error(featdiff_in_process(capsys, "run", "--resume", str(damaged)), "classifier.pt", "delete it")
     assert snapshot(damaged) == before
 
 
@@ -275,7 +286,7 @@ def test_out_under_a_regular_file_creates_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
-def test_digits_e2e_with_rebalanced_classifier_then_resume(tmp_path):
+def test_digits_e2e_with_rebalanced_classifier_then_resume(tmp_path, capsys):
     out = tmp_path / "e2e"
     fast_e2e = ["--set", "method=e2e", "--set", "finetune.epochs=2", "--set", "e2e.denoiser_pretrain_steps=100"]
     fast_e2e += ["--set", "e2e.rebalance_classifier=true"]
@@ -303,7 +314,7 @@ def test_digits_e2e_with_rebalanced_classifier_then_resume(tmp_path):
     # Killed before the classifier stage: the resumed run regenerates the same pseudo-features.
     for name in ("results.json", "classifier.safetensors", "stages/classifier.done"):
         (out / name).unlink()
-    resumed = featdiff("run", "--resume", str(out))
+    resumed = featdiff_in_process(capsys, "run", "--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "results.json").read_text())["per_class"] == results["per_class"]
 

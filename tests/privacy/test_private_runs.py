@@ -20,6 +20,18 @@ def featdiff(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "featdiff", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
 
 
+def run_in_process(capsys, *args: str) -> str:
+    """`featdiff run CONFIG ARGS` in this process (a private run's start-up, imports and noise
+    calibration, costs more than its training here; the command itself is tested from a new
+    interpreter above and in test_cli.py). Returns what it printed."""
+    from featdiff.cli import main
+
+    status = main(["run", str(PROJECT_ROOT / CONFIG), *args])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    return printed.out
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if "warn" not in line.lower()]
@@ -71,15 +83,11 @@ def test_privacy_command_refuses_a_non_private_method():
 
 
 @pytest.mark.slow
-def test_a_digits_private_run_reports_its_ledger_and_a_second_one_draws_other_noise(tmp_path):
+def test_a_digits_private_run_reports_its_ledger_and_a_second_one_draws_other_noise(tmp_path, capsys):
     """Two private runs of one config and seed, with the default (unreplayable) noise: the first
     one's ledger, files and terminal summary, then what differs between the two. One test, so the
     two runs are made once whichever worker runs it."""
-    outputs = []
-    for name in ("first", "second"):
-        result = featdiff("run", CONFIG, *FAST, "--out", str(tmp_path / name))
-        assert result.returncode == 0, result.stderr
-        outputs.append(result.stdout)
+    outputs = [run_in_process(capsys, *FAST, "--out", str(tmp_path / name)) for name in ("first", "second")]
     out, stdout = tmp_path / "first", outputs[0]
     results = json.loads((out / "results.json").read_text())
     ledger = results["privacy"]
@@ -119,13 +127,9 @@ def test_a_digits_private_run_reports_its_ledger_and_a_second_one_draws_other_no
 
 
 @pytest.mark.slow
-def test_reproducible_noise_replays_a_run_bit_for_bit_and_says_what_that_costs(tmp_path):
+def test_reproducible_noise_replays_a_run_bit_for_bit_and_says_what_that_costs(tmp_path, capsys):
     seeded = [*FAST, "--set", "privacy.reproducible_noise=true", "--set", "privacy.ldmlr_control=false"]
-    outputs = []
-    for name in ("first", "second"):
-        result = featdiff("run", CONFIG, *seeded, "--out", str(tmp_path / name))
-        assert result.returncode == 0, result.stderr
-        outputs.append(result.stdout)
+    outputs = [run_in_process(capsys, *seeded, "--out", str(tmp_path / name)) for name in ("first", "second")]
     for name in ("dp_denoiser.safetensors", "dp_pseudo_features.safetensors"):
         a, b = load_file(tmp_path / "first" / name), load_file(tmp_path / "second" / name)
         assert all(a[key].equal(b[key]) for key in a), name
