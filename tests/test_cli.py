@@ -286,6 +286,7 @@ def test_out_under_a_regular_file_creates_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+@pytest.mark.slow
 def test_digits_e2e_with_rebalanced_classifier_then_resume(tmp_path, capsys):
     out = tmp_path / "e2e"
     fast_e2e = ["--set", "method=e2e", "--set", "finetune.epochs=2", "--set", "e2e.denoiser_pretrain_steps=100"]
@@ -319,6 +320,7 @@ def test_digits_e2e_with_rebalanced_classifier_then_resume(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["per_class"] == results["per_class"]
 
 
+@pytest.mark.slow
 def test_digits_e2e_from_scratch(tmp_path):
     out = tmp_path / "scratch"
     # 5 epochs: after 3, accuracy ranged over 19-34 % across seeds, too near the bound below; after 5, 47-50 %.

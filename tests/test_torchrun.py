@@ -78,6 +78,7 @@ def accuracies(results: dict) -> dict[str, float]:
     return rows | {results["method"]: results["acc"]["overall"]}
 
 
+@pytest.mark.slow
 def test_two_ranks_train_one_process_denoiser_on_a_features_file(tmp_path):
     features = write_features(tmp_path / "features.npz")
     config = tmp_path / "features.yaml"

@@ -77,6 +77,7 @@ def test_canary_audit_on_a_subset_reports_the_full_runs_claim():
 AUDIT = {"canaries": 50, "seed": 0, "records": 20}
 
 
+@pytest.mark.slow
 def test_the_audit_catches_a_run_without_noise_and_not_one_with_it():
     features, labels = clusters(10, dim=32)
     config = small_config(1.0, 150, lr=3e-3, accountant="clt")

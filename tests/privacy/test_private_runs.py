@@ -126,7 +126,6 @@ def test_a_digits_private_run_reports_its_ledger_and_a_second_one_draws_other_no
         assert all(x[key].equal(y[key]) for key in x), name
 
 
-@pytest.mark.slow
 def test_reproducible_noise_replays_a_run_bit_for_bit_and_says_what_that_costs(tmp_path, capsys):
     seeded = [*FAST, "--set", "privacy.reproducible_noise=true", "--set", "privacy.ldmlr_control=false"]
     outputs = [run_in_process(capsys, *seeded, "--out", str(tmp_path / name)) for name in ("first", "second")]
