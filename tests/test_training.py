@@ -329,3 +329,35 @@ def test_step_schedule_warms_up_then_decays_per_epoch(fraction, expected):
 
     config = FinetuneConfig(epochs=10, lr=0.1, schedule="step", warmup_epochs=2, milestones=[6, 8])
     assert finetune_lr(fraction, config) == pytest.approx(expected)
+
+
+def test_the_ema_is_torchs_averaged_model_to_the_bit_through_a_move_and_a_cast():
+    """`make_ema` against `AveragedModel(multi_avg_fn=get_ema_multi_avg_fn)` itself, on a model with
+    float and integer buffers (BatchNorm), over steps before and after both models are cast."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from featdiff.training.state import make_ema
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    ours, reference = make_ema(model, 0.9), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def steps(count: int, dtype: torch.dtype) -> None:
+        for _ in range(count):
+            loss = model(torch.randn(16, 4, dtype=dtype)).square().mean()  # train mode: BatchNorm's running stats move
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            ours.update_parameters(model)
+            reference.update_parameters(model)
+
+    steps(5, torch.float32)
+    for averaged in (model, ours, reference):
+        averaged.double()
+    steps(5, torch.float64)
+    mine, theirs = ours.state_dict(), reference.state_dict()
+    assert mine.keys() == theirs.keys() and int(mine["n_averaged"]) == 10
+    for name in mine:
+        assert mine[name].dtype == theirs[name].dtype and torch.equal(mine[name], theirs[name]), name
+    assert not torch.equal(mine["module.1.running_mean"], torch.zeros(8, dtype=torch.float64))
