@@ -2,7 +2,6 @@ import hashlib
 import io
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +83,7 @@ def test_second_load_uses_the_cache_without_decoding(loaded, data_root, monkeypa
 
     monkeypatch.setattr(packed, "decode_webp", decoder_must_not_run)
     name = "cifar10_lt_if100_train.npz"
-    start = time.perf_counter()
     again = load_packed(data_root / name)
-    elapsed = time.perf_counter() - start
-    print(f"warm load_packed({name}): {elapsed:.3f} s")
-    assert elapsed < 1.0
     assert torch.equal(again.images, loaded[name].images)
     assert torch.equal(again.labels, loaded[name].labels)
 
