@@ -132,6 +132,13 @@ def _privacy(args: argparse.Namespace) -> None:
             "\nPhase II's clipped sum is accounted with the replace-one pair (a record swapped: a mixture on each side, "
             "dp-accounting's PLD); the CLT column, dp-promise's formula, reads it as an added record and under-reports"
         )
+    per_record = plan.epsilon_with_phase_one_per_record()
+    if per_record is not None:
+        bound = "no finite ε under add/remove adjacency" if per_record == float("inf") else f"total ε = {per_record:.3f}"
+        print(
+            "\nPhase I's ε is dp-promise's argument: a batch of noisy inputs costs what a subsampled Gaussian sum costs. "
+            f"Bounded record by record instead (every noisy input traced to its record): {bound}"
+        )
     target = "∞ (not private)" if privacy.epsilon is None else f"{privacy.epsilon:g}"
     claim = "∞" if not plan.private else f"{plan.epsilon:.3f}"
     print(f"\ntarget ε {target}; claimed ({privacy.accountant}) {claim}")

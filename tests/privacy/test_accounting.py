@@ -12,6 +12,7 @@ from featdiff.privacy.accounting import (
     clt_epsilon,
     gdp_delta,
     gdp_epsilon,
+    per_record_epsilon,
     phase_one_noise_multiplier,
     tight_epsilon,
 )
@@ -211,3 +212,77 @@ def test_a_runs_dp_sgd_phase_is_accounted_with_its_adjacencys_pair(adjacency):
         assert as_added < 0.8 * plan.epsilon
     else:
         assert as_added == plan.epsilon
+
+
+def _gaussian_delta(mu: float, epsilon: float) -> float:
+    """The Gaussian mechanism's δ(ε) at μ = Δ/σ, written out here from Balle and Wang (2018), Thm. 8."""
+    from scipy.stats import norm
+
+    return float(norm.cdf(mu / 2 - epsilon / mu) - math.exp(epsilon) * norm.cdf(-mu / 2 - epsilon / mu))
+
+
+def _epsilon_where(delta_of, delta: float) -> float:
+    """Bisection of a falling δ(ε) for the ε at which it reaches δ."""
+    low, high = 0.0, 64.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if delta_of(middle) > delta else (low, middle)
+    return high
+
+
+@pytest.mark.parametrize(("sigma", "rate", "steps", "others"), [(2.0, 0.1, 40, ()), (3.0, 0.05, 200, ((1.5, 12),))])
+def test_phase_one_bounded_record_by_record_is_a_binomial_mixture_of_gaussian_mechanisms(sigma, rate, steps, others):
+    """The reference: a record visited k times by Phase I and once by each unsampled Gaussian of
+    `others` (noise multiplier, steps) is a Gaussian mechanism with μ² = k/σ² + Σ steps/σ_o²;
+    mix δ over k ~ Binomial(steps, q), solve for ε."""
+    from scipy.stats import binom
+
+    delta = 1e-5
+    rest = sum(count / noise**2 for noise, count in others)
+    visits = range(steps + 1)
+    weights = binom.pmf(visits, steps, rate)
+
+    def delta_of(epsilon: float) -> float:
+        return sum(w * _gaussian_delta(math.sqrt(k / sigma**2 + rest), epsilon) for k, w in zip(visits, weights, strict=True) if k or rest)
+
+    expected = _epsilon_where(delta_of, delta)
+    phase = SubsampledGaussian(sigma, rate, steps)
+    got = per_record_epsilon(phase, [SubsampledGaussian(noise, 1.0, count) for noise, count in others], delta)
+    assert got == pytest.approx(expected, rel=0.01)
+    assert got >= expected * (1 - 1e-4)  # dp-accounting's PLD is pessimistic: never below
+    assert got > tight_epsilon([phase, *(SubsampledGaussian(noise, 1.0, count) for noise, count in others)], delta)  # the sum's claim
+
+
+def test_phase_one_bounded_record_by_record_lies_between_the_subsampled_sum_and_visiting_every_step():
+    """Without sampling every record is visited at every step: T Gaussian mechanisms, whose ε is
+    dp-accounting's own. With sampling the record-by-record bound is below that and above the
+    subsampled-sum claim; more visits cost more."""
+    from dp_accounting.pld import privacy_loss_distribution
+
+    delta, sigma, steps = 1e-5, 4.0, 300
+    every_step = privacy_loss_distribution.from_gaussian_mechanism(sigma, value_discretization_interval=1e-4).self_compose(steps)
+    unsampled = per_record_epsilon(SubsampledGaussian(sigma, 1.0, steps), [], delta)
+    assert unsampled == pytest.approx(every_step.get_epsilon_for_delta(delta), rel=0.005)
+    sampled = [per_record_epsilon(SubsampledGaussian(sigma, rate, steps), [], delta) for rate in (0.02, 0.1, 0.5)]
+    assert sampled == sorted(sampled) and sampled[-1] < unsampled
+    assert sampled[0] > 3 * tight_epsilon([SubsampledGaussian(sigma, 0.02, steps)], delta)
+
+
+@pytest.mark.parametrize(("adjacency", "phase_one_epochs"), [("replace_one", 5), ("add_remove_one", 5), ("replace_one", 0)])
+def test_a_plan_says_what_it_spends_without_dp_promises_phase_one_argument(adjacency, phase_one_epochs):
+    """Under replace-one: a finite ε above the claim, Phase I bounded record by record. Under
+    add/remove: no finite bound. Without Phase I: nothing to say."""
+    from featdiff.config import config_from_dict
+    from featdiff.privacy.plan import plan_privacy
+
+    privacy = {"epsilon": 5.0, "adjacency": adjacency, "phase_one_epochs": phase_one_epochs}
+    config = config_from_dict({"method": "ldmlr_dp", "diffusion": {"schedule": "linear"}, "privacy": privacy})
+    plan = plan_privacy(config.privacy, config.diffusion, 2000, 64)
+    bound = plan.epsilon_with_phase_one_per_record()
+    if phase_one_epochs == 0:
+        assert bound is None
+    elif adjacency == "add_remove_one":
+        assert bound == math.inf
+    else:
+        assert plan.epsilon < bound < math.inf
+        assert bound == pytest.approx(per_record_epsilon(plan.phase_one, [plan.phase_two], plan.delta))

@@ -66,6 +66,8 @@ def test_privacy_command_prints_both_accountants_and_the_calibrated_noise():
     assert clt < tight <= 5.0 and tight >= 0.99 * 5.0
     assert "claimed (prv)" in result.stdout
     assert "operating system's entropy" in result.stdout
+    bound = [line for line in result.stdout.splitlines() if "Bounded record by record" in line]
+    assert len(bound) == 1 and float(bound[0].rsplit("total ε = ", 1)[1]) > tight
 
 
 def test_privacy_command_says_when_the_noise_is_seeded(capsys):
@@ -114,7 +116,10 @@ def test_a_digits_private_run_reports_its_ledger_and_a_second_one_draws_other_no
     assert ledger["covered_rows"] == ["dp_pseudo_only"]
     # The terminal summary gives ε and the rows it covers.
     summary = [line for line in stdout.splitlines() if line.startswith("privacy: ")]
-    assert len(summary) == 1 and f"ε = {ledger['epsilon']:.3g}" in summary[0] and "covers the row dp_pseudo_only only" in summary[0]
+    assert len(summary) == 2 and f"ε = {ledger['epsilon']:.3g}" in summary[0] and "covers the row dp_pseudo_only only" in summary[0]
+    # ... and what ε assumes about Phase I, with the ε that holds without that argument.
+    per_record = ledger["epsilon_with_phase_one_per_record"]
+    assert per_record > ledger["epsilon"] and f"ε = {per_record:.3g}" in ledger["assumes"] and ledger["assumes"] in summary[1]
     # Two runs with the same seed draw different noise.
     first, second = tmp_path / "first", tmp_path / "second"
     a, b = load_file(first / "dp_denoiser.safetensors"), load_file(second / "dp_denoiser.safetensors")

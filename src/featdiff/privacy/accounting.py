@@ -184,6 +184,11 @@ def _tight_epsilon(phases: tuple[SubsampledGaussian, ...], delta: float, relativ
 
 def _pld_epsilon(phases: tuple[SubsampledGaussian, ...], delta: float) -> float:
     """dp-accounting's PLD over the composition, every mechanism with its own pair."""
+    return float(_composed_pld(phases).get_epsilon_for_delta(delta))
+
+
+def _composed_pld(phases: tuple[SubsampledGaussian, ...]):
+    """dp-accounting's (pessimistic) PLD of the composition, every mechanism with its own pair."""
     from dp_accounting import NeighboringRelation
     from dp_accounting.pld import privacy_loss_distribution
 
@@ -197,7 +202,65 @@ def _pld_epsilon(phases: tuple[SubsampledGaussian, ...], delta: float) -> float:
             neighboring_relation=relations[phase.relation],
         ).self_compose(phase.steps)
         composed = pld if composed is None else composed.compose(pld)
-    return float(composed.get_epsilon_for_delta(delta))
+    return composed
+
+
+PER_RECORD_TAIL = 1e-4
+"""The share of δ given to the visit counts a per-record bound leaves out (their probability is added to δ)."""
+
+
+def per_record_epsilon(phase_one: SubsampledGaussian, others: Sequence[SubsampledGaussian], delta: float) -> float:
+    """ε of the composition with Phase I bounded record by record, not by dp-promise's argument.
+
+    Phase I trains without clipping or gradient noise on the noisy inputs of each Poisson batch, so
+    in the worst case its model releases the batch's set of noisy inputs. dp-promise accounts that set
+    as a subsampled Gaussian *sum*, which mixes the record's noise with everyone's; for a set of
+    separate noisy points that is an argument, not a theorem. Without it, assume every noisy input
+    can be traced to its record (a set reveals no more than that, so this bounds it from above): a
+    replaced record is then visited K ~ Binomial(steps, q) times, each visit a Gaussian mechanism at
+    noise multiplier σ relative to the two records' distance, and the visits are seen. Given K = k
+    that is a Gaussian mechanism of μ = √k/σ, so δ(ε) = Σ_k P(K = k)·δ_k(ε), δ_k that Gaussian
+    composed with `others` (dp-accounting's PLD, each with its own pair; Dong, Roth and Su's closed
+    form when there are none). Visit counts beyond a PER_RECORD_TAIL·δ tail are dropped and their
+    probability added to δ. Only replace-one has this bound: under add/remove an added record's
+    noisy input has no counterpart, and without a shuffling argument no finite ε holds."""
+    from scipy.optimize import brentq
+    from scipy.stats import binom
+
+    tail = PER_RECORD_TAIL * delta / 2
+    visits = np.arange(
+        int(binom.ppf(tail, phase_one.steps, phase_one.sample_rate)), int(binom.isf(tail, phase_one.steps, phase_one.sample_rate)) + 1
+    )
+    weights = binom.pmf(visits, phase_one.steps, phase_one.sample_rate)
+    left_out = max(0.0, 1.0 - float(weights.sum()))
+    rest = [p for p in others if p.steps > 0]
+    if rest:
+        base = _composed_pld(tuple(rest))
+        composed = [base if k == 0 else base.compose(_gaussian_pld(phase_one.noise_multiplier / math.sqrt(k))) for k in visits]
+
+        def delta_of(epsilon: float) -> float:
+            return float(sum(w * pld.get_delta_for_epsilon(epsilon) for w, pld in zip(weights, composed, strict=True))) + left_out
+    else:
+
+        def delta_of(epsilon: float) -> float:
+            deltas = [gdp_delta(math.sqrt(k) / phase_one.noise_multiplier, epsilon) if k > 0 else 0.0 for k in visits]
+            return float(np.dot(weights, deltas)) + left_out
+
+    if delta_of(0.0) <= delta:
+        return 0.0
+    high = 1.0
+    while delta_of(high) > delta:
+        high *= 2
+    return float(brentq(lambda epsilon: delta_of(epsilon) - delta, 0.0, high, xtol=1e-6))
+
+
+def _gaussian_pld(noise_multiplier: float):
+    """dp-accounting's PLD of one Gaussian mechanism (sensitivity 1, no sampling)."""
+    from dp_accounting.pld import privacy_loss_distribution
+
+    return privacy_loss_distribution.from_gaussian_mechanism(
+        standard_deviation=noise_multiplier, value_discretization_interval=PLD_DISCRETISATION
+    )
 
 
 Accountant = Callable[[Sequence[SubsampledGaussian], float], float]

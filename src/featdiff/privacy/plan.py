@@ -18,6 +18,7 @@ from featdiff.privacy.accounting import (
     SubsampledGaussian,
     calibrate_noise_multiplier,
     clt_epsilon,
+    per_record_epsilon,
     phase_one_noise_multiplier,
     poisson_phase,
     tight_epsilon,
@@ -38,6 +39,7 @@ class PrivacyPlan:
     """None when the run is not private (ε = ∞, no noise multiplier given)."""
     delta: float
     accountant: str
+    adjacency: str
 
     @property
     def phases(self) -> list[SubsampledGaussian]:
@@ -53,6 +55,17 @@ class PrivacyPlan:
         if not self.private:
             return math.inf
         return ACCOUNTANTS[self.accountant](self.phases, self.delta)
+
+    def epsilon_with_phase_one_per_record(self) -> float | None:
+        """The total ε with Phase I bounded record by record instead of by dp-promise's subsampled-sum
+        argument (`accounting.per_record_epsilon`): what the run can claim without that argument.
+        None when there is no Phase I or no noise; ∞ under add/remove (no finite bound without a
+        shuffling argument)."""
+        if self.phase_one is None or self.phase_one.steps == 0 or not self.private:
+            return None
+        if self.adjacency != "replace_one":
+            return math.inf
+        return per_record_epsilon(self.phase_one, [self.phase_two], self.delta)
 
     def table(self) -> dict[str, dict[str, float | None]]:
         """ε per phase and in total under both accountants (None where a phase is absent)."""
@@ -102,7 +115,9 @@ def plan_privacy(privacy: PrivacyConfig, diffusion: DiffusionConfig, dataset_siz
             )
     # Phase II's clipped sum: under replace-one each side of the pair is a mixture (one record swapped).
     phase_two = SubsampledGaussian(sigma, rate, steps, privacy.adjacency) if sigma is not None else None
-    plan = PrivacyPlan(dataset_size, scale, sensitivity, alpha_bar, phase_one, phase_two, privacy.delta, privacy.accountant)
+    plan = PrivacyPlan(
+        dataset_size, scale, sensitivity, alpha_bar, phase_one, phase_two, privacy.delta, privacy.accountant, privacy.adjacency
+    )
     if privacy.epsilon is not None and plan.epsilon > privacy.epsilon * (1 + 1e-9):
         raise UserError(
             f"config key 'privacy.noise_multiplier' {sigma:g} spends ε = {plan.epsilon:.3g} > privacy.epsilon "

@@ -155,6 +155,7 @@ def ledger(plan: PrivacyPlan, context: MethodContext) -> dict:
     config = context.config
     privacy = config.privacy
     table = plan.table()
+    per_record = plan.epsilon_with_phase_one_per_record()
     encoder = config.encoder
     source = f"{encoder.checkpoint}, trained on other data" if encoder.public else (encoder.checkpoint or "trained in this run")
     # ε is null for a run without noise (ε = ∞; JSON has no infinity).
@@ -165,6 +166,9 @@ def ledger(plan: PrivacyPlan, context: MethodContext) -> dict:
         "delta": plan.delta,
         "accountant": plan.accountant,
         "epsilon_by_accountant": table,
+        # Without dp-promise's argument for Phase I (null: no Phase I, no noise, or no finite bound).
+        "epsilon_with_phase_one_per_record": per_record if per_record is not None and per_record < float("inf") else None,
+        "assumes": phase_one_assumption(per_record),
         "adjacency": privacy.adjacency,
         "records": plan.dataset_size,
         "norm_bound_R": privacy.norm_bound,
@@ -203,6 +207,19 @@ def ledger(plan: PrivacyPlan, context: MethodContext) -> dict:
     }
 
 
+def phase_one_assumption(per_record: float | None) -> str:
+    """What ε assumes about Phase I, and what can be claimed without it (`PrivacyPlan.epsilon_with_phase_one_per_record`)."""
+    if per_record is None:
+        return "nothing beyond the mechanisms above (no Phase I, or no noise)"
+    argument = (
+        "dp-promise's argument that each Phase I batch of noisy inputs, which its unclipped, noiseless training may "
+        "reveal as a set, costs what a Poisson-subsampled Gaussian sum costs (not proven for a set of separate noisy points)"
+    )
+    if per_record == float("inf"):
+        return f"{argument}; without it no finite ε holds under add/remove adjacency (an added record's noisy input has no counterpart)"
+    return f"{argument}; bounded record by record instead (every noisy input traced to its record), the total is ε = {per_record:.3g}"
+
+
 def guarantee_summary(ledger: dict) -> str:
     """The lines a private run prints under its results table: ε, and which rows and files the
     guarantee covers (every other row and file is not private)."""
@@ -213,6 +230,8 @@ def guarantee_summary(ledger: dict) -> str:
         f"{ledger['adjacency'].replace('_', ' ')} adjacency) covers the row {', '.join(ledger['covered_rows'])} only,",
         f"  and the files {', '.join(ledger['covered_files'])} only (results.json's privacy ledger says why)",
     ]
+    if ledger["phase_one"] is not None:
+        lines.append(f"privacy: ε assumes {ledger['assumes']}")
     if ledger["reproducible_noise"]:
         lines.append(
             "privacy: the noise was seeded (privacy.reproducible_noise: true): the claim does not hold against anyone who knows the seed"
