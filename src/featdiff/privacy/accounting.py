@@ -28,6 +28,9 @@ Two accountants:
   dp-accounting's privacy-loss-distribution (PLD) accountant over the same composition, each
   mechanism with its own pair (pessimistic discretisation: an upper bound), since Opacus has no
   replace-one pair.
+
+Both take Phase I as dp-promise does, a subsampled Gaussian. `per_record_epsilon` is the ε without
+that argument (each noisy input traced to its record), which every private run reports beside its claim.
 """
 
 from __future__ import annotations
