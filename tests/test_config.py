@@ -426,3 +426,18 @@ def test_bad_method_modules_are_one_line_errors(toy_package, monkeypatch, listed
     monkeypatch.setenv("FEATDIFF_METHODS", listed)
     name = listed.rpartition(".")[2]
     rejects({"method": name if name.isidentifier() else "ldmlr"}, *fragments)
+
+
+def test_phase_one_bounded_per_record_needs_replace_one_and_the_tight_accountant():
+    per_record = {"phase_one_accounting": "per_record"}
+    rejects(
+        {"method": "ldmlr_dp", "privacy": {**per_record, "adjacency": "add_remove_one"}},
+        "config key 'privacy.phase_one_accounting'",
+        "adjacency: replace_one",
+    )
+    rejects(
+        {"method": "ldmlr_dp", "privacy": {**per_record, "accountant": "clt"}},
+        "config key 'privacy.phase_one_accounting'",
+        "accountant: prv",
+    )
+    assert config_from_dict({"method": "ldmlr_dp", "privacy": per_record}).privacy.phase_one_accounting == "per_record"

@@ -133,7 +133,9 @@ def _privacy(args: argparse.Namespace) -> None:
             "dp-accounting's PLD); the CLT column, dp-promise's formula, reads it as an added record and under-reports"
         )
     per_record = plan.epsilon_with_phase_one_per_record()
-    if per_record is not None:
+    if per_record is not None and privacy.phase_one_accounting == "per_record":
+        print(f"\nPhase I is bounded record by record (privacy.phase_one_accounting: per_record): the claim is total ε = {per_record:.3f}")
+    elif per_record is not None:
         bound = "no finite ε under add/remove adjacency" if per_record == float("inf") else f"total ε = {per_record:.3f}"
         print(
             "\nPhase I's ε is dp-promise's argument: a batch of noisy inputs costs what a subsampled Gaussian sum costs. "
@@ -141,7 +143,8 @@ def _privacy(args: argparse.Namespace) -> None:
         )
     target = "∞ (not private)" if privacy.epsilon is None else f"{privacy.epsilon:g}"
     claim = "∞" if not plan.private else f"{plan.epsilon:.3f}"
-    print(f"\ntarget ε {target}; claimed ({privacy.accountant}) {claim}")
+    how = privacy.accountant + (", Phase I per record" if privacy.phase_one_accounting == "per_record" else "")
+    print(f"\ntarget ε {target}; claimed ({how}) {claim}")
     print(f"noise: {noise_source(privacy, config.seed)}")
 
 

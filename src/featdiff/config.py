@@ -464,6 +464,12 @@ class PrivacyConfig(_Section):
     """σ of Phase II; null: calibrated so that both phases together spend `epsilon`."""
     draws: int = Field(4, ge=1)
     """K noise draws (t, ε) per example in Phase II, averaged before clipping."""
+    phase_one_accounting: Literal["dp_promise", "per_record"] = "dp_promise"
+    """How Phase I's release of noisy inputs is accounted. dp_promise: as a Poisson-subsampled
+    Gaussian sum, dp-promise's argument (not proven for the set of separate noisy points its
+    unclipped training may reveal); per_record: every noisy input traced to its record, a bound
+    that needs no such argument and costs far more (replace-one adjacency and the prv accountant only).
+    Every private run reports both."""
     accountant: Literal["prv", "clt"] = "prv"
     """prv: tight accounting of both phases (Opacus's PRV; dp-accounting's PLD once Phase II has the
     replace-one pair), what featdiff claims; clt: dp-promise's GDP central-limit formula, which
@@ -712,6 +718,18 @@ def privacy_rules(config: RunConfig) -> None:
         "privacy.split_timestep",
         f"must be below diffusion.num_steps ({config.diffusion.num_steps}), got {config.privacy.split_timestep}",
     )
+    if config.privacy.phase_one_accounting == "per_record":
+        config_rule(
+            config.privacy.adjacency == "replace_one",
+            "privacy.phase_one_accounting",
+            "per_record bounds a replaced record only (under add/remove an added record's noisy input has no counterpart): "
+            "set privacy.adjacency: replace_one, or phase_one_accounting: dp_promise",
+        )
+        config_rule(
+            config.privacy.accountant == "prv",
+            "privacy.phase_one_accounting",
+            "per_record needs privacy.accountant: prv (clt is dp-promise's own formula, which assumes the subsampled sum)",
+        )
 
 
 def guidance_rules(config: RunConfig) -> None:

@@ -286,3 +286,26 @@ def test_a_plan_says_what_it_spends_without_dp_promises_phase_one_argument(adjac
     else:
         assert plan.epsilon < bound < math.inf
         assert bound == pytest.approx(per_record_epsilon(plan.phase_one, [plan.phase_two], plan.delta))
+
+
+def test_a_plan_bounding_phase_one_per_record_is_calibrated_to_that_bound():
+    """The same target under both Phase I accountings: per record, Phase II gets more noise and the
+    claim is the record-by-record bound; a target Phase I alone spends per record is refused."""
+    from featdiff.config import config_from_dict
+    from featdiff.errors import UserError
+    from featdiff.privacy.plan import plan_privacy
+
+    def plan(**privacy):
+        config = config_from_dict(
+            {"method": "ldmlr_dp", "diffusion": {"schedule": "linear"}, "privacy": {"phase_one_epochs": 5, **privacy}}
+        )
+        return plan_privacy(config.privacy, config.diffusion, 2000, 64)
+
+    argued, bounded = plan(epsilon=8.0), plan(epsilon=8.0, phase_one_accounting="per_record")
+    assert bounded.phase_two.noise_multiplier > argued.phase_two.noise_multiplier
+    assert 0.99 * 8.0 <= bounded.epsilon <= 8.0
+    assert bounded.epsilon == pytest.approx(bounded.epsilon_with_phase_one_per_record())
+    assert bounded.epsilon == pytest.approx(per_record_epsilon(bounded.phase_one, [bounded.phase_two], bounded.delta))
+    alone = per_record_epsilon(bounded.phase_one, [], bounded.delta)
+    with pytest.raises(UserError, match="Phase I alone spends"):
+        plan(epsilon=0.9 * alone, phase_one_accounting="per_record")

@@ -78,6 +78,16 @@ def test_privacy_command_says_when_the_noise_is_seeded(capsys):
     assert "does not hold against anyone who knows the seed" in capsys.readouterr().out
 
 
+def test_privacy_command_claims_the_per_record_bound_when_asked(capsys):
+    from featdiff.cli import main
+
+    per_record = ["--set", "privacy.phase_one_accounting=per_record"]
+    assert main(["privacy", str(PROJECT_ROOT / CONFIG), *FAST, *per_record]) == 0
+    out = capsys.readouterr().out
+    claimed = float(out.split("claimed (prv, Phase I per record) ", 1)[1].split()[0])
+    assert f"the claim is total ε = {claimed:.3f}" in out and 0.99 * 5.0 <= claimed <= 5.0
+
+
 def test_privacy_command_refuses_a_non_private_method():
     result = featdiff("privacy", "configs/digits_ldmlr.yaml")
     assert_one_line_error(result, "method ldmlr_dp", "method: ldmlr_dp")

@@ -226,7 +226,13 @@ def per_record_epsilon(phase_one: SubsampledGaussian, others: Sequence[Subsample
     composed with `others` (dp-accounting's PLD, each with its own pair; Dong, Roth and Su's closed
     form when there are none). Visit counts beyond a PER_RECORD_TAIL·δ tail are dropped and their
     probability added to δ. Only replace-one has this bound: under add/remove an added record's
-    noisy input has no counterpart, and without a shuffling argument no finite ε holds."""
+    noisy input has no counterpart, and without a shuffling argument no finite ε holds.
+    Remembered per process, like `tight_epsilon`."""
+    return _per_record_epsilon(phase_one, tuple(p for p in others if p.steps > 0), delta)
+
+
+@functools.lru_cache(maxsize=256)
+def _per_record_epsilon(phase_one: SubsampledGaussian, rest: tuple[SubsampledGaussian, ...], delta: float) -> float:
     from scipy.optimize import brentq
     from scipy.stats import binom
 
@@ -236,9 +242,8 @@ def per_record_epsilon(phase_one: SubsampledGaussian, others: Sequence[Subsample
     )
     weights = binom.pmf(visits, phase_one.steps, phase_one.sample_rate)
     left_out = max(0.0, 1.0 - float(weights.sum()))
-    rest = [p for p in others if p.steps > 0]
     if rest:
-        base = _composed_pld(tuple(rest))
+        base = _composed_pld(rest)
         composed = [base if k == 0 else base.compose(_gaussian_pld(phase_one.noise_multiplier / math.sqrt(k))) for k in visits]
 
         def delta_of(epsilon: float) -> float:

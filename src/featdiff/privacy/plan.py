@@ -9,12 +9,14 @@ run refuses a config whose budget cannot be met before it writes anything.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from featdiff.config import DiffusionConfig, PrivacyConfig
 from featdiff.errors import UserError
 from featdiff.privacy.accounting import (
     ACCOUNTANTS,
+    Accountant,
     SubsampledGaussian,
     calibrate_noise_multiplier,
     clt_epsilon,
@@ -40,6 +42,8 @@ class PrivacyPlan:
     delta: float
     accountant: str
     adjacency: str
+    phase_one_accounting: str = "dp_promise"
+    """dp_promise: Phase I as a subsampled Gaussian sum; per_record: bounded record by record (the claim then needs no argument)."""
 
     @property
     def phases(self) -> list[SubsampledGaussian]:
@@ -54,7 +58,7 @@ class PrivacyPlan:
         """The ε this run claims (the configured accountant; ∞ when not private)."""
         if not self.private:
             return math.inf
-        return ACCOUNTANTS[self.accountant](self.phases, self.delta)
+        return _accountant(self.accountant, self.phase_one_accounting, self.phase_one)(self.phases, self.delta)
 
     def epsilon_with_phase_one_per_record(self) -> float | None:
         """The total ε with Phase I bounded record by record instead of by dp-promise's subsampled-sum
@@ -79,6 +83,18 @@ class PrivacyPlan:
         return rows
 
 
+def _accountant(name: str, phase_one_accounting: str, phase_one: SubsampledGaussian | None) -> Accountant:
+    """The configured accountant; with per_record Phase I accounting, one that bounds `phase_one`
+    record by record and composes the other phases with it."""
+    if phase_one_accounting != "per_record" or phase_one is None:
+        return ACCOUNTANTS[name]
+
+    def per_record(phases: Sequence[SubsampledGaussian], delta: float) -> float:
+        return per_record_epsilon(phase_one, [p for p in phases if p is not phase_one], delta)
+
+    return per_record
+
+
 def plan_privacy(privacy: PrivacyConfig, diffusion: DiffusionConfig, dataset_size: int, feature_dim: int) -> PrivacyPlan:
     """The mechanisms of a run on N records of dimension D; raises UserError for a budget the
     config cannot meet (the message names the key and the fix)."""
@@ -96,7 +112,7 @@ def plan_privacy(privacy: PrivacyConfig, diffusion: DiffusionConfig, dataset_siz
     if privacy.phase_one_epochs > 0:
         sigma_one = phase_one_noise_multiplier(alpha_bar, sensitivity)
         phase_one = poisson_phase(sigma_one, dataset_size, privacy.phase_one_batch, privacy.phase_one_epochs)
-    accountant = ACCOUNTANTS[privacy.accountant]
+    accountant = _accountant(privacy.accountant, privacy.phase_one_accounting, phase_one)
     rate = min(1.0, privacy.phase_two_batch / dataset_size)
     steps = math.ceil(privacy.phase_two_epochs * dataset_size / privacy.phase_two_batch)
     sigma = privacy.noise_multiplier
@@ -105,7 +121,8 @@ def plan_privacy(privacy: PrivacyConfig, diffusion: DiffusionConfig, dataset_siz
         if spent >= privacy.epsilon:
             raise UserError(
                 f"config key 'privacy.epsilon' is {privacy.epsilon:g}, but Phase I alone spends ε = {spent:.3g} "
-                f"({privacy.accountant} accountant): raise privacy.split_timestep or lower privacy.norm_bound "
+                f"({privacy.accountant} accountant, Phase I {privacy.phase_one_accounting.replace('_', ' ')}): "
+                "raise privacy.split_timestep or lower privacy.norm_bound "
                 "(or train Phase I for fewer privacy.phase_one_epochs)"
             )
         if sigma is None:
@@ -116,7 +133,16 @@ def plan_privacy(privacy: PrivacyConfig, diffusion: DiffusionConfig, dataset_siz
     # Phase II's clipped sum: under replace-one each side of the pair is a mixture (one record swapped).
     phase_two = SubsampledGaussian(sigma, rate, steps, privacy.adjacency) if sigma is not None else None
     plan = PrivacyPlan(
-        dataset_size, scale, sensitivity, alpha_bar, phase_one, phase_two, privacy.delta, privacy.accountant, privacy.adjacency
+        dataset_size,
+        scale,
+        sensitivity,
+        alpha_bar,
+        phase_one,
+        phase_two,
+        privacy.delta,
+        privacy.accountant,
+        privacy.adjacency,
+        privacy.phase_one_accounting,
     )
     if privacy.epsilon is not None and plan.epsilon > privacy.epsilon * (1 + 1e-9):
         raise UserError(

@@ -168,7 +168,8 @@ def ledger(plan: PrivacyPlan, context: MethodContext) -> dict:
         "epsilon_by_accountant": table,
         # Without dp-promise's argument for Phase I (null: no Phase I, no noise, or no finite bound).
         "epsilon_with_phase_one_per_record": per_record if per_record is not None and per_record < float("inf") else None,
-        "assumes": phase_one_assumption(per_record),
+        "phase_one_accounting": privacy.phase_one_accounting,
+        "assumes": phase_one_assumption(per_record, privacy.phase_one_accounting),
         "adjacency": privacy.adjacency,
         "records": plan.dataset_size,
         "norm_bound_R": privacy.norm_bound,
@@ -207,10 +208,12 @@ def ledger(plan: PrivacyPlan, context: MethodContext) -> dict:
     }
 
 
-def phase_one_assumption(per_record: float | None) -> str:
+def phase_one_assumption(per_record: float | None, phase_one_accounting: str) -> str:
     """What ε assumes about Phase I, and what can be claimed without it (`PrivacyPlan.epsilon_with_phase_one_per_record`)."""
     if per_record is None:
         return "nothing beyond the mechanisms above (no Phase I, or no noise)"
+    if phase_one_accounting == "per_record":
+        return "nothing beyond the mechanisms above: Phase I is bounded record by record (privacy.phase_one_accounting: per_record)"
     argument = (
         "dp-promise's argument that each Phase I batch of noisy inputs, which its unclipped, noiseless training may "
         "reveal as a set, costs what a Poisson-subsampled Gaussian sum costs (not proven for a set of separate noisy points)"
