@@ -233,7 +233,7 @@ def guarantee_summary(ledger: dict) -> str:
         f"{ledger['adjacency'].replace('_', ' ')} adjacency) covers the row {', '.join(ledger['covered_rows'])} only,",
         f"  and the files {', '.join(ledger['covered_files'])} only (results.json's privacy ledger says why)",
     ]
-    if ledger["phase_one"] is not None:
+    if ledger.get("phase_one") is not None:  # ldmlr_dp's ledger; a private control's has no Phase I
         lines.append(f"privacy: ε assumes {ledger['assumes']}")
     if ledger["reproducible_noise"]:
         lines.append(
