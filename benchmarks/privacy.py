@@ -151,6 +151,7 @@ def utility_part(args: argparse.Namespace, workdir: Path, report: dict) -> None:
                     "epsilon_prv": ledger["epsilon_by_accountant"]["total"]["prv"],
                     "epsilon_clt": ledger["epsilon_by_accountant"]["total"]["clt"],
                     "epsilon_phase_one_prv": ledger["epsilon_by_accountant"]["phase_one"]["prv"],
+                    "epsilon_per_record": ledger["epsilon_with_phase_one_per_record"],
                     "noise_multiplier": None if ledger["phase_two"] is None else ledger["phase_two"]["noise_multiplier"],
                     "phase_one": ledger["phase_one"],
                     "phase_two": ledger["phase_two"],
@@ -290,9 +291,10 @@ def privacy_lines(report: dict, epsilons: list[float]) -> list[str]:
         "distance of the release to the balanced test features (mean over classes, both in the public ball of radius R), "
         "beside the real training features' distance; seconds per phase (2 threads, one job at a time).",
         "",
-        "| setting | ε target | ε tight | ε CLT | ε Phase I | σ | Fréchet (release) | Fréchet (real train) | phase I s | phase II s "
+        "| setting | ε target | ε tight | ε CLT | ε Phase I | ε, Phase I per record | σ | Fréchet (release) | Fréchet (real train) "
+        "| phase I s | phase II s "
         "| generation s | classifiers s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in report["utility"].items():
         for epsilon in epsilons:
@@ -302,7 +304,8 @@ def privacy_lines(report: dict, epsilons: list[float]) -> list[str]:
             first = matching[0]
             lines.append(
                 f"| {name} | {epsilon_label(epsilon)} | {fmt(first['epsilon_prv'], 3)} | {fmt(first['epsilon_clt'], 3)} | "
-                f"{fmt(first['epsilon_phase_one_prv'], 3)} | {fmt(first['noise_multiplier'], 3)} | "
+                f"{fmt(first['epsilon_phase_one_prv'], 3)} | {fmt(first.get('epsilon_per_record'), 3)} | "
+                f"{fmt(first['noise_multiplier'], 3)} | "
                 f"{fmt_mean_std([r['release_frechet'] for r in matching])} | {entry['real_train_frechet']:.2f} | "
                 f"{seconds_of(matching, 'dp_phase_one_s'):.0f} | {seconds_of(matching, 'dp_phase_two_s'):.0f} | "
                 f"{seconds_of(matching, 'dp_generation_s'):.1f} | {seconds_of(matching, 'classifier_s', 'dp_pseudo_classifier_s'):.1f} |"
