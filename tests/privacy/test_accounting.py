@@ -285,7 +285,7 @@ def test_a_plan_says_what_it_spends_without_dp_promises_phase_one_argument(adjac
         assert bound == math.inf
     else:
         assert plan.epsilon < bound < math.inf
-        assert bound == pytest.approx(per_record_epsilon(plan.phase_one, [plan.phase_two], plan.delta))
+        assert bound == pytest.approx(per_record_epsilon(plan.phase_one, [plan.phase_two], plan.delta, plan.phase_one_visit_noise))
 
 
 def test_a_plan_bounding_phase_one_per_record_is_calibrated_to_that_bound():
@@ -305,7 +305,54 @@ def test_a_plan_bounding_phase_one_per_record_is_calibrated_to_that_bound():
     assert bounded.phase_two.noise_multiplier > argued.phase_two.noise_multiplier
     assert 0.99 * 8.0 <= bounded.epsilon <= 8.0
     assert bounded.epsilon == pytest.approx(bounded.epsilon_with_phase_one_per_record())
-    assert bounded.epsilon == pytest.approx(per_record_epsilon(bounded.phase_one, [bounded.phase_two], bounded.delta))
-    alone = per_record_epsilon(bounded.phase_one, [], bounded.delta)
+    visits = bounded.phase_one_visit_noise
+    assert bounded.epsilon == pytest.approx(per_record_epsilon(bounded.phase_one, [bounded.phase_two], bounded.delta, visits))
+    alone = per_record_epsilon(bounded.phase_one, [], bounded.delta, visits)
     with pytest.raises(UserError, match="Phase I alone spends"):
         plan(epsilon=0.9 * alone, phase_one_accounting="per_record")
+
+
+@pytest.mark.parametrize("others", [(), ((1.5, 12),)])
+def test_phase_one_visits_at_timesteps_of_different_noise_mix_their_gaussians(others):
+    """Visits drawn uniformly from two timesteps (σ 2 and 4): given k visits, j of them at σ = 2,
+    the record's inputs are one Gaussian mechanism with μ² = j/4 + (k − j)/16 (+ the others');
+    the reference mixes δ over k ~ Binomial(steps, q) and j ~ Binomial(k, 1/2)."""
+    import numpy as np
+    from scipy.stats import binom, norm
+
+    delta, steps, rate = 1e-5, 30, 0.3
+    rest = sum(count / noise**2 for noise, count in others)
+    pairs = [(k, j) for k in range(steps + 1) for j in range(k + 1) if j / 4 + (k - j) / 16 + rest > 0]
+    weights = np.array([binom.pmf(k, steps, rate) * binom.pmf(j, k, 0.5) for k, j in pairs])
+    mus = np.sqrt([j / 4 + (k - j) / 16 + rest for k, j in pairs])
+
+    def delta_of(epsilon: float) -> float:  # the Gaussian mechanism's δ (as _gaussian_delta) over every (k, j) at once
+        return float(weights @ (norm.cdf(mus / 2 - epsilon / mus) - np.exp(epsilon) * norm.cdf(-mus / 2 - epsilon / mus)))
+
+    expected = _epsilon_where(delta_of, delta)
+    phase = SubsampledGaussian(2.0, rate, steps)
+    got = per_record_epsilon(phase, [SubsampledGaussian(noise, 1.0, count) for noise, count in others], delta, (2.0, 4.0))
+    assert got == pytest.approx(expected, rel=0.01) and got >= expected * (1 - 1e-4)
+
+
+def test_phase_one_visits_across_the_schedule_cost_less_than_all_at_the_split_and_more_than_all_at_the_end():
+    """The plan's visits span t ∈ [S, T) (σ_t grows with t): their bound lies between every visit
+    at S (the largest signal share) and every visit at T − 1, and the rounding of many distinct
+    σ_t only ever raises it."""
+    from featdiff.config import config_from_dict
+    from featdiff.privacy.plan import plan_privacy
+
+    config = config_from_dict(
+        {"method": "ldmlr_dp", "diffusion": {"schedule": "linear"}, "privacy": {"epsilon": 8.0, "phase_one_epochs": 5}}
+    )
+    plan = plan_privacy(config.privacy, config.diffusion, 2000, 64)
+    visits = plan.phase_one_visit_noise
+    assert len(visits) == config.diffusion.num_steps - config.privacy.split_timestep
+    assert visits[0] == pytest.approx(plan.phase_one.noise_multiplier) and visits == tuple(sorted(visits))
+    spread = per_record_epsilon(plan.phase_one, [], plan.delta, visits)
+    at_split = per_record_epsilon(plan.phase_one, [], plan.delta)
+    at_end = per_record_epsilon(plan.phase_one, [], plan.delta, (visits[-1],))
+    assert at_end < spread < at_split
+    assert plan.epsilon_with_phase_one_per_record() == pytest.approx(
+        per_record_epsilon(plan.phase_one, [plan.phase_two], plan.delta, visits)
+    )

@@ -210,9 +210,16 @@ def _composed_pld(phases: tuple[SubsampledGaussian, ...]):
 
 PER_RECORD_TAIL = 1e-4
 """The share of δ given to the visit counts a per-record bound leaves out (their probability is added to δ)."""
+PER_RECORD_GRID = 256
+"""A visit's μ² is rounded up to a multiple of (largest μ²)/PER_RECORD_GRID: exact when every visit has the same σ."""
+PER_RECORD_LEVELS = 64
+"""With other phases, at most this many distinct total μ² (rounded up beyond that), each composed
+with them once: on the digits example ε rose 0.4 % against 128 levels, at half the time."""
 
 
-def per_record_epsilon(phase_one: SubsampledGaussian, others: Sequence[SubsampledGaussian], delta: float) -> float:
+def per_record_epsilon(
+    phase_one: SubsampledGaussian, others: Sequence[SubsampledGaussian], delta: float, visit_noise_multipliers: Sequence[float] = ()
+) -> float:
     """ε of the composition with Phase I bounded record by record, not by dp-promise's argument.
 
     Phase I trains without clipping or gradient noise on the noisy inputs of each Poisson batch, so
@@ -220,39 +227,71 @@ def per_record_epsilon(phase_one: SubsampledGaussian, others: Sequence[Subsample
     as a subsampled Gaussian *sum*, which mixes the record's noise with everyone's; for a set of
     separate noisy points that is an argument, not a theorem. Without it, assume every noisy input
     can be traced to its record (a set reveals no more than that, so this bounds it from above): a
-    replaced record is then visited K ~ Binomial(steps, q) times, each visit a Gaussian mechanism at
-    noise multiplier σ relative to the two records' distance, and the visits are seen. Given K = k
-    that is a Gaussian mechanism of μ = √k/σ, so δ(ε) = Σ_k P(K = k)·δ_k(ε), δ_k that Gaussian
-    composed with `others` (dp-accounting's PLD, each with its own pair; Dong, Roth and Su's closed
-    form when there are none). Visit counts beyond a PER_RECORD_TAIL·δ tail are dropped and their
-    probability added to δ. Only replace-one has this bound: under add/remove an added record's
-    noisy input has no counterpart, and without a shuffling argument no finite ε holds.
-    Remembered per process, like `tight_epsilon`."""
-    return _per_record_epsilon(phase_one, tuple(p for p in others if p.steps > 0), delta)
+    replaced record is then visited K ~ Binomial(steps, q) times, and each visit, at a timestep drawn
+    uniformly and seen, is a Gaussian mechanism at that timestep's noise multiplier σ_t relative to
+    the two records' distance (`visit_noise_multipliers`, one per timestep; empty: every visit at
+    `phase_one.noise_multiplier`, the largest signal share). Given the visits, the record's noisy
+    inputs are one Gaussian mechanism of μ² = Σ 1/σ_t², so δ(ε) is the mean over the law of μ² of
+    that Gaussian composed with `others` (dp-accounting's PLD, each with its own pair; Dong, Roth and
+    Su's closed form when there are none). Pessimistic throughout: each visit's μ² rounded up to a
+    grid, beyond PER_RECORD_LEVELS totals rounded up again, visit counts beyond a PER_RECORD_TAIL·δ
+    tail dropped and their probability added to δ. Only replace-one has this bound: under add/remove
+    an added record's noisy input has no counterpart, and without a shuffling argument no finite ε
+    holds. Remembered per process, like `tight_epsilon`."""
+    sigmas = tuple(visit_noise_multipliers) or (phase_one.noise_multiplier,)
+    return _per_record_epsilon(phase_one, tuple(p for p in others if p.steps > 0), delta, sigmas)
+
+
+def _total_mu_squared_law(
+    phase_one: SubsampledGaussian, sigmas: tuple[float, ...], delta: float, max_levels: int | None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(levels of Σ μ², their probabilities, the probability left out): the law of a record's total μ²
+    over its Binomial visits, each visit's μ² = 1/σ_t² for a uniform t, rounded up; at most
+    `max_levels` levels (None: every distinct total)."""
+    from scipy.stats import binom
+
+    squared = np.asarray(sigmas, dtype=np.float64) ** -2
+    unit = squared.max() / PER_RECORD_GRID
+    kernel = np.bincount(np.ceil(squared / unit - 1e-9).astype(np.int64), minlength=PER_RECORD_GRID + 1) / len(squared)
+    tail = PER_RECORD_TAIL * delta / 2
+    low = int(binom.ppf(tail, phase_one.steps, phase_one.sample_rate))
+    high = int(binom.isf(tail, phase_one.steps, phase_one.sample_rate))
+    weights = binom.pmf(np.arange(high + 1), phase_one.steps, phase_one.sample_rate)
+    law, visits = np.zeros(high * PER_RECORD_GRID + 1), np.ones(1)  # visits: the law of Σ over k visits, in units
+    for k in range(high + 1):
+        if k:
+            visits = np.convolve(visits, kernel)
+        if k >= low:
+            law[: len(visits)] += weights[k] * visits
+    left_out = max(0.0, 1.0 - float(weights[low:].sum()))
+    totals = np.flatnonzero(law > 0)
+    step = max(1, math.ceil(totals[-1] / max_levels)) if max_levels is not None and len(totals) > max_levels else 1
+    levels = np.ceil(totals / step).astype(np.int64) * step
+    merged = np.unique(levels)
+    probabilities = np.zeros(len(merged))
+    np.add.at(probabilities, np.searchsorted(merged, levels), law[totals])
+    return merged * unit, probabilities, left_out
 
 
 @functools.lru_cache(maxsize=256)
-def _per_record_epsilon(phase_one: SubsampledGaussian, rest: tuple[SubsampledGaussian, ...], delta: float) -> float:
+def _per_record_epsilon(
+    phase_one: SubsampledGaussian, rest: tuple[SubsampledGaussian, ...], delta: float, sigmas: tuple[float, ...]
+) -> float:
     from scipy.optimize import brentq
-    from scipy.stats import binom
 
-    tail = PER_RECORD_TAIL * delta / 2
-    visits = np.arange(
-        int(binom.ppf(tail, phase_one.steps, phase_one.sample_rate)), int(binom.isf(tail, phase_one.steps, phase_one.sample_rate)) + 1
-    )
-    weights = binom.pmf(visits, phase_one.steps, phase_one.sample_rate)
-    left_out = max(0.0, 1.0 - float(weights.sum()))
+    # Each level costs a PLD composition when there are other phases; the closed form costs nothing.
+    mu_squared, probabilities, left_out = _total_mu_squared_law(phase_one, sigmas, delta, PER_RECORD_LEVELS if rest else None)
     if rest:
         base = _composed_pld(rest)
-        composed = [base if k == 0 else base.compose(_gaussian_pld(phase_one.noise_multiplier / math.sqrt(k))) for k in visits]
+        composed = [base if m == 0 else base.compose(_gaussian_pld(1 / math.sqrt(m))) for m in mu_squared]
 
         def delta_of(epsilon: float) -> float:
-            return float(sum(w * pld.get_delta_for_epsilon(epsilon) for w, pld in zip(weights, composed, strict=True))) + left_out
+            return float(sum(p * pld.get_delta_for_epsilon(epsilon) for p, pld in zip(probabilities, composed, strict=True))) + left_out
     else:
 
         def delta_of(epsilon: float) -> float:
-            deltas = [gdp_delta(math.sqrt(k) / phase_one.noise_multiplier, epsilon) if k > 0 else 0.0 for k in visits]
-            return float(np.dot(weights, deltas)) + left_out
+            deltas = [gdp_delta(math.sqrt(m), epsilon) if m > 0 else 0.0 for m in mu_squared]
+            return float(np.dot(probabilities, deltas)) + left_out
 
     if delta_of(0.0) <= delta:
         return 0.0

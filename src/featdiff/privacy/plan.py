@@ -44,6 +44,8 @@ class PrivacyPlan:
     adjacency: str
     phase_one_accounting: str = "dp_promise"
     """dp_promise: Phase I as a subsampled Gaussian sum; per_record: bounded record by record (the claim then needs no argument)."""
+    phase_one_visit_noise: tuple[float, ...] = ()
+    """σ_t of a Phase I visit at each timestep t ∈ [S, T), drawn uniformly (the per-record bound's visits)."""
 
     @property
     def phases(self) -> list[SubsampledGaussian]:
@@ -58,7 +60,8 @@ class PrivacyPlan:
         """The ε this run claims (the configured accountant; ∞ when not private)."""
         if not self.private:
             return math.inf
-        return _accountant(self.accountant, self.phase_one_accounting, self.phase_one)(self.phases, self.delta)
+        accountant = _accountant(self.accountant, self.phase_one_accounting, self.phase_one, self.phase_one_visit_noise)
+        return accountant(self.phases, self.delta)
 
     def epsilon_with_phase_one_per_record(self) -> float | None:
         """The total ε with Phase I bounded record by record instead of by dp-promise's subsampled-sum
@@ -69,7 +72,7 @@ class PrivacyPlan:
             return None
         if self.adjacency != "replace_one":
             return math.inf
-        return per_record_epsilon(self.phase_one, [self.phase_two], self.delta)
+        return per_record_epsilon(self.phase_one, [self.phase_two], self.delta, self.phase_one_visit_noise)
 
     def table(self) -> dict[str, dict[str, float | None]]:
         """ε per phase and in total under both accountants (None where a phase is absent)."""
@@ -83,14 +86,19 @@ class PrivacyPlan:
         return rows
 
 
-def _accountant(name: str, phase_one_accounting: str, phase_one: SubsampledGaussian | None) -> Accountant:
+def phase_one_visit_noise(alphas_cumprod: Sequence[float], split_timestep: int, sensitivity: float) -> tuple[float, ...]:
+    """σ_t of a Phase I visit at each t ∈ [S, T): Phase I draws t uniformly there."""
+    return tuple(phase_one_noise_multiplier(float(a), sensitivity) for a in alphas_cumprod[split_timestep:])
+
+
+def _accountant(name: str, phase_one_accounting: str, phase_one: SubsampledGaussian | None, visit_noise: tuple[float, ...]) -> Accountant:
     """The configured accountant; with per_record Phase I accounting, one that bounds `phase_one`
-    record by record and composes the other phases with it."""
+    record by record (its visits at `visit_noise`) and composes the other phases with it."""
     if phase_one_accounting != "per_record" or phase_one is None:
         return ACCOUNTANTS[name]
 
     def per_record(phases: Sequence[SubsampledGaussian], delta: float) -> float:
-        return per_record_epsilon(phase_one, [p for p in phases if p is not phase_one], delta)
+        return per_record_epsilon(phase_one, [p for p in phases if p is not phase_one], delta, visit_noise)
 
     return per_record
 
@@ -107,12 +115,14 @@ def plan_privacy(privacy: PrivacyConfig, diffusion: DiffusionConfig, dataset_siz
         )
     scale = math.sqrt(feature_dim) / privacy.norm_bound
     sensitivity = (2.0 if privacy.adjacency == "replace_one" else 1.0) * math.sqrt(feature_dim)
-    alpha_bar = float(schedule_for(diffusion).alphas_cumprod[privacy.split_timestep])
-    phase_one = None
+    alphas = schedule_for(diffusion).alphas_cumprod
+    alpha_bar = float(alphas[privacy.split_timestep])
+    phase_one, visit_noise = None, ()
     if privacy.phase_one_epochs > 0:
         sigma_one = phase_one_noise_multiplier(alpha_bar, sensitivity)
         phase_one = poisson_phase(sigma_one, dataset_size, privacy.phase_one_batch, privacy.phase_one_epochs)
-    accountant = _accountant(privacy.accountant, privacy.phase_one_accounting, phase_one)
+        visit_noise = phase_one_visit_noise(alphas, privacy.split_timestep, sensitivity)
+    accountant = _accountant(privacy.accountant, privacy.phase_one_accounting, phase_one, visit_noise)
     rate = min(1.0, privacy.phase_two_batch / dataset_size)
     steps = math.ceil(privacy.phase_two_epochs * dataset_size / privacy.phase_two_batch)
     sigma = privacy.noise_multiplier
@@ -143,6 +153,7 @@ def plan_privacy(privacy: PrivacyConfig, diffusion: DiffusionConfig, dataset_siz
         privacy.accountant,
         privacy.adjacency,
         privacy.phase_one_accounting,
+        visit_noise,
     )
     if privacy.epsilon is not None and plan.epsilon > privacy.epsilon * (1 + 1e-9):
         raise UserError(
