@@ -138,7 +138,7 @@ def _privacy(args: argparse.Namespace) -> None:
     elif per_record is not None:
         bound = "no finite ε under add/remove adjacency" if per_record == float("inf") else f"total ε = {per_record:.3f}"
         print(
-            "\nPhase I's ε is dp-promise's argument: a batch of noisy inputs costs what a subsampled Gaussian sum costs. "
+            "\nPhase I is accounted by dp-promise's argument (a batch of noisy inputs costs what a subsampled Gaussian sum costs). "
             f"Bounded record by record instead (every noisy input traced to its record): {bound}"
         )
     target = "∞ (not private)" if privacy.epsilon is None else f"{privacy.epsilon:g}"
