@@ -89,11 +89,16 @@ def clt_mu(phase: SubsampledGaussian) -> float:
 
 
 def gdp_delta(mu: float, epsilon: float) -> float:
-    """δ(ε) of μ-GDP: Φ(−ε/μ + μ/2) − e^ε·Φ(−ε/μ − μ/2) (Dong, Roth, Su 2019, Cor. 2.13), the
-    second term in log space (e^ε alone overflows at the large μ of very little noise)."""
-    from scipy.special import log_ndtr, ndtr  # here: only the CLT accountant needs SciPy, slow to import
+    """δ(ε) of μ-GDP: Φ(−ε/μ + μ/2) − e^ε·Φ(−ε/μ − μ/2) (Dong, Roth, Su 2019, Cor. 2.13)."""
+    return float(gdp_deltas(np.asarray(mu, dtype=np.float64), epsilon))
 
-    return float(ndtr(-epsilon / mu + mu / 2) - math.exp(epsilon + log_ndtr(-epsilon / mu - mu / 2)))
+
+def gdp_deltas(mus: np.ndarray, epsilon: float) -> np.ndarray:
+    """`gdp_delta` at every μ of an array at once; the second term in log space (e^ε alone
+    overflows at the large μ of very little noise)."""
+    from scipy.special import log_ndtr, ndtr  # here: only the CLT and per-record bounds need SciPy, slow to import
+
+    return ndtr(-epsilon / mus + mus / 2) - np.exp(epsilon + log_ndtr(-epsilon / mus - mus / 2))
 
 
 def gdp_epsilon(mu: float, delta: float) -> float:
@@ -288,10 +293,11 @@ def _per_record_epsilon(
         def delta_of(epsilon: float) -> float:
             return float(sum(p * pld.get_delta_for_epsilon(epsilon) for p, pld in zip(probabilities, composed, strict=True))) + left_out
     else:
+        visited = mu_squared > 0  # no visit, no loss
+        mus, visited_probabilities = np.sqrt(mu_squared[visited]), probabilities[visited]
 
         def delta_of(epsilon: float) -> float:
-            deltas = [gdp_delta(math.sqrt(m), epsilon) if m > 0 else 0.0 for m in mu_squared]
-            return float(np.dot(probabilities, deltas)) + left_out
+            return float(visited_probabilities @ gdp_deltas(mus, epsilon)) + left_out
 
     if delta_of(0.0) <= delta:
         return 0.0
