@@ -26,7 +26,7 @@ from pathlib import Path
 from featdiff.config import load_config
 from featdiff.generation.pseudo import schedule_for
 from featdiff.privacy.accounting import SubsampledGaussian, per_record_epsilon, tight_epsilon
-from featdiff.privacy.plan import phase_one_visit_noise
+from featdiff.privacy.plan import phase_one_visit_noise, record_sensitivity
 from featdiff.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def reaccounted(report: dict) -> list[dict]:
     """One row per distinct private run (the seeds of a setting share their mechanisms)."""
     config = load_config(ROOT / report["base_config"])
     privacy = config.privacy
-    sensitivity = (2.0 if privacy.adjacency == "replace_one" else 1.0) * math.sqrt(FEATURE_DIM)
+    sensitivity = record_sensitivity(privacy.adjacency, FEATURE_DIM)
     visits = phase_one_visit_noise(schedule_for(config.diffusion).alphas_cumprod, privacy.split_timestep, sensitivity)
     rows: dict[tuple, dict] = {}
     for setting, entry in report["utility"].items():

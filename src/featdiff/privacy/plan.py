@@ -86,6 +86,11 @@ class PrivacyPlan:
         return rows
 
 
+def record_sensitivity(adjacency: str, feature_dim: int) -> float:
+    """Δ of a record scaled to norm √D: 2√D when one is replaced, √D when one is added or removed."""
+    return (2.0 if adjacency == "replace_one" else 1.0) * math.sqrt(feature_dim)
+
+
 def phase_one_visit_noise(alphas_cumprod: Sequence[float], split_timestep: int, sensitivity: float) -> tuple[float, ...]:
     """σ_t of a Phase I visit at each t ∈ [S, T): Phase I draws t uniformly there."""
     return tuple(phase_one_noise_multiplier(float(a), sensitivity) for a in alphas_cumprod[split_timestep:])
@@ -114,7 +119,7 @@ def plan_privacy(privacy: PrivacyConfig, diffusion: DiffusionConfig, dataset_siz
             f"got {privacy.delta:g}: a δ that large allows releasing a record outright"
         )
     scale = math.sqrt(feature_dim) / privacy.norm_bound
-    sensitivity = (2.0 if privacy.adjacency == "replace_one" else 1.0) * math.sqrt(feature_dim)
+    sensitivity = record_sensitivity(privacy.adjacency, feature_dim)
     alphas = schedule_for(diffusion).alphas_cumprod
     alpha_bar = float(alphas[privacy.split_timestep])
     phase_one, visit_noise = None, ()
