@@ -27,8 +27,9 @@ controls at the same (ε, δ): `dp_linear` (DP-SGD on the linear head, logit-adj
 from a DP count release), `dp_gaussian` (the class Gaussian from DP class moments) and their
 combination (`dp_linear` that also trains on a `dp_gaussian` release, half the budget each). Their
 knobs are fixed a priori: choosing among DP runs of the same records would leak beyond the
-ledger. Add/remove-one because `ldmlr_dp` accounts Phase II's clipped sum with sensitivity C,
-which is right for that adjacency only. The noise is seeded (`privacy.reproducible_noise: true`)
+ledger. Add/remove-one, the adjacency the table was measured under (Phase II was then accounted
+for it alone); there `ldmlr_dp`'s ε rests on dp-promise's argument for Phase I, which the README's
+threat model states, while the controls have no Phase I. The noise is seeded (`privacy.reproducible_noise: true`)
 so the table can be reproduced; no claim holds against anyone who knows the seed.
 
 Finished runs are kept under --workdir and reused, so parts can be stopped and continued; every
@@ -456,11 +457,11 @@ def dp_markdown(report: dict) -> str:
         "Top-1 % on the report part of the test set, mean ± std over seeds; `tuned` divides by the *released* class prior",
         "(none for ldmlr_dp's release, which never uses the counts) with τ chosen on the public validation part. Knobs fixed a priori.",
         "Rows marked *not private* train on the real features without DP. Seeded noise (replayable; no claim against the seed).",
-        f"Device: {report['device']}. Command: `{report['command']}`.",
     ]
     for dataset, entry in report["datasets"].items():
         labels = [("inf" if math.isinf(e) else f"{e:g}") for e in DP_EPSILONS]
         lines += ["", f"## {dataset} (seeds {entry['seeds']})", ""]
+        lines += [f"`{entry.get('command', report['command'])}` ({entry.get('device', report['device'])})", ""]
         lines += ["| method | " + " | ".join(f"ε = {'∞' if label == 'inf' else label}" for label in labels) + " | few (ε = 10) |"]
         lines += ["|---|" + "---|" * (len(labels) + 1)]
         for row, by_epsilon in entry["rows"].items():
@@ -499,6 +500,13 @@ def dp_plot(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def provenance_of_older_entries(report: dict, command: str, device: str) -> None:
+    """Set the report-level command and device once, never replace them: they name what wrote the entries
+    from before each entry kept its own, and a later part's command would misattribute those entries."""
+    report.setdefault("command", command)
+    report.setdefault("device", device)
+
+
 def load_report(path: Path) -> dict:
     return json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {"splits": {}}
 
@@ -520,10 +528,11 @@ def main() -> None:
     device = f"cpu, {args.threads} torch threads, one run at a time"
     if args.part == "dp":
         dp_path = args.out / "controls_dp"
-        report = load_report(dp_path) | {"command": command, "device": device}
+        report = load_report(dp_path)
         report.setdefault("datasets", {})
         for dataset in args.datasets:
-            report["datasets"][dataset] = dp_part(dataset, runs, args.seeds, args.threads)
+            report["datasets"][dataset] = dp_part(dataset, runs, args.seeds, args.threads) | {"command": command, "device": device}
+        provenance_of_older_entries(report, command, device)
         write_report(dp_path, json.loads(strict_json(report)), dp_markdown(report))
         dp_plot(report, dp_path.with_suffix(".png"))
         print(dp_markdown(report))
@@ -533,7 +542,7 @@ def main() -> None:
     if args.part == "select":
         for split in args.splits:
             selection["splits"][split] = select(split, runs, args.threads) | {"command": command, "device": device}
-        selection |= {"command": command, "device": device}
+        provenance_of_older_entries(selection, command, device)
         write_report(selection_path, selection, selection_markdown(selection))
         print(selection_markdown(selection))
         return
@@ -545,7 +554,7 @@ def main() -> None:
         measured = frozen(split, selection["splits"][split], runs, args.seeds, args.threads)
         report = load_report(frozen_path)  # read again: another part may have written meanwhile
         report["splits"][split] = merged_seeds(report["splits"].get(split), measured, {"command": command, "device": device}, report)
-        report |= {"command": command, "device": device}
+        provenance_of_older_entries(report, command, device)
         write_report(frozen_path, json.loads(strict_json(report)), frozen_markdown(report))
     print(frozen_markdown(report))
 

@@ -60,6 +60,24 @@ def test_controls_entry_written_before_parts_takes_the_reports_command():
     assert [(p["command"], p["device"], p["seeds"]) for p in merged["parts"]] == [("c0", "cpu", [0]), ("c1", "d", [1])]
 
 
+def test_controls_later_part_keeps_the_command_of_entries_written_before_per_entry_commands():
+    """A report-level command names what wrote the older entries; a later part that replaced it would put its
+    own command under a split it never ran (as happened to CIFAR-10 IF=100's knob choice)."""
+    controls = benchmark("controls")
+    selection = {"splits": {"cifar10:100": {"featdiff": "gaussian", "families": {}}}, "command": "select cifar10:100", "device": "d0"}
+    selection["splits"]["cifar100:10"] = {"featdiff": "ldmlr", "families": {}, "command": "select cifar100:10", "device": "d1"}
+    controls.provenance_of_older_entries(selection, "select cifar100:10", "d1")
+    markdown = controls.selection_markdown(selection)
+    older, newer = markdown.split("## cifar100 IF=10")
+    assert "`select cifar10:100` (d0)" in older and "cifar100:10" not in older.split("## cifar10 IF=100")[1]
+    assert "`select cifar100:10` (d1)" in newer
+
+    fresh = {"splits": {}}
+    controls.provenance_of_older_entries(fresh, "first", "d")
+    controls.provenance_of_older_entries(fresh, "second", "d")
+    assert fresh["command"] == "first"
+
+
 def fed_row(dataset: str, seed: int, acc: float) -> dict:
     return {"method": "m", "setting": f"{dataset}, α = 0.5", "dataset": dataset, "seed": seed, "acc": acc}
 
