@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,13 @@ def test_the_cli_and_config_import_no_torch():
     check = "import sys, featdiff.cli, featdiff.config; heavy = {'torch', 'sklearn'} & set(sys.modules); assert not heavy, heavy"
     result = subprocess.run([sys.executable, "-c", check], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_version_is_the_installed_distributions(capsys):
+    with pytest.raises(SystemExit) as exited:
+        featdiff_in_process(capsys, "--version")
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"featdiff {metadata.version('featdiff')}"
 
 
 BAD_CONFIGS = {

@@ -3,8 +3,10 @@ sessions, and a finished run without its training checkpoints."""
 
 import json
 import os
+import platform
 import shutil
 import stat
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -287,8 +289,12 @@ def test_results_are_written_before_the_checkpoints_go(run, monkeypatch):
     assert (run.directory / "checkpoints" / "classifier.pt").is_file()  # still resumable
     monkeypatch.undo()
     run.write_results({"acc": 1.0})
-    assert json.loads((run.directory / "results.json").read_text()) == {"acc": 1.0}
+    written = json.loads((run.directory / "results.json").read_text())
+    assert written["acc"] == 1.0
     assert not (run.directory / "checkpoints").exists()
+    # what made the numbers, for whoever cites them: the installed distribution's version, not a copy of it
+    versions = {"featdiff": metadata.version("featdiff"), "torch": torch.__version__, "python": platform.python_version()}
+    assert written["software"] == versions
 
 
 def test_existing_run_behaviour_is_kept(tmp_path):

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import featdiff
 from featdiff.config import check_federated, load_config, parse_overrides
 from featdiff.errors import UserError
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
@@ -246,7 +247,13 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="featdiff", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="featdiff",
+        description="Long-tailed recognition with diffusion models in feature space: LDMLR, end-to-end, private and federated runs, "
+        "each beside its cheapest control.",
+        epilog="Quick start: featdiff run configs/digits_ldmlr.yaml (no download). Each command has its own --help.",
+    )
+    parser.add_argument("--version", action="version", version=f"featdiff {featdiff.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one config (a method on a dataset with a seed)")

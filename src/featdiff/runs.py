@@ -13,6 +13,7 @@ Once results.json exists the training checkpoints are deleted: nothing can resum
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
+import featdiff
 from featdiff.config import RunConfig, dump_config, load_config
 from featdiff.distributed import barrier, world
 from featdiff.errors import UserError
@@ -248,12 +250,18 @@ class Run:
         return load_torch_state(path, fix)
 
     def write_results(self, results: dict[str, Any]) -> None:
-        """results.json, then (never before) the training checkpoints go: a finished run cannot resume."""
+        """results.json, with the versions that made it (`software`), then (never before) the training
+        checkpoints go: a finished run cannot resume."""
         if not self.writes:
             return
         self._save_timings()
-        atomic_write_text(self.directory / RESULTS_FILE, strict_json(results, indent=2))
+        atomic_write_text(self.directory / RESULTS_FILE, strict_json(results | {"software": software_versions()}, indent=2))
         shutil.rmtree(self.directory / CHECKPOINTS, ignore_errors=True)
+
+
+def software_versions() -> dict[str, str]:
+    """featdiff's, torch's and Python's versions: what a reader of a run's numbers needs to reproduce them."""
+    return {"featdiff": featdiff.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def _creation_problem(directory: Path, error: OSError) -> str:
