@@ -12,6 +12,10 @@ reports the report part. Two parts, each one command (run `select` first):
 class Gaussian (`gaussian`) and the diffusion model (`ldmlr`), over the training features,
 the training set (real + balanced fill, or pseudo-only), the tail temperature, head-to-tail
 transfer, the Gaussian's shrinkage or the denoiser's guidance and clip range, and the head.
+Each option is scored on the validation part by the head alone (`--criterion tuned`, the default)
+or by its blend with the shipped head (`--criterion blended`, for a split whose table reads the
+blend); the split's entry records which, and a frozen split never averages seeds measured under
+different choices.
 `frozen` runs, for every seed, the chosen Gaussian, the chosen diffusion model (whose run also
 holds the Gaussian with the same knobs) and LDMLR's defaults (balanced fill), each beside the
 cheap controls from the same run: `ce` with post-hoc logit adjustment (τ = 1, and τ chosen on
@@ -58,7 +62,7 @@ from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import execute
 from featdiff.report import write_report
 from featdiff.runs import Run
-from featdiff.selection import Knob, coordinate_search, key_of, merged
+from featdiff.selection import Criterion, Knob, coordinate_search, key_of, merged
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar-lt"
@@ -80,6 +84,11 @@ COMMON_KNOBS = [
         ),
     ),
 ]
+CRITERIA: dict[Criterion, str] = {
+    "tuned": "the head alone, τ chosen on the validation part",
+    "blended": "the head blended with the shipped head, (w, τ) chosen on the validation part: for splits whose table reads the blend",
+}
+"""What a knob search scores each option by (`featdiff.selection.validation_score`)."""
 HEAD_KNOB = Knob("head", ({}, {"classifier": {"normalize": True}}))
 FAMILIES = {
     "gaussian": [
@@ -152,24 +161,37 @@ class Runs:
         return results
 
 
-def select(split: str, runs: Runs, threads: int) -> dict:
-    """Both families' coordinate searches on seed 0, without the trained controls."""
+def select(split: str, runs: Runs, threads: int, criterion: Criterion) -> dict:
+    """Both families' coordinate searches on seed 0, without the trained controls, each option scored
+    by `criterion` on the validation part (the head alone, or blended with the shipped head)."""
     chosen = {}
     for family, knobs in FAMILIES.items():
-        print(f"{split} {family}: knob search on the validation part (seed 0)", flush=True)
+        print(f"{split} {family}: knob search on the validation part (seed 0, criterion {criterion})", flush=True)
         base = merged(base_config(split, 0, family, threads), {"evaluation": {"controls": False}})
         started = time.perf_counter()
-        result = coordinate_search(base, knobs, lambda values, family=family: runs.run(split, f"select-{family}", values))
+        evaluate = lambda values, family=family: runs.run(split, f"select-{family}", values)  # noqa: E731
+        result = coordinate_search(base, knobs, evaluate, criterion=criterion)
         chosen[family] = {
             "overrides": result.chosen,
             "validation_score": result.score,
-            "tau": result.results["tuned"]["tau"],
+            "tau": result.results[criterion]["tau"],
+            **({"weight": result.results["blended"]["weight"]} if criterion == "blended" else {}),
             "trail": result.trail,
             "knobs": [{"name": knob.name, "options": list(knob.options)} for knob in knobs],
             "search_s": time.perf_counter() - started,
         }
     best = max(chosen, key=lambda family: chosen[family]["validation_score"])
-    return {"families": chosen, "featdiff": best}
+    return {"families": chosen, "featdiff": best, "criterion": criterion}
+
+
+def knob_choice(selection: dict) -> dict:
+    """What a frozen split's chosen rows depend on: the criterion, each family's overrides and the
+    featdiff family. Seeds measured under different choices are different rows, never one mean."""
+    return {
+        "criterion": selection.get("criterion", "tuned"),
+        "featdiff": selection["featdiff"],
+        "overrides": {family: chosen["overrides"] for family, chosen in selection["families"].items()},
+    }
 
 
 def summary_of(results: dict) -> dict:
@@ -226,7 +248,7 @@ def frozen(split: str, selection: dict, runs: Runs, seeds: list[int], threads: i
             f"gaussian {summary_of(gaussian)['tuned']['overall']:.2f}, ldmlr {summary_of(diffusion)['tuned']['overall']:.2f}",
             flush=True,
         )
-    return {"seeds": seeds, "rows": rows}
+    return {"seeds": seeds, "rows": rows, "knobs": knob_choice(selection)}
 
 
 def merged_seeds(existing: dict | None, measured: dict, part: dict, report: dict) -> dict:
@@ -237,6 +259,12 @@ def merged_seeds(existing: dict | None, measured: dict, part: dict, report: dict
         return measured | {"parts": [part]}
     parts = entry_parts(existing, report)
     kept = [s for s in existing["seeds"] if s not in measured["seeds"]]
+    if kept and existing.get("knobs") != measured.get("knobs"):
+        every = " ".join(map(str, sorted({*existing["seeds"], *measured["seeds"]})))
+        raise UserError(
+            f"seeds {kept} were measured with other chosen knobs (or before the choice was recorded) than this part's; "
+            f"rerun the split with --seeds {every}"
+        )
     by_seed = {name: dict(zip(existing["seeds"], runs, strict=True)) for name, runs in existing["rows"].items()}
     for name, runs in measured["rows"].items():
         by_seed.setdefault(name, {}).update(zip(measured["seeds"], runs, strict=True))
@@ -250,6 +278,7 @@ def merged_seeds(existing: dict | None, measured: dict, part: dict, report: dict
         "seeds": seeds,
         "rows": {name: [runs[s] for s in seeds] for name, runs in by_seed.items()},
         "parts": [p for p in parts if p["seeds"]] + [part],
+        **({"knobs": measured["knobs"]} if "knobs" in measured else {}),
     }
 
 
@@ -342,6 +371,7 @@ def frozen_markdown(report: dict) -> str:
             f"## {split.replace(':', ' IF=')} (seeds {entry['seeds']})",
             "",
             *(f"- seeds {p['seeds']}: `{p['command']}` ({p['device']})" for p in entry_parts(entry, report)),
+            *([f"- knobs scored by the validation part's `{entry['knobs']['criterion']}` accuracy"] if "knobs" in entry else []),
             "",
             "| method | plain | adj. | **tuned** | many | medium | few | τ | validation "
             "| **blended** | few (blended) | w | validation (blended) |",
@@ -370,20 +400,22 @@ def selection_markdown(report: dict) -> str:
         "# Knobs chosen on the validation part (seed 0)",
         "",
         "Coordinate search (`featdiff.selection`): each knob in turn, an option kept only if it raises the validation part's",
-        "accuracy (τ chosen on that part). No report-part number is read. Each split names the command that made it.",
+        "accuracy under the split's criterion (τ, or the blend's (w, τ), chosen on that part). No report-part number is read.",
+        "Each split names the command that made it and its criterion.",
     ]
     for split, entry in report["splits"].items():
+        criterion = entry.get("criterion", "tuned")
         lines += ["", f"## {split.replace(':', ' IF=')}: featdiff method `{entry['featdiff']}`", ""]
         lines += [f"`{entry.get('command', report['command'])}` ({entry.get('device', report['device'])})", ""]
+        lines += [f"Criterion: `{criterion}` ({CRITERIA[criterion]}).", ""]
         lines += ["| family | chosen overrides | validation | τ | runs | search (s) |", "|---|---|---|---|---|---|"]
         for family, chosen in entry["families"].items():
             overrides = key_of(chosen["overrides"]) if chosen["overrides"] else "defaults"
-            lines.append(
-                f"| {family} | `{overrides}` | {chosen['validation_score']:.2f} | {chosen['tau']:g} | "
-                f"{len(chosen['trail'])} | {chosen['search_s']:.0f} |"
-            )
+            tau = f"{chosen['tau']:g}" + (f" (w = {chosen['weight']:g})" if "weight" in chosen else "")
+            runs, seconds = len(chosen["trail"]), chosen["search_s"]
+            lines.append(f"| {family} | `{overrides}` | {chosen['validation_score']:.2f} | {tau} | {runs} | {seconds:.0f} |")
         for family, chosen in entry["families"].items():
-            lines += ["", f"{family}, every candidate:", "", "| overrides | validation |", "|---|---|"]
+            lines += ["", f"{family}, every candidate:", "", f"| overrides | validation ({criterion}) |", "|---|---|"]
             lines += [f"| `{key_of(t['overrides']) or '{}'}` | {t['validation_score']:.2f} |" for t in chosen["trail"]]
     return "\n".join(lines) + "\n"
 
@@ -517,6 +549,9 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=SPLITS)
     parser.add_argument("--datasets", nargs="+", choices=["cifar10", "cifar100"], default=["cifar10", "cifar100"], help="for --part dp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="for --part frozen")
+    parser.add_argument(
+        "--criterion", choices=list(CRITERIA), default="tuned", help="for --part select: what each option is scored by on validation"
+    )
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "featdiff" / "bench-controls")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of every run (recorded)")
@@ -541,7 +576,7 @@ def main() -> None:
     selection = load_report(selection_path)
     if args.part == "select":
         for split in args.splits:
-            selection["splits"][split] = select(split, runs, args.threads) | {"command": command, "device": device}
+            selection["splits"][split] = select(split, runs, args.threads, args.criterion) | {"command": command, "device": device}
         provenance_of_older_entries(selection, command, device)
         write_report(selection_path, selection, selection_markdown(selection))
         print(selection_markdown(selection))

@@ -51,6 +51,29 @@ def test_controls_part_that_lacks_a_row_for_a_kept_seed_is_refused():
         )
 
 
+def test_controls_seeds_measured_under_other_knob_choices_are_never_one_mean():
+    """A frozen split's chosen rows depend on the knob search; a part whose search chose otherwise (another
+    criterion, a rerun that chose differently) may replace every committed seed, never join them."""
+    controls = benchmark("controls")
+    tuned = controls.knob_choice({"featdiff": "ldmlr", "families": {"ldmlr": {"overrides": {"a": 1}}}})
+    blended = controls.knob_choice({"featdiff": "ldmlr", "families": {"ldmlr": {"overrides": {"a": 2}}}, "criterion": "blended"})
+    assert tuned["criterion"] == "tuned" and tuned != blended
+    rows = {"ce": [summary(1.0), summary(2.0)]}
+    committed = {"seeds": [0, 1], "rows": rows, "knobs": tuned, "parts": [{"seeds": [0, 1], "command": "c"}]}
+    with pytest.raises(UserError, match="other chosen knobs.*--seeds 0 1 2"):
+        controls.merged_seeds(committed, {"seeds": [2], "rows": {"ce": [summary(3.0)]}, "knobs": blended}, {"command": "b2"}, {})
+    with pytest.raises(UserError, match="other chosen knobs"):  # committed before the choice was recorded
+        controls.merged_seeds({k: v for k, v in committed.items() if k != "knobs"}, {"seeds": [2], "rows": {}, "knobs": tuned}, {}, {})
+
+    same = controls.merged_seeds(committed, {"seeds": [2], "rows": {"ce": [summary(3.0)]}, "knobs": tuned}, {"command": "t2"}, {})
+    assert same["seeds"] == [0, 1, 2] and same["knobs"] == tuned
+    replaced = controls.merged_seeds(
+        committed, {"seeds": [0, 1], "rows": {"ce": [summary(5.0), summary(6.0)]}, "knobs": blended}, {"command": "b01"}, {}
+    )
+    assert replaced["knobs"] == blended and [r["tuned"]["overall"] for r in replaced["rows"]["ce"]] == [5.0, 6.0]
+    assert [p["command"] for p in replaced["parts"]] == ["b01"]
+
+
 def test_controls_entry_written_before_parts_takes_the_reports_command():
     controls = benchmark("controls")
     committed = {"seeds": [0], "rows": {"ce": [summary(1.0)]}}  # the command was kept only report-wide then

@@ -35,6 +35,33 @@ def test_the_search_keeps_an_option_only_when_it_beats_the_choice_on_validation(
     assert [t["validation_score"] for t in result.trail] == [70.0, 75.0, 75.0, 74.0, 80.0]
 
 
+def test_the_blended_criterion_chooses_on_the_blends_validation_score_alone():
+    """Each candidate's head alone, its blend with the encoder's head and the report part disagree; the
+    blended criterion follows the blend's validation score and nothing else."""
+    scores = {  # (a,) -> (tuned validation, blended validation, blended report)
+        (0,): (70.0, 60.0, 99.0),
+        (1,): (90.0, 59.0, 99.0),  # the best head alone, a worse blend
+        (2,): (50.0, 61.0, 1.0),  # the worst head alone, the best blend on validation, the worst on report
+    }
+    knobs = [Knob("a", ({}, {"a": 1}, {"a": 2}))]
+
+    def evaluate(values):
+        tuned, blended, report = scores[(values.get("a", 0),)]
+        blend = {"validation": {"acc": {"overall": blended}}, "report": {"acc": {"overall": report}}}
+        return _fake_results(tuned, report) | {"blended": blend}
+
+    tuned = coordinate_search({}, knobs, evaluate, log=lambda _: None)
+    blended = coordinate_search({}, knobs, evaluate, criterion="blended", log=lambda _: None)
+    assert (tuned.chosen, tuned.score) == ({"a": 1}, 90.0)
+    assert (blended.chosen, blended.score) == ({"a": 2}, 61.0)
+    assert [t["validation_score"] for t in blended.trail] == [60.0, 59.0, 61.0]
+
+
+def test_the_blended_criterion_refuses_runs_without_a_blend():
+    with pytest.raises(ValueError, match="encoder's head"):
+        coordinate_search({}, [Knob("a", ({},))], lambda values: _fake_results(70.0, 90.0), criterion="blended", log=lambda _: None)
+
+
 def test_merged_sets_nested_keys_without_touching_its_inputs():
     base = {"generation": {"count_rule": "balanced", "ratio": 0.2}, "seed": 0}
     result = merged(base, {"generation": {"ratio": 0.5}}, {"seed": 3})

@@ -2,8 +2,10 @@
 
 A search is a list of knobs, each a few options (config overrides). `coordinate_search` tries
 the options of one knob at a time, holding the best choice so far for the others, and keeps an
-option only if it beats the current choice on the validation score: the overall accuracy on the
-validation part with logit adjustment's τ chosen on that same part (`tuned.validation`). The
+option only if it beats the current choice on the validation score: by default the overall
+accuracy on the validation part with logit adjustment's τ chosen on that same part
+(`tuned.validation`); with `criterion="blended"`, that of the head blended with the encoder's head,
+(w, τ) chosen on that part (`blended.validation`), for when the blend is what a table reports. The
 runs themselves come from a callback, so a benchmark decides where run folders live and which
 finished runs to reuse. Nothing here reads `report`: `evaluation.shuffle_report_labels` runs the
 same search against permuted report labels and must make every choice the same (a test does).
@@ -15,12 +17,17 @@ import copy
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+Criterion = Literal["tuned", "blended"]
 
 
-def validation_score(results: dict) -> float:
-    """What a search maximises: the validation part's overall accuracy at the τ chosen on it."""
-    return float(results["tuned"]["validation"]["acc"]["overall"])
+def validation_score(results: dict, criterion: Criterion = "tuned") -> float:
+    """What a search maximises: the validation part's overall accuracy at the τ chosen on it, of the
+    head alone (`tuned`) or of the head blended with the encoder's, (w, τ) chosen on it (`blended`)."""
+    if criterion == "blended" and "blended" not in results:
+        raise ValueError("criterion 'blended' needs runs with the encoder's head (a non-private run of a shipped encoder)")
+    return float(results[criterion]["validation"]["acc"]["overall"])
 
 
 def merged(base: dict, *overrides: dict) -> dict:
@@ -49,16 +56,13 @@ class Knob:
 
 @dataclass
 class SearchResult:
-    """The chosen overrides (one per knob, merged), the chosen run's results, and every candidate
-    tried, in order, with its validation score."""
+    """The chosen overrides (one per knob, merged), the chosen run's results and validation score
+    under the search's criterion, and every candidate tried, in order, with its score."""
 
     chosen: dict
     results: dict
+    score: float
     trail: list[dict] = field(default_factory=list)
-
-    @property
-    def score(self) -> float:
-        return validation_score(self.results)
 
 
 def key_of(overrides: dict) -> str:
@@ -67,7 +71,12 @@ def key_of(overrides: dict) -> str:
 
 
 def coordinate_search(
-    base: dict, knobs: Sequence[Knob], evaluate: Callable[[dict], dict], *, log: Callable[[str], Any] = print
+    base: dict,
+    knobs: Sequence[Knob],
+    evaluate: Callable[[dict], dict],
+    *,
+    criterion: Criterion = "tuned",
+    log: Callable[[str], Any] = print,
 ) -> SearchResult:
     """Choose each knob in turn on the validation score, starting from every knob's first option.
 
@@ -79,6 +88,9 @@ def coordinate_search(
     seen: dict[str, dict] = {}
     trail: list[dict] = []
 
+    def score(results: dict) -> float:
+        return validation_score(results, criterion)
+
     def overrides_of(indices: list[int]) -> dict:
         return merged({}, *(knob.options[i] for knob, i in zip(knobs, indices, strict=True)))
 
@@ -87,8 +99,8 @@ def coordinate_search(
         key = key_of(overrides)
         if key not in seen:
             seen[key] = evaluate(merged(base, overrides))
-            trail.append({"overrides": overrides, "validation_score": validation_score(seen[key])})
-            log(f"  {key}: validation {validation_score(seen[key]):.2f}")
+            trail.append({"overrides": overrides, "validation_score": score(seen[key])})
+            log(f"  {key}: validation {score(seen[key]):.2f}")
         return seen[key]
 
     best = run(choice)
@@ -98,7 +110,7 @@ def coordinate_search(
                 continue
             candidate = [*choice[:k], option, *choice[k + 1 :]]
             results = run(candidate)
-            if validation_score(results) > validation_score(best):
+            if score(results) > score(best):
                 choice, best = candidate, results
-        log(f"{knob.name}: option {choice[k]} ({key_of(knob.options[choice[k]])}), validation {validation_score(best):.2f}")
-    return SearchResult(overrides_of(choice), best, trail)
+        log(f"{knob.name}: option {choice[k]} ({key_of(knob.options[choice[k]])}), validation {score(best):.2f}")
+    return SearchResult(overrides_of(choice), best, score(best), trail)
