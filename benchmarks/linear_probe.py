@@ -40,7 +40,6 @@ from featdiff.evaluation.protocol import split_test_set
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import export_features
 from featdiff.report import write_report
-from featdiff.seeding import named_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar-lt"
@@ -59,16 +58,6 @@ def split_config(split: str, threads: int):
     )
 
 
-def halves(labels: torch.Tensor, seed: int) -> torch.Tensor:
-    """A boolean mask that puts half of every class's rows (rounded down) in the first fold."""
-    generator = named_generator(seed, "benchmarks/linear_probe/folds")
-    first = torch.zeros(len(labels), dtype=torch.bool)
-    for c in torch.unique(labels).tolist():
-        rows = torch.nonzero(labels == c).flatten()
-        first[rows[torch.randperm(len(rows), generator=generator)[: len(rows) // 2]]] = True
-    return first
-
-
 REGULARISATION_GRID = np.logspace(-3, 2, 11)
 """Inverse L2 strengths the probe's inner cross-validation chooses among."""
 
@@ -78,7 +67,9 @@ def two_fold_accuracy(features: torch.Tensor, labels: torch.Tensor, seed: int) -
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    first = halves(labels, seed).numpy()
+    fold = split_test_set(labels, 0.5, seed)  # the same per-class seeded split as the validation part's
+    first = np.zeros(len(labels), dtype=bool)
+    first[fold.validation.numpy()] = True
     x, y = features.double().numpy(), labels.numpy()
     scores = []
     for train in (first, ~first):
