@@ -569,7 +569,8 @@ class FederatedConfig(_Section):
     s = clamp(1 − F_bank / F_model, 0, 1), F the mean per-class Fréchet distance of the bank and of
     fresh samples of the aggregated model to the federation's class statistics: a bank that is no
     better than the model corrects nothing, so the correction cannot pull the model towards worse
-    features. Private runs correct as `fixed` (their only reference is the auxiliary set itself)."""
+    features; and a corrected model that scores worse than the aggregated one on the same draws is
+    undone. Private runs correct as `fixed` (their only reference is the auxiliary set itself)."""
     server_lr: Float = Field(2e-4, gt=0)
     server_batch: int = Field(256, ge=1)
     quick_test_holdout: Float = Field(0.2, gt=0, lt=1)

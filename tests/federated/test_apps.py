@@ -102,6 +102,20 @@ def test_a_bank_better_than_the_model_corrects_it(make_config, tmp_path):
     results = run(make_config(algorithm="fedddpm", **GOOD_BANK), tmp_path / "run")
     assert all(0.3 < entry["correction_strength"] <= 1 and entry["correction_steps"] > 0 for entry in results["rounds"])
     assert all(entry["bank_frechet"] < entry["model_frechet"] for entry in results["rounds"])
+    assert all(entry["correction_kept"] and entry["corrected_frechet"] < entry["model_frechet"] for entry in results["rounds"])
+
+
+def test_a_correction_that_worsens_the_model_is_undone(make_config, tmp_path):
+    """A good bank asks for a correction, but a server learning rate far too large wrecks the model
+    in its steps: the corrected model scores worse, and the round goes on with the aggregated one."""
+    plain = run(make_config("plain", algorithm="fedavg", **GOOD_BANK), tmp_path / "fedavg")
+    wrecked = run(make_config("wrecked", algorithm="fedddpm", server_lr=10.0, **GOOD_BANK), tmp_path / "wrecked")
+    for entry in wrecked["rounds"]:
+        assert entry["correction_steps"] > 0 and not entry["correction_kept"]
+        assert entry["corrected_frechet"] > entry["model_frechet"]
+    ours, theirs = weights(tmp_path / "wrecked"), weights(tmp_path / "fedavg")
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)  # every correction undone: FedAvg's run exactly
+    assert wrecked["pseudo_frechet_test"] == plain["pseudo_frechet_test"]
 
 
 def test_the_progressive_bank_refreshes_from_a_model_that_overtook_it(make_config, tmp_path):

@@ -5,7 +5,11 @@ As published the correction is τ steps every round (`federated.correction: fixe
 default scores it first (`scored`): fresh samples of the aggregated model and the bank are each
 compared with the federation's class statistics (mean per-class Fréchet distance, no record
 needed), and the correction takes round(s·τ) steps with s = clamp(1 − F_bank / F_model, 0, 1), so a
-bank that is no better than the model does not pull the model towards it.
+bank that is no better than the model does not pull the model towards it. The corrected model is then
+scored again on the same draws (a paired comparison: the sampler's noise cancels) and kept only if it
+is closer to the statistics than the aggregated model was: a few server steps on a small bank can
+also disperse the model, and a correction that makes the model worse by the server's own measure is
+undone.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from featdiff.federated.bank import class_frechet, mean_ignoring_nan
+from featdiff.federated.server import state_of
 from featdiff.federated.strategies.fedavg import Auxiliary, FedAvg, RoundWork
 from featdiff.generation.pseudo import SamplerSettings
 from featdiff.seeding import named_generator
@@ -36,7 +41,14 @@ class FedDDPM(FedAvg):
             work.entry |= {"model_frechet": model_frechet, "correction_strength": strength}
         work.entry["correction_steps"] = steps
         if steps > 0:
+            aggregated = state_of(work.model)
             self.server_steps(work.model, work.bank, aux.setup.scaler, steps=steps, seed_name=f"server-round{work.number}")
+            if "model_frechet" in work.entry:
+                corrected_frechet = self.model_frechet(work, aux)
+                kept = corrected_frechet <= work.entry["model_frechet"]
+                if not kept:
+                    work.model.load_state_dict(aggregated)
+                work.entry |= {"corrected_frechet": corrected_frechet, "correction_kept": kept}
             work.entry["corrected_holdout_loss"] = self.held_out_loss(work.model, aux)
 
     def model_frechet(self, work: RoundWork, aux: Auxiliary) -> float:
