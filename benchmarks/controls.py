@@ -7,6 +7,7 @@ reports the report part. Two parts, each one command (run `select` first):
     python benchmarks/controls.py --part select --splits cifar10:100     # one split's knob search, seed 0
     python benchmarks/controls.py --part frozen --splits cifar10:100     # chosen methods + controls, 3 seeds
     python benchmarks/controls.py --part dp --datasets cifar10           # private releases and controls at ε ∈ {∞, 10, 1}
+    python benchmarks/controls.py --part render                          # the tables again from their JSON, no run
 
 `select` runs a coordinate search (`featdiff.selection`) per generator family on seed 0: the
 class Gaussian (`gaussian`) and the diffusion model (`ldmlr`), over the training features,
@@ -56,7 +57,7 @@ import torch
 
 from featdiff.config import config_from_dict
 from featdiff.errors import UserError, exit_status
-from featdiff.io import strict_json
+from featdiff.io import atomic_write_text, strict_json
 from featdiff.methods.ldmlr import denoiser_inputs
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import execute
@@ -539,13 +540,27 @@ def provenance_of_older_entries(report: dict, command: str, device: str) -> None
     report.setdefault("device", device)
 
 
+def render_tables(folder: Path) -> None:
+    """Rewrites each table's markdown from its committed JSON with today's renderer: the numbers
+    and their provenance are the JSON's, which (like the DP plot) is left as it is."""
+    renderers = {"controls_selection": selection_markdown, "controls_frozen": frozen_markdown, "controls_dp": dp_markdown}
+    found = [name for name in renderers if (folder / name).with_suffix(".json").is_file()]
+    if not found:
+        raise UserError(f"no controls_*.json in {folder}; run a part first, or pass --out with the folder that holds them")
+    for name in found:
+        path = folder / name
+        report = load_report(path)
+        atomic_write_text(path.with_suffix(".md"), renderers[name](report))
+        print(f"rendered {path.with_suffix('.md')}")
+
+
 def load_report(path: Path) -> dict:
     return json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {"splits": {}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["select", "frozen", "dp"], required=True)
+    parser.add_argument("--part", choices=["select", "frozen", "dp", "render"], required=True)
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=SPLITS)
     parser.add_argument("--datasets", nargs="+", choices=["cifar10", "cifar100"], default=["cifar10", "cifar100"], help="for --part dp")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="for --part frozen")
@@ -561,6 +576,9 @@ def main() -> None:
     runs = Runs(args.workdir)
     command = "python " + " ".join(sys.argv)
     device = f"cpu, {args.threads} torch threads, one run at a time"
+    if args.part == "render":
+        render_tables(args.out)
+        return
     if args.part == "dp":
         dp_path = args.out / "controls_dp"
         report = load_report(dp_path)

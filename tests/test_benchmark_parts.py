@@ -203,3 +203,23 @@ def test_controls_blend_reading_picks_the_real_only_blend_on_validation_not_on_r
 
     rows["fc_retrain"][1] = summary(58.0)  # a seed measured before the blend existed
     assert controls.blend_reading(rows) is None
+
+
+def test_controls_render_rewrites_a_stale_table_from_its_json_and_leaves_the_json_alone(tmp_path):
+    committed = (BENCHMARKS / "results" / "controls_selection.json").read_bytes()
+    (tmp_path / "controls_selection.json").write_bytes(committed)
+    (tmp_path / "controls_selection.md").write_text("a table rendered by older code\n")
+    command = [sys.executable, str(BENCHMARKS / "controls.py"), "--part", "render", "--out", str(tmp_path)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    table = (tmp_path / "controls_selection.md").read_text()
+    splits = json.loads(committed)["splits"]
+    assert table.count("Criterion: `") == len(splits) > 0
+    assert all(entry["command"] in table for entry in splits.values())
+    assert (tmp_path / "controls_selection.json").read_bytes() == committed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["controls_selection.json", "controls_selection.md"]  # nothing invented
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = subprocess.run([*command[:-1], str(empty)], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1 and "no controls_*.json" in refused.stderr
