@@ -7,9 +7,10 @@ compared with the federation's class statistics (mean per-class Fréchet distanc
 needed), and the correction takes round(s·τ) steps with s = clamp(1 − F_bank / F_model, 0, 1), so a
 bank that is no better than the model does not pull the model towards it. The corrected model is then
 scored again on the same draws (a paired comparison: the sampler's noise cancels) and kept only if it
-is closer to the statistics than the aggregated model was: a few server steps on a small bank can
-also disperse the model, and a correction that makes the model worse by the server's own measure is
-undone.
+is closer to the statistics than the aggregated model was. A bank close to the statistics is not
+thereby good training data: on CIFAR-10-LT, steps on the warm-up bank move FedAvg's model away from
+the statistics the bank itself matches (`benchmarks/correction_check.py`), so a correction that
+makes the model worse by the server's own measure is undone (NaN counts as worse).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def correction_strength(bank_frechet: float, model_frechet: float) -> float:
 class FedDDPM(FedAvg):
     def server_step(self, work: RoundWork, aux: Auxiliary) -> None:
         steps = self.fed.server_steps
-        if steps > 0 and self.fed.correction == "scored" and not self.private:
+        scored = self.fed.correction == "scored" and not self.private
+        if steps > 0 and scored:
             model_frechet = self.model_frechet(work, aux)
             bank_frechet = mean_ignoring_nan(class_frechet(work.bank.features, work.bank.labels, *aux.reference))
             strength = correction_strength(bank_frechet, model_frechet)
@@ -43,8 +45,8 @@ class FedDDPM(FedAvg):
         if steps > 0:
             aggregated = state_of(work.model)
             self.server_steps(work.model, work.bank, aux.setup.scaler, steps=steps, seed_name=f"server-round{work.number}")
-            if "model_frechet" in work.entry:
-                corrected_frechet = self.model_frechet(work, aux)
+            if scored:
+                corrected_frechet = self.model_frechet(work, aux)  # the same draws as the aggregated model's score
                 kept = corrected_frechet <= work.entry["model_frechet"]
                 if not kept:
                     work.model.load_state_dict(aggregated)
