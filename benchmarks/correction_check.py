@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from featdiff.config import RunConfig, load_config
 from featdiff.errors import exit_status
@@ -41,7 +40,7 @@ from featdiff.federated.task import encoded_features, new_denoiser
 from featdiff.generation.pseudo import FeatureGenerator, SamplerSettings, schedule_for
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import export_features
-from featdiff.report import write_report
+from featdiff.report import fmt_mean_std, write_report
 from featdiff.seeding import named_generator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,15 +68,18 @@ class Scorer:
         self.reference = (self.setup.means, self.setup.covariances, self.setup.client_counts.sum(0) >= 2)
         self.per_class = torch.bincount(self.bank[1], minlength=classes)
 
-    def frechet(self, model: nn.Module, features: Tensor | None = None, labels: Tensor | None = None) -> float:
-        if features is None:
-            generator = FeatureGenerator(
-                model.eval(), self.setup.scaler, self.setup.clip, self.schedule, self.config.diffusion.resolved_prediction()
-            )
-            features, labels = generator.generate(
-                self.per_class, SamplerSettings.of(self.config.diffusion), named_generator(self.config.seed, "correction-check/draws")
-            )
+    def frechet(self, features: Tensor, labels: Tensor) -> float:
         return mean_ignoring_nan(class_frechet(features, labels, *self.reference))
+
+    def model_frechet(self) -> float:
+        """The model's samples (the same draws for every model: a paired comparison), scored."""
+        generator = FeatureGenerator(
+            self.model.eval(), self.setup.scaler, self.setup.clip, self.schedule, self.config.diffusion.resolved_prediction()
+        )
+        features, labels = generator.generate(
+            self.per_class, SamplerSettings.of(self.config.diffusion), named_generator(self.config.seed, "correction-check/draws")
+        )
+        return self.frechet(features, labels)
 
     def after_steps(self, features: Tensor, labels: Tensor, steps: int) -> float:
         """The aggregated model after `steps` server steps on (features, labels), scored."""
@@ -95,7 +97,7 @@ class Scorer:
             draws=named_generator(self.config.seed, "correction-check/diffusion"),
         )
         self.model.load_state_dict(weights)
-        return self.frechet(self.model)
+        return self.model_frechet()
 
     def perturbed(self) -> float:
         """The aggregated model with every parameter moved by ±server_lr (a step of the correction's size, no direction)."""
@@ -104,7 +106,7 @@ class Scorer:
         with torch.no_grad():
             for parameter in self.model.parameters():
                 parameter.add_(self.config.federated.server_lr * torch.randn(parameter.shape, generator=signs).sign())
-        return self.frechet(self.model)
+        return self.model_frechet()
 
 
 def measure(seed: int, features_file: Path, workdir: Path) -> list[dict]:
@@ -126,8 +128,8 @@ def measure(seed: int, features_file: Path, workdir: Path) -> list[dict]:
         row = {
             "seed": seed,
             "rounds": rounds,
-            "bank": scorer.frechet(scorer.model, *scorer.bank),
-            "model": scorer.frechet(scorer.model),
+            "bank": scorer.frechet(*scorer.bank),
+            "model": scorer.model_frechet(),
             "perturbed": scorer.perturbed(),
             "bank_steps": {str(k): scorer.after_steps(*scorer.bank, k) for k in STEPS},
             "real_steps": {str(k): scorer.after_steps(real_features, real_labels, k) for k in STEPS},
@@ -138,10 +140,6 @@ def measure(seed: int, features_file: Path, workdir: Path) -> list[dict]:
             flush=True,
         )
     return rows
-
-
-def cell(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
 def markdown(report: dict) -> str:
@@ -165,9 +163,9 @@ def markdown(report: dict) -> str:
     ]
     for rounds in ROUNDS:
         rows = [r for r in report["rows"] if r["rounds"] == rounds]
-        cells = [cell([r[key] for r in rows]) for key in ("bank", "model", "perturbed")]
-        cells += [cell([r["bank_steps"][str(k)] for r in rows]) for k in STEPS]
-        cells += [cell([r["real_steps"][str(k)] for r in rows]) for k in STEPS]
+        cells = [fmt_mean_std([r[key] for r in rows]) for key in ("bank", "model", "perturbed")]
+        cells += [fmt_mean_std([r["bank_steps"][str(k)] for r in rows]) for k in STEPS]
+        cells += [fmt_mean_std([r["real_steps"][str(k)] for r in rows]) for k in STEPS]
         lines.append(f"| {rounds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

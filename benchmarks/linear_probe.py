@@ -39,7 +39,7 @@ from featdiff.errors import exit_status
 from featdiff.evaluation.protocol import split_test_set
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
 from featdiff.pipeline import export_features
-from featdiff.report import write_report
+from featdiff.report import fmt_mean_std, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar-lt"
@@ -112,9 +112,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|",
     ]
     for split, entry in report["splits"].items():
-        values = entry["accuracy"]
-        accuracy = f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
-        lines.append(f"| {split.replace(':', ' IF=')} | {accuracy} | {entry['rows']} |")
+        lines.append(f"| {split.replace(':', ' IF=')} | {fmt_mean_std(entry['accuracy'])} | {entry['rows']} |")
     return "\n".join(lines) + "\n"
 
 
