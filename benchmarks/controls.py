@@ -8,6 +8,8 @@ reports the report part. Two parts, each one command (run `select` first):
     python benchmarks/controls.py --part frozen --splits cifar10:100     # chosen methods + controls, 3 seeds
     python benchmarks/controls.py --part dp --datasets cifar10           # private releases and controls at ε ∈ {∞, 10, 1}
     python benchmarks/controls.py --part render                          # the tables again from their JSON, no run
+    python benchmarks/controls.py --part frozen --splits cifar100:100 --test-time-flip --selection benchmarks/results \
+        --out benchmarks/results/controls_flip                           # every head scored on test-time flips, same knobs
 
 `select` runs a coordinate search (`featdiff.selection`) per generator family on seed 0: the
 class Gaussian (`gaussian`) and the diffusion model (`ldmlr`), over the training features,
@@ -111,10 +113,12 @@ FAMILIES = {
 first option is featdiff's default."""
 
 
-def base_config(split: str, seed: int, method: str, threads: int) -> dict:
-    """The frozen-encoder benchmark's settings (those of benchmarks/ldmlr_frozen.py)."""
+def base_config(split: str, seed: int, method: str, threads: int, *, test_time_flip: bool = False) -> dict:
+    """The frozen-encoder benchmark's settings (those of benchmarks/ldmlr_frozen.py); with
+    `test_time_flip`, every head is scored on the mean of each test image's and its mirror's features."""
     dataset, imbalance = split.split(":")
-    return {
+    flip = {"evaluation": {"test_time_flip": True}} if test_time_flip else {}  # absent when off: older runs' folders keep their hash
+    return flip | {
         "name": "run",
         "method": method,
         "seed": seed,
@@ -217,16 +221,19 @@ def summary_of(results: dict) -> dict:
     return summary
 
 
-def frozen(split: str, selection: dict, runs: Runs, seeds: list[int], threads: int) -> dict:
+def frozen(split: str, selection: dict, runs: Runs, seeds: list[int], threads: int, *, test_time_flip: bool = False) -> dict:
     """Per seed: LDMLR's defaults and both chosen families, with their same-run controls."""
     rows: dict[str, list[dict]] = {}
     chosen = selection["families"]
+
+    def config(seed: int, method: str) -> dict:
+        return base_config(split, seed, method, threads, test_time_flip=test_time_flip)
+
     for seed in seeds:
         print(f"{split} seed {seed}", flush=True)
-        default = runs.run(split, "ldmlr-default", base_config(split, seed, "ldmlr", threads))
-        gaussian_values = merged(base_config(split, seed, "gaussian", threads), chosen["gaussian"]["overrides"])
-        gaussian = runs.run(split, "gaussian-chosen", gaussian_values)
-        diffusion = runs.run(split, "ldmlr-chosen", merged(base_config(split, seed, "ldmlr", threads), chosen["ldmlr"]["overrides"]))
+        default = runs.run(split, "ldmlr-default", config(seed, "ldmlr"))
+        gaussian = runs.run(split, "gaussian-chosen", merged(config(seed, "gaussian"), chosen["gaussian"]["overrides"]))
+        diffusion = runs.run(split, "ldmlr-chosen", merged(config(seed, "ldmlr"), chosen["ldmlr"]["overrides"]))
         controls = default["controls"]
         entries = {
             "ce (shipped encoder)": controls["ce"],
@@ -249,7 +256,8 @@ def frozen(split: str, selection: dict, runs: Runs, seeds: list[int], threads: i
             f"gaussian {summary_of(gaussian)['tuned']['overall']:.2f}, ldmlr {summary_of(diffusion)['tuned']['overall']:.2f}",
             flush=True,
         )
-    return {"seeds": seeds, "rows": rows, "knobs": knob_choice(selection)}
+    knobs = knob_choice(selection) | ({"test_time_flip": True} if test_time_flip else {})
+    return {"seeds": seeds, "rows": rows, "knobs": knobs}
 
 
 def merged_seeds(existing: dict | None, measured: dict, part: dict, report: dict) -> dict:
@@ -353,6 +361,12 @@ def blend_reading(rows: dict[str, list[dict]]) -> str | None:
     )
 
 
+FLIP_LINE = (
+    "- every head scored on test-time flips (`evaluation.test_time_flip`): each test image's feature is the mean of its own "
+    "and its mirror image's, for every method and control alike; the knobs are those chosen without it"
+)
+
+
 def frozen_markdown(report: dict) -> str:
     lines = [
         "# Feature generation against the cheapest controls (frozen shipped encoders)",
@@ -373,6 +387,7 @@ def frozen_markdown(report: dict) -> str:
             "",
             *(f"- seeds {p['seeds']}: `{p['command']}` ({p['device']})" for p in entry_parts(entry, report)),
             *([f"- knobs scored by the validation part's `{entry['knobs']['criterion']}` accuracy"] if "knobs" in entry else []),
+            *([FLIP_LINE] if entry.get("knobs", {}).get("test_time_flip") else []),
             "",
             "| method | plain | adj. | **tuned** | many | medium | few | τ | validation "
             "| **blended** | few (blended) | w | validation (blended) |",
@@ -569,6 +584,17 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "featdiff" / "bench-controls")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument(
+        "--selection",
+        type=Path,
+        default=None,
+        help="for --part frozen: the folder whose controls_selection.json holds the knobs (default: --out)",
+    )
+    parser.add_argument(
+        "--test-time-flip",
+        action="store_true",
+        help="for --part frozen: score every head on the mean of each test image's and its mirror's features (evaluation.test_time_flip)",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of every run (recorded)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -590,7 +616,7 @@ def main() -> None:
         dp_plot(report, dp_path.with_suffix(".png"))
         print(dp_markdown(report))
         return
-    selection_path = args.out / "controls_selection"
+    selection_path = (args.selection if args.part == "frozen" and args.selection else args.out) / "controls_selection"
     selection = load_report(selection_path)
     if args.part == "select":
         for split in args.splits:
@@ -604,7 +630,7 @@ def main() -> None:
         raise UserError(f"no knob choice for {', '.join(missing)} yet; run --part select --splits {' '.join(missing)} first")
     frozen_path = args.out / "controls_frozen"
     for split in args.splits:
-        measured = frozen(split, selection["splits"][split], runs, args.seeds, args.threads)
+        measured = frozen(split, selection["splits"][split], runs, args.seeds, args.threads, test_time_flip=args.test_time_flip)
         report = load_report(frozen_path)  # read again: another part may have written meanwhile
         report["splits"][split] = merged_seeds(report["splits"].get(split), measured, {"command": command, "device": device}, report)
         provenance_of_older_entries(report, command, device)

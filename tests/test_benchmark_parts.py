@@ -223,3 +223,46 @@ def test_controls_render_rewrites_a_stale_table_from_its_json_and_leaves_the_jso
     empty.mkdir()
     refused = subprocess.run([*command[:-1], str(empty)], capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1 and "no controls_*.json" in refused.stderr
+
+
+def fake_results() -> dict:
+    """The fields of a run's results.json that a frozen controls row reads."""
+    groups = {"overall": 1.0, "many": 1.0, "medium": 1.0, "few": 1.0}
+    head = {
+        "report": {"acc": groups, "acc_adjusted": groups},
+        "tuned": {"tau": 1.0, "report": {"acc": groups}, "validation": {"acc": groups}},
+    }
+    names = ("ce", "fc_retrain", "fc_retrain_la", "fc_retrain_normalized", "gaussian")
+    return head | {"controls": {name: head for name in names}}
+
+
+def test_controls_test_time_flip_reaches_every_run_and_never_joins_seeds_scored_without_it():
+    controls = benchmark("controls")
+    selection = {"featdiff": "ldmlr", "families": {"gaussian": {"overrides": {}}, "ldmlr": {"overrides": {"diffusion": {"guidance": 0.7}}}}}
+
+    class Recorded:
+        def __init__(self) -> None:
+            self.values: list[dict] = []
+
+        def run(self, split: str, label: str, values: dict) -> dict:
+            self.values.append(values)
+            return fake_results()
+
+    plain, flipped = Recorded(), Recorded()
+    without = controls.frozen("cifar10:100", selection, plain, [0], 1)
+    with_flip = controls.frozen("cifar10:100", selection, flipped, [0], 1, test_time_flip=True)
+    assert len(flipped.values) == 3 and all(v["evaluation"]["test_time_flip"] is True for v in flipped.values)
+    assert flipped.values[2]["diffusion"] == {"guidance": 0.7}  # the chosen knobs still apply
+    assert all("evaluation" not in v for v in plain.values)  # runs without it keep the folders (hashes) they had
+    assert with_flip["knobs"]["test_time_flip"] is True and "test_time_flip" not in without["knobs"]
+
+    committed = without | {"parts": [{"seeds": [0], "command": "c0"}]}
+    with pytest.raises(UserError, match="other chosen knobs"):
+        controls.merged_seeds(committed, with_flip | {"seeds": [1]}, {"command": "f1"}, {})
+    markdown = controls.frozen_markdown(
+        {"splits": {"cifar10:100": controls.merged_seeds(None, with_flip, {"command": "f", "device": "d"}, {})}}
+    )
+    assert "test-time flips" in markdown
+    assert "test-time flips" not in controls.frozen_markdown(
+        {"splits": {"cifar10:100": controls.merged_seeds(None, without, {"command": "p", "device": "d"}, {})}}
+    )

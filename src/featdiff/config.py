@@ -118,6 +118,12 @@ class EvaluationConfig(_Section):
     controls: bool = True
     """Train the controls beside the method (the cheap heads; `gaussian` beside `ldmlr`). false
     in a sweep that reads only the method's validation numbers; `ce` is always evaluated."""
+    test_time_flip: bool = False
+    """Score every classifier on the mean of each test image's and its mirror image's eval-mode
+    features (test-time augmentation; for a linear head, the mean of the two views' logits). It
+    changes the test and train-holdout features only, for the method and its controls alike, so
+    compare runs with equal settings. Images only (a features file has none), and not digits,
+    whose mirror images are other digits."""
     shuffle_report_labels: bool = False
     """A check of the protocol, not a setting: the report part is scored against permuted labels
     (its numbers become meaningless); every validation number and every choice must not change."""
@@ -674,6 +680,16 @@ class RunConfig(_Section):
             config_rule(
                 self.encoder.checkpoint is None, "encoder.checkpoint", "must be null for data.source 'features' (its features are given)"
             )
+            config_rule(
+                not self.evaluation.test_time_flip,
+                "evaluation.test_time_flip",
+                "needs images to mirror, which data.source 'features' does not have; set it false",
+            )
+        config_rule(
+            not (self.evaluation.test_time_flip and self.data.dataset == "digits" and self.data.source != "folder"),
+            "evaluation.test_time_flip",
+            "mirrors images, and a mirrored digit is another digit (or none); set it false for digits",
+        )
         config_rule(
             not self.diffusion.denoiser_from or self.method == "ldmlr",
             "diffusion.denoiser_from",

@@ -117,6 +117,23 @@ def _encode_views(
     return FeatureSet(torch.cat(views), images.labels.repeat(len(views)))
 
 
+def mirror(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) images flipped left-right."""
+    return images.flip(-1)
+
+
+def _encode_scored(model: nn.Module, bundle: DatasetBundle, images: ImageSet, device: torch.device, *, test_time_flip: bool) -> FeatureSet:
+    """Eval-mode features of images a classifier is scored on; with `test_time_flip`, the mean of
+    each image's and its mirror image's features (test-time augmentation: for a linear head, the
+    mean of the two views' logits)."""
+    batch = inference_batch(device)
+    features = encode(model, images.images, bundle.mean, bundle.std, batch_size=batch, device=device, progress=True)
+    if test_time_flip:
+        mirrored = encode(model, images.images, bundle.mean, bundle.std, batch_size=batch, device=device, augment=mirror, progress=True)
+        features = (features + mirrored) / 2
+    return FeatureSet(features, images.labels)
+
+
 def encode_dataset(
     model: nn.Module,
     bundle: DatasetBundle,
@@ -124,23 +141,28 @@ def encode_dataset(
     seed: int,
     device: torch.device,
     cache: Path | None = None,
+    *,
+    test_time_flip: bool = False,
 ) -> EncodedDataset:
-    """Extract (or load from the cache) the training, train-holdout and test features."""
+    """Extract (or load from the cache) the training, train-holdout and test features.
+
+    `config` says how the training features are taken; the test and train-holdout features, which
+    classifiers are scored on, are always clean eval-mode features, averaged with their mirror
+    images' under `test_time_flip` (`evaluation.test_time_flip`)."""
     key = _digest(
         encoder_fingerprint(model),
         images_fingerprint(bundle.train),
         images_fingerprint(bundle.test),
-        f"{config.style}|{config.augmented_views}|{seed}|holdout={bundle.train_holdout is not None}".encode(),
+        f"{config.style}|{config.augmented_views}|{seed}|holdout={bundle.train_holdout is not None}|flip={test_time_flip}".encode(),
     )
     path = (cache or cache_dir()) / "features" / f"{key}.safetensors"
     stored = _read_cache(path, with_holdout=bundle.train_holdout is not None)
     if stored is None:
         train = _encode_views(model, bundle, bundle.train, config, seed, device)
-        eval_config = FeatureConfig(style="eval", augmented_views=0)
-        test = _encode_views(model, bundle, bundle.test, eval_config, seed, device)
+        test = _encode_scored(model, bundle, bundle.test, device, test_time_flip=test_time_flip)
         stored = {"train_x": train.features, "train_y": train.labels, "test_x": test.features, "test_y": test.labels}
         if bundle.train_holdout is not None:
-            holdout = _encode_views(model, bundle, bundle.train_holdout, eval_config, seed, device)
+            holdout = _encode_scored(model, bundle, bundle.train_holdout, device, test_time_flip=test_time_flip)
             stored |= {"holdout_x": holdout.features, "holdout_y": holdout.labels}
         atomic_save_tensors(path, stored)
     holdout = FeatureSet(stored["holdout_x"], stored["holdout_y"]) if "holdout_x" in stored else None

@@ -146,7 +146,7 @@ def execute(run: Run) -> dict:
             bundle = load_dataset(config.data, seed=config.seed)
             encoder = stage_encoder(run, bundle, device)
         with run.timed("features_s"):
-            encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
+            encoded = encode_dataset(encoder, bundle, config.features, config.seed, device, test_time_flip=config.evaluation.test_time_flip)
 
     evaluation = config.evaluation
     shuffle = evaluation.shuffle_report_labels
@@ -204,7 +204,7 @@ def export_features(config: RunConfig, out: Path) -> dict[str, int]:
     bundle = load_dataset(config.data, seed=config.seed)
     new_head = named_generator(config.seed, NEW_HEAD_STREAM) if config.encoder.public else None
     encoder = load_checkpoint_encoder(config, bundle, new_head).to(device).eval()
-    encoded = encode_dataset(encoder, bundle, config.features, config.seed, device)
+    encoded = encode_dataset(encoder, bundle, config.features, config.seed, device, test_time_flip=config.evaluation.test_time_flip)
     file = FeatureFile(
         train_features=encoded.train.features.cpu(),
         train_labels=encoded.train.labels.cpu(),

@@ -416,7 +416,9 @@ def cheap_controls(context: MethodContext) -> dict:
 def eval_features(context: MethodContext, encoder: nn.Module) -> EncodedDataset:
     """Clean eval-mode features of every split, as the test set meets the encoder."""
     config = context.config
-    return encode_dataset(encoder, context.bundle, FeatureConfig(style="eval"), config.seed, context.device)
+    return encode_dataset(
+        encoder, context.bundle, FeatureConfig(style="eval"), config.seed, context.device, test_time_flip=config.evaluation.test_time_flip
+    )
 
 
 def finetuned_control(context: MethodContext) -> tuple[nn.Module, dict, dict]:
@@ -451,7 +453,9 @@ def ldmlr_after_finetune(context: MethodContext, *, refit: bool) -> MethodResult
     fitted to the starting encoder's features (stale) or to the tuned one's (refit)."""
     run, config, bundle = context.run, context.config, context.bundle
     tuned, finetuned, extra = finetuned_control(context)
-    tuned_encoded = encode_dataset(tuned, bundle, config.features, config.seed, context.device)
+    tuned_encoded = encode_dataset(
+        tuned, bundle, config.features, config.seed, context.device, test_time_flip=config.evaluation.test_time_flip
+    )
     counts = pseudo_counts(context.train_counts, config.generation)
     source = tuned_encoded if refit else context.encoded
     pseudo_x, pseudo_y = stage_pseudo_features(context, source.train, counts)
