@@ -16,8 +16,9 @@ features are the eval-mode features every method is scored on (`features.style` 
 training features only).
 
     python benchmarks/linear_probe.py --threads 1    # all four splits, 3 fold splits (~6 min alone on 2 cores)
+    python benchmarks/linear_probe.py --threads 1 --test-time-flip --out benchmarks/results/linear_probe_flip   # on flipped test features
 
-Writes benchmarks/results/linear_probe.{json,md}.
+Writes benchmarks/results/linear_probe.{json,md}, or the path given by --out.
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 SPLITS = ["cifar10:100", "cifar10:10", "cifar100:100", "cifar100:10"]
 
 
-def split_config(split: str, threads: int):
+def split_config(split: str, threads: int, *, test_time_flip: bool = False):
     dataset, imbalance = split.split(":")
     return config_from_dict(
         {
             "data": {"dataset": dataset, "imbalance_factor": float(imbalance), "root": str(DATA)},
             "encoder": {"checkpoint": str(DATA / f"ldmlr_resnet32_{dataset}_lt_if{imbalance}.safetensors")},
+            "evaluation": {"test_time_flip": test_time_flip},
             "compute": {"threads": threads},
         }
     )
@@ -84,8 +86,8 @@ def two_fold_accuracy(features: torch.Tensor, labels: torch.Tensor, seed: int) -
     return statistics.fmean(scores)
 
 
-def measure(split: str, seeds: list[int], threads: int) -> dict:
-    config = split_config(split, threads)
+def measure(split: str, seeds: list[int], threads: int, *, test_time_flip: bool) -> dict:
+    config = split_config(split, threads, test_time_flip=test_time_flip)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "features.safetensors"
         export_features(config, path)
@@ -106,6 +108,11 @@ def markdown(report: dict) -> str:
         "goes with a test-like training set, never a result. Not a ceiling: it trains on half of the report part's images",
         "of each class (40 on CIFAR-100, 400 on CIFAR-10), fewer than the shipped head saw of most classes at IF = 10.",
         "",
+        *(
+            ["Test features: the mean of each test image's and its mirror image's (`evaluation.test_time_flip`).", ""]
+            if report.get("test_time_flip")
+            else []
+        ),
         f"`{report['command']}` ({report['device']}, {report['wall_s'] / 60:.1f} min)",
         "",
         "| split | 2-fold accuracy on the report part | report rows |",
@@ -122,16 +129,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (recorded)")
     parser.add_argument("--out", type=Path, default=RESULTS / "linear_probe", help="results path, without suffix")
+    parser.add_argument("--test-time-flip", action="store_true", help="probe the mean of each test image's and its mirror's features")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     keep_torch_caches_in_featdiff_cache()
     started = time.perf_counter()
     splits = {}
     for split in args.splits:
-        splits[split] = measure(split, args.seeds, args.threads)
+        splits[split] = measure(split, args.seeds, args.threads, test_time_flip=args.test_time_flip)
         print(f"{split}: {statistics.fmean(splits[split]['accuracy']):.2f}", flush=True)
     report = {
         "splits": splits,
+        "test_time_flip": args.test_time_flip,
         "command": "python " + " ".join(sys.argv),
         "device": f"cpu, {args.threads} torch threads",
         "wall_s": time.perf_counter() - started,
