@@ -10,6 +10,8 @@ reports the report part. Two parts, each one command (run `select` first):
     python benchmarks/controls.py --part render                          # the tables again from their JSON, no run
     python benchmarks/controls.py --part frozen --splits cifar100:100 --test-time-flip --selection benchmarks/results \
         --out benchmarks/results/controls_flip                           # every head scored on test-time flips, same knobs
+    python benchmarks/controls.py --part select --splits cifar100:10 --test-time-flip \
+        --out benchmarks/results/controls_flip_selected                  # the knob search itself on flipped validation features
 
 `select` runs a coordinate search (`featdiff.selection`) per generator family on seed 0: the
 class Gaussian (`gaussian`) and the diffusion model (`ldmlr`), over the training features,
@@ -166,13 +168,15 @@ class Runs:
         return results
 
 
-def select(split: str, runs: Runs, threads: int, criterion: Criterion) -> dict:
+def select(split: str, runs: Runs, threads: int, criterion: Criterion, *, test_time_flip: bool = False) -> dict:
     """Both families' coordinate searches on seed 0, without the trained controls, each option scored
-    by `criterion` on the validation part (the head alone, or blended with the shipped head)."""
+    by `criterion` on the validation part (the head alone, or blended with the shipped head); with
+    `test_time_flip`, on that part's flipped features, as a table scored on flips reads its report part."""
     chosen = {}
+    flipped = " on test-time flips" if test_time_flip else ""
     for family, knobs in FAMILIES.items():
-        print(f"{split} {family}: knob search on the validation part (seed 0, criterion {criterion})", flush=True)
-        base = merged(base_config(split, 0, family, threads), {"evaluation": {"controls": False}})
+        print(f"{split} {family}: knob search on the validation part{flipped} (seed 0, criterion {criterion})", flush=True)
+        base = merged(base_config(split, 0, family, threads, test_time_flip=test_time_flip), {"evaluation": {"controls": False}})
         started = time.perf_counter()
         evaluate = lambda values, family=family: runs.run(split, f"select-{family}", values)  # noqa: E731
         result = coordinate_search(base, knobs, evaluate, criterion=criterion)
@@ -186,14 +190,16 @@ def select(split: str, runs: Runs, threads: int, criterion: Criterion) -> dict:
             "search_s": time.perf_counter() - started,
         }
     best = max(chosen, key=lambda family: chosen[family]["validation_score"])
-    return {"families": chosen, "featdiff": best, "criterion": criterion}
+    return {"families": chosen, "featdiff": best, "criterion": criterion} | ({"test_time_flip": True} if test_time_flip else {})
 
 
 def knob_choice(selection: dict) -> dict:
-    """What a frozen split's chosen rows depend on: the criterion, each family's overrides and the
-    featdiff family. Seeds measured under different choices are different rows, never one mean."""
+    """What a frozen split's chosen rows depend on: the criterion (and whether it read flipped
+    features), each family's overrides and the featdiff family. Seeds measured under different
+    choices are different rows, never one mean."""
     return {
         "criterion": selection.get("criterion", "tuned"),
+        **({"selected_on_flips": True} if selection.get("test_time_flip") else {}),
         "featdiff": selection["featdiff"],
         "overrides": {family: chosen["overrides"] for family, chosen in selection["families"].items()},
     }
@@ -363,8 +369,14 @@ def blend_reading(rows: dict[str, list[dict]]) -> str | None:
 
 FLIP_LINE = (
     "- every head scored on test-time flips (`evaluation.test_time_flip`): each test image's feature is the mean of its own "
-    "and its mirror image's, for every method and control alike; the knobs are those chosen without it"
+    "and its mirror image's, for every method and control alike; "
 )
+KNOBS_WITHOUT_FLIPS = "the knobs are those chosen without it"
+KNOBS_ON_FLIPS = "the knobs were chosen on the validation part's flipped features too"
+
+
+def flip_line(knobs: dict) -> str:
+    return FLIP_LINE + (KNOBS_ON_FLIPS if knobs.get("selected_on_flips") else KNOBS_WITHOUT_FLIPS)
 
 
 def frozen_markdown(report: dict) -> str:
@@ -387,7 +399,7 @@ def frozen_markdown(report: dict) -> str:
             "",
             *(f"- seeds {p['seeds']}: `{p['command']}` ({p['device']})" for p in entry_parts(entry, report)),
             *([f"- knobs scored by the validation part's `{entry['knobs']['criterion']}` accuracy"] if "knobs" in entry else []),
-            *([FLIP_LINE] if entry.get("knobs", {}).get("test_time_flip") else []),
+            *([flip_line(entry["knobs"])] if entry.get("knobs", {}).get("test_time_flip") else []),
             "",
             "| method | plain | adj. | **tuned** | many | medium | few | τ | validation "
             "| **blended** | few (blended) | w | validation (blended) |",
@@ -424,6 +436,8 @@ def selection_markdown(report: dict) -> str:
         lines += ["", f"## {split.replace(':', ' IF=')}: featdiff method `{entry['featdiff']}`", ""]
         lines += [f"`{entry.get('command', report['command'])}` ({entry.get('device', report['device'])})", ""]
         lines += [f"Criterion: `{criterion}` ({CRITERIA[criterion]}).", ""]
+        if entry.get("test_time_flip"):
+            lines += ["Scored on test-time flips: each validation image's feature is the mean of its own and its mirror image's.", ""]
         lines += ["| family | chosen overrides | validation | τ | runs | search (s) |", "|---|---|---|---|---|---|"]
         for family, chosen in entry["families"].items():
             overrides = key_of(chosen["overrides"]) if chosen["overrides"] else "defaults"
@@ -593,7 +607,8 @@ def main() -> None:
     parser.add_argument(
         "--test-time-flip",
         action="store_true",
-        help="for --part frozen: score every head on the mean of each test image's and its mirror's features (evaluation.test_time_flip)",
+        help="for --part select and frozen: score every head on the mean of each test image's and its mirror's features "
+        "(evaluation.test_time_flip)",
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of every run (recorded)")
     args = parser.parse_args()
@@ -620,14 +635,19 @@ def main() -> None:
     selection = load_report(selection_path)
     if args.part == "select":
         for split in args.splits:
-            selection["splits"][split] = select(split, runs, args.threads, args.criterion) | {"command": command, "device": device}
-        provenance_of_older_entries(selection, command, device)
-        write_report(selection_path, selection, selection_markdown(selection))
+            chosen = select(split, runs, args.threads, args.criterion, test_time_flip=args.test_time_flip)
+            selection = load_report(selection_path)  # read again: a search of another split may have written meanwhile
+            selection["splits"][split] = chosen | {"command": command, "device": device}
+            provenance_of_older_entries(selection, command, device)
+            write_report(selection_path, selection, selection_markdown(selection))
         print(selection_markdown(selection))
         return
     missing = [split for split in args.splits if split not in selection["splits"]]
     if missing:
         raise UserError(f"no knob choice for {', '.join(missing)} yet; run --part select --splits {' '.join(missing)} first")
+    on_flips = [split for split in args.splits if selection["splits"][split].get("test_time_flip")]
+    if on_flips and not args.test_time_flip:
+        raise UserError(f"the knobs of {', '.join(on_flips)} were chosen on test-time flips; pass --test-time-flip to score the same way")
     frozen_path = args.out / "controls_frozen"
     for split in args.splits:
         measured = frozen(split, selection["splits"][split], runs, args.seeds, args.threads, test_time_flip=args.test_time_flip)

@@ -266,3 +266,49 @@ def test_controls_test_time_flip_reaches_every_run_and_never_joins_seeds_scored_
     assert "test-time flips" not in controls.frozen_markdown(
         {"splits": {"cifar10:100": controls.merged_seeds(None, without, {"command": "p", "device": "d"}, {})}}
     )
+
+
+class RecordedRuns:
+    """A `Runs` stand-in that keeps every config it is asked to run."""
+
+    def __init__(self) -> None:
+        self.values: list[dict] = []
+
+    def run(self, split: str, label: str, values: dict) -> dict:
+        self.values.append(values)
+        return fake_results()
+
+
+def test_controls_knob_search_on_flips_scores_every_candidate_on_flips_and_says_so_in_the_frozen_table(capsys):
+    controls = benchmark("controls")
+    plain, flipped = RecordedRuns(), RecordedRuns()
+    without = controls.select("cifar10:100", plain, 1, "tuned")
+    on_flips = controls.select("cifar10:100", flipped, 1, "tuned", test_time_flip=True)
+    assert len(flipped.values) == len(plain.values) >= len(controls.FAMILIES)
+    assert all(v["evaluation"] == {"controls": False, "test_time_flip": True} for v in flipped.values)
+    assert all(v["evaluation"] == {"controls": False} for v in plain.values)  # older searches keep their run folders
+    assert on_flips["test_time_flip"] is True and "test_time_flip" not in without
+    assert controls.knob_choice(on_flips)["selected_on_flips"] is True and "selected_on_flips" not in controls.knob_choice(without)
+    assert "Scored on test-time flips" in controls.selection_markdown({"command": "s", "device": "d", "splits": {"cifar10:100": on_flips}})
+
+    def table(selection: dict) -> str:
+        measured = controls.frozen("cifar10:100", selection, RecordedRuns(), [0], 1, test_time_flip=True)
+        return controls.frozen_markdown(
+            {"splits": {"cifar10:100": controls.merged_seeds(None, measured, {"command": "f", "device": "d"}, {})}}
+        )
+
+    assert controls.KNOBS_ON_FLIPS in table(on_flips) and controls.KNOBS_WITHOUT_FLIPS not in table(on_flips)
+    assert controls.KNOBS_WITHOUT_FLIPS in table(without) and controls.KNOBS_ON_FLIPS not in table(without)
+
+
+def test_controls_refuses_to_score_knobs_chosen_on_flips_without_flips_in_one_line_with_status_2(tmp_path):
+    selection = {"splits": {"cifar10:100": {"featdiff": "gaussian", "families": {}, "test_time_flip": True}}}
+    (tmp_path / "controls_selection.json").write_text(json.dumps(selection))
+    command = [sys.executable, str(BENCHMARKS / "controls.py"), "--part", "frozen", "--splits", "cifar10:100"]
+    command += ["--out", str(tmp_path), "--workdir", str(tmp_path / "w")]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 2
+    assert finished.stderr.strip().splitlines() == [
+        "controls.py: error: the knobs of cifar10:100 were chosen on test-time flips; pass --test-time-flip to score the same way"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["controls_selection.json"]  # no run, no table
