@@ -236,19 +236,22 @@ def fake_results() -> dict:
     return head | {"controls": {name: head for name in names}}
 
 
+class RecordedRuns:
+    """A `Runs` stand-in that keeps every config it is asked to run."""
+
+    def __init__(self) -> None:
+        self.values: list[dict] = []
+
+    def run(self, split: str, label: str, values: dict) -> dict:
+        self.values.append(values)
+        return fake_results()
+
+
 def test_controls_test_time_flip_reaches_every_run_and_never_joins_seeds_scored_without_it():
     controls = benchmark("controls")
     selection = {"featdiff": "ldmlr", "families": {"gaussian": {"overrides": {}}, "ldmlr": {"overrides": {"diffusion": {"guidance": 0.7}}}}}
 
-    class Recorded:
-        def __init__(self) -> None:
-            self.values: list[dict] = []
-
-        def run(self, split: str, label: str, values: dict) -> dict:
-            self.values.append(values)
-            return fake_results()
-
-    plain, flipped = Recorded(), Recorded()
+    plain, flipped = RecordedRuns(), RecordedRuns()
     without = controls.frozen("cifar10:100", selection, plain, [0], 1)
     with_flip = controls.frozen("cifar10:100", selection, flipped, [0], 1, test_time_flip=True)
     assert len(flipped.values) == 3 and all(v["evaluation"]["test_time_flip"] is True for v in flipped.values)
@@ -266,17 +269,6 @@ def test_controls_test_time_flip_reaches_every_run_and_never_joins_seeds_scored_
     assert "test-time flips" not in controls.frozen_markdown(
         {"splits": {"cifar10:100": controls.merged_seeds(None, without, {"command": "p", "device": "d"}, {})}}
     )
-
-
-class RecordedRuns:
-    """A `Runs` stand-in that keeps every config it is asked to run."""
-
-    def __init__(self) -> None:
-        self.values: list[dict] = []
-
-    def run(self, split: str, label: str, values: dict) -> dict:
-        self.values.append(values)
-        return fake_results()
 
 
 def test_controls_knob_search_on_flips_scores_every_candidate_on_flips_and_says_so_in_the_frozen_table(capsys):
