@@ -294,19 +294,22 @@ def test_controls_knob_search_on_flips_scores_every_candidate_on_flips_and_says_
 
 
 @pytest.mark.parametrize("selection_elsewhere", [False, True], ids=["selection in --out", "selection from --selection"])
-def test_controls_refuses_to_score_knobs_chosen_on_flips_without_flips_in_one_line_with_status_2(tmp_path, selection_elsewhere):
+def test_controls_refuses_to_score_knobs_chosen_on_flips_without_flips_in_one_line_with_status_2(
+    tmp_path, selection_elsewhere, monkeypatch, capsys
+):
     out = tmp_path / "out"
     chosen = tmp_path / "chosen" if selection_elsewhere else out
     chosen.mkdir(parents=True)
     out.mkdir(exist_ok=True)
     selection = {"splits": {"cifar10:100": {"featdiff": "gaussian", "families": {}, "test_time_flip": True}}}
     (chosen / "controls_selection.json").write_text(json.dumps(selection))
-    command = [sys.executable, str(BENCHMARKS / "controls.py"), "--part", "frozen", "--splits", "cifar10:100"]
-    command += ["--out", str(out), "--workdir", str(tmp_path / "w")]
-    command += ["--selection", str(chosen)] if selection_elsewhere else []
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 2
-    assert finished.stderr.strip().splitlines() == [
+    arguments = ["controls.py", "--part", "frozen", "--splits", "cifar10:100", "--out", str(out), "--workdir", str(tmp_path / "w")]
+    arguments += ["--selection", str(chosen)] if selection_elsewhere else []
+    monkeypatch.setattr(sys, "argv", arguments)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # main sets it only where unset; restored after
+    controls = benchmark("controls")
+    assert controls.exit_status(controls.main, "controls.py") == 2  # as its __main__ runs it
+    assert capsys.readouterr().err.splitlines() == [
         "controls.py: error: the knobs of cifar10:100 were chosen on test-time flips; pass --test-time-flip to score the same way"
     ]
     assert sorted(p.name for p in out.iterdir()) == ([] if selection_elsewhere else ["controls_selection.json"])  # no run, no table
