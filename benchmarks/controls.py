@@ -367,16 +367,17 @@ def blend_reading(rows: dict[str, list[dict]]) -> str | None:
     )
 
 
-FLIP_LINE = (
-    "- every head scored on test-time flips (`evaluation.test_time_flip`): each test image's feature is the mean of its own "
-    "and its mirror image's, for every method and control alike; "
-)
 KNOBS_WITHOUT_FLIPS = "the knobs are those chosen without it"
 KNOBS_ON_FLIPS = "the knobs were chosen on the validation part's flipped features too"
 
 
 def flip_line(knobs: dict) -> str:
-    return FLIP_LINE + (KNOBS_ON_FLIPS if knobs.get("selected_on_flips") else KNOBS_WITHOUT_FLIPS)
+    """The frozen table's line for a split scored on test-time flips, saying which features chose its knobs."""
+    chosen = KNOBS_ON_FLIPS if knobs.get("selected_on_flips") else KNOBS_WITHOUT_FLIPS
+    return (
+        "- every head scored on test-time flips (`evaluation.test_time_flip`): each test image's feature is the mean of its own "
+        f"and its mirror image's, for every method and control alike; {chosen}"
+    )
 
 
 def frozen_markdown(report: dict) -> str:
