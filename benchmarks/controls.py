@@ -55,6 +55,7 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -588,6 +589,22 @@ def load_report(path: Path) -> dict:
     return json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {"splits": {}}
 
 
+def write_entry(
+    path: Path, section: str, name: str, measured: dict, part: dict, render: Callable[[dict], str], *, merge_seeds: bool = False
+) -> dict:
+    """Sets `report[section][name]` of the report at `path` and writes the report and its markdown
+    (`render`). The entry is `measured` with the part's command and device, or with `merge_seeds`
+    `measured`'s seeds merged into the entry's committed ones (`merged_seeds`). The report is read
+    again just before the write: parts running side by side each write their own entries, and a report
+    read when this part started would drop those another part wrote since."""
+    report = load_report(path)
+    entries = report.setdefault(section, {})
+    entries[name] = merged_seeds(entries.get(name), measured, part, report) if merge_seeds else measured | part
+    provenance_of_older_entries(report, part["command"], part["device"])
+    write_report(path, json.loads(strict_json(report)), render(report))
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["select", "frozen", "dp", "render"], required=True)
@@ -618,17 +635,14 @@ def main() -> None:
     runs = Runs(args.workdir)
     command = "python " + " ".join(sys.argv)
     device = f"cpu, {args.threads} torch threads, one run at a time"
+    part = {"command": command, "device": device}
     if args.part == "render":
         render_tables(args.out)
         return
     if args.part == "dp":
         dp_path = args.out / "controls_dp"
-        report = load_report(dp_path)
-        report.setdefault("datasets", {})
         for dataset in args.datasets:
-            report["datasets"][dataset] = dp_part(dataset, runs, args.seeds, args.threads) | {"command": command, "device": device}
-        provenance_of_older_entries(report, command, device)
-        write_report(dp_path, json.loads(strict_json(report)), dp_markdown(report))
+            report = write_entry(dp_path, "datasets", dataset, dp_part(dataset, runs, args.seeds, args.threads), part, dp_markdown)
         dp_plot(report, dp_path.with_suffix(".png"))
         print(dp_markdown(report))
         return
@@ -637,10 +651,7 @@ def main() -> None:
     if args.part == "select":
         for split in args.splits:
             chosen = select(split, runs, args.threads, args.criterion, test_time_flip=args.test_time_flip)
-            selection = load_report(selection_path)  # read again: a search of another split may have written meanwhile
-            selection["splits"][split] = chosen | {"command": command, "device": device}
-            provenance_of_older_entries(selection, command, device)
-            write_report(selection_path, selection, selection_markdown(selection))
+            selection = write_entry(selection_path, "splits", split, chosen, part, selection_markdown)
         print(selection_markdown(selection))
         return
     missing = [split for split in args.splits if split not in selection["splits"]]
@@ -652,10 +663,7 @@ def main() -> None:
     frozen_path = args.out / "controls_frozen"
     for split in args.splits:
         measured = frozen(split, selection["splits"][split], runs, args.seeds, args.threads, test_time_flip=args.test_time_flip)
-        report = load_report(frozen_path)  # read again: another part may have written meanwhile
-        report["splits"][split] = merged_seeds(report["splits"].get(split), measured, {"command": command, "device": device}, report)
-        provenance_of_older_entries(report, command, device)
-        write_report(frozen_path, json.loads(strict_json(report)), frozen_markdown(report))
+        report = write_entry(frozen_path, "splits", split, measured, part, frozen_markdown, merge_seeds=True)
     print(frozen_markdown(report))
 
 

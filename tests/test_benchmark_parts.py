@@ -101,6 +101,32 @@ def test_controls_later_part_keeps_the_command_of_entries_written_before_per_ent
     assert fresh["command"] == "first"
 
 
+def test_controls_parts_side_by_side_keep_each_others_entries_and_merge_seeds(tmp_path):
+    """Each entry is written into the report as it is on disk at that moment: a part that read the report
+    before another part wrote its entry keeps that entry (the DP part once wrote back what it had read at
+    its start, dropping a dataset written meanwhile); a frozen split merges its seeds into those there."""
+    controls = benchmark("controls")
+    path = tmp_path / "controls_dp"
+    started = controls.load_report(path)  # what a part that starts now would have read
+    controls.write_entry(path, "datasets", "cifar10", {"seeds": [0]}, {"command": "c10", "device": "d"}, json.dumps)
+    report = controls.write_entry(path, "datasets", "cifar100", {"seeds": [0]}, {"command": "c100", "device": "d"}, json.dumps)
+    assert started == {"splits": {}}
+    on_disk = json.loads(path.with_suffix(".json").read_text())
+    assert on_disk == report and sorted(on_disk["datasets"]) == ["cifar10", "cifar100"]
+    assert [on_disk["datasets"][d]["command"] for d in ("cifar10", "cifar100")] == ["c10", "c100"] and on_disk["command"] == "c10"
+    assert json.loads(path.with_suffix(".md").read_text()) == on_disk
+
+    frozen = tmp_path / "controls_frozen"
+    for seed in (0, 1):
+        measured = {"seeds": [seed], "rows": {"ce": [summary(float(seed))]}}
+        controls.write_entry(
+            frozen, "splits", "cifar10:100", measured, {"command": f"s{seed}", "device": "d"}, json.dumps, merge_seeds=True
+        )
+    entry = json.loads(frozen.with_suffix(".json").read_text())["splits"]["cifar10:100"]
+    assert entry["seeds"] == [0, 1] and [r["tuned"]["overall"] for r in entry["rows"]["ce"]] == [0.0, 1.0]
+    assert [(p["command"], p["seeds"]) for p in entry["parts"]] == [("s0", [0]), ("s1", [1])]
+
+
 def fed_row(dataset: str, seed: int, acc: float) -> dict:
     return {"method": "m", "setting": f"{dataset}, α = 0.5", "dataset": dataset, "seed": seed, "acc": acc}
 
