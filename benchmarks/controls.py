@@ -319,6 +319,11 @@ def entry_parts(entry: dict, report: dict) -> list[dict]:
     ]
 
 
+def provenance(entry: dict, report: dict) -> str:
+    """The command and device that wrote an entry: its own, or for entries from before each kept its own, the report's."""
+    return f"`{entry.get('command') or report['command']}` ({entry.get('device') or report['device']})"
+
+
 def blend_cells(runs: list[dict]) -> list[str]:
     """A row's blended accuracy overall and on few, mean w and validation score (– unless every
     seed measured the blend: a mean over some seeds would not be the row's)."""
@@ -436,7 +441,7 @@ def selection_markdown(report: dict) -> str:
     for split, entry in report["splits"].items():
         criterion = entry.get("criterion", "tuned")
         lines += ["", f"## {split.replace(':', ' IF=')}: featdiff method `{entry['featdiff']}`", ""]
-        lines += [f"`{entry.get('command', report['command'])}` ({entry.get('device', report['device'])})", ""]
+        lines += [provenance(entry, report), ""]
         lines += [f"Criterion: `{criterion}` ({CRITERIA[criterion]}).", ""]
         if entry.get("test_time_flip"):
             lines += ["Scored on test-time flips: each validation image's feature is the mean of its own and its mirror image's.", ""]
@@ -525,7 +530,7 @@ def dp_markdown(report: dict) -> str:
     for dataset, entry in report["datasets"].items():
         labels = [("inf" if math.isinf(e) else f"{e:g}") for e in DP_EPSILONS]
         lines += ["", f"## {dataset} (seeds {entry['seeds']})", ""]
-        lines += [f"`{entry.get('command', report['command'])}` ({entry.get('device', report['device'])})", ""]
+        lines += [provenance(entry, report), ""]
         lines += ["| method | " + " | ".join(f"ε = {'∞' if label == 'inf' else label}" for label in labels) + " | few (ε = 10) |"]
         lines += ["|---|" + "---|" * (len(labels) + 1)]
         for row, by_epsilon in entry["rows"].items():
