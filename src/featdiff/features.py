@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,22 +100,23 @@ def _encode_views(
     generator = torch.Generator().manual_seed(seed)
     if config.style == "ldmlr":
         return _encode_ldmlr_style(model, bundle, images, generator, device)
-    batch = inference_batch(device)
-    views = [encode(model, images.images, bundle.mean, bundle.std, batch_size=batch, device=device, progress=True)]
-    for _ in range(config.augmented_views):
-        views.append(
-            encode(
-                model,
-                images.images,
-                bundle.mean,
-                bundle.std,
-                batch_size=batch,
-                device=device,
-                augment=_augmenter(bundle, generator),
-                progress=True,
-            )
-        )
+    views = [_eval_features(model, bundle, images, device)]
+    views += [_eval_features(model, bundle, images, device, augment=_augmenter(bundle, generator)) for _ in range(config.augmented_views)]
     return FeatureSet(torch.cat(views), images.labels.repeat(len(views)))
+
+
+def _eval_features(
+    model: nn.Module,
+    bundle: DatasetBundle,
+    images: ImageSet,
+    device: torch.device,
+    *,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Eval-mode features of every image, in order (of each image's `augment`ed view, if given)."""
+    return encode(
+        model, images.images, bundle.mean, bundle.std, batch_size=inference_batch(device), device=device, augment=augment, progress=True
+    )
 
 
 def mirror(images: torch.Tensor) -> torch.Tensor:
@@ -126,11 +128,9 @@ def _encode_scored(model: nn.Module, bundle: DatasetBundle, images: ImageSet, de
     """Eval-mode features of images a classifier is scored on; with `test_time_flip`, the mean of
     each image's and its mirror image's features (test-time augmentation: for a linear head, the
     mean of the two views' logits)."""
-    batch = inference_batch(device)
-    features = encode(model, images.images, bundle.mean, bundle.std, batch_size=batch, device=device, progress=True)
+    features = _eval_features(model, bundle, images, device)
     if test_time_flip:
-        mirrored = encode(model, images.images, bundle.mean, bundle.std, batch_size=batch, device=device, augment=mirror, progress=True)
-        features = (features + mirrored) / 2
+        features = (features + _eval_features(model, bundle, images, device, augment=mirror)) / 2
     return FeatureSet(features, images.labels)
 
 
