@@ -26,20 +26,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from featdiff.config import config_from_dict
 from featdiff.errors import exit_status
 from featdiff.evaluation.protocol import split_test_set
 from featdiff.paths import keep_torch_caches_in_featdiff_cache
-from featdiff.pipeline import export_features
+from featdiff.pipeline import shipped_encoder_features
 from featdiff.report import fmt_mean_std, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,13 +86,10 @@ def two_fold_accuracy(features: torch.Tensor, labels: torch.Tensor, seed: int) -
 
 def measure(split: str, seeds: list[int], threads: int, *, test_time_flip: bool) -> dict:
     config = split_config(split, threads, test_time_flip=test_time_flip)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "features.safetensors"
-        export_features(config, path)
-        tensors = load_file(path)
-    labels = tensors["test_labels"].long()
+    encoded = shipped_encoder_features(config)
+    labels = encoded.test_labels.long()
     report = split_test_set(labels, config.evaluation.validation_fraction, config.evaluation.validation_seed).report
-    features, labels = tensors["test_features"][report].float(), labels[report]
+    features, labels = encoded.test_features[report].float(), labels[report]
     return {"seeds": seeds, "accuracy": [two_fold_accuracy(features, labels, seed) for seed in seeds], "rows": len(labels)}
 
 

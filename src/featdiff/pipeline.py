@@ -194,10 +194,9 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def export_features(config: RunConfig, out: Path) -> dict[str, int]:
-    """The config's training and test features from its shipped encoder, as one safetensors file
-    (`featdiff.data.feature_file`'s format, class names in its metadata): what `data.source:
-    features` and a federation's clients (their shares of the training rows) and server (the test rows) read."""
+def shipped_encoder_features(config: RunConfig) -> FeatureFile:
+    """The config's training and test features from its shipped encoder, with the dataset's class
+    names: what `export_features` writes, for a caller that needs them in memory."""
     if config.encoder.checkpoint is None:
         raise UserError("featdiff encode needs encoder.checkpoint (a shipped encoder); train one with `featdiff run` first")
     device = resolve_device(config.device)
@@ -205,12 +204,19 @@ def export_features(config: RunConfig, out: Path) -> dict[str, int]:
     new_head = named_generator(config.seed, NEW_HEAD_STREAM) if config.encoder.public else None
     encoder = load_checkpoint_encoder(config, bundle, new_head).to(device).eval()
     encoded = encode_dataset(encoder, bundle, config.features, config.seed, device, test_time_flip=config.evaluation.test_time_flip)
-    file = FeatureFile(
+    return FeatureFile(
         train_features=encoded.train.features.cpu(),
         train_labels=encoded.train.labels.cpu(),
         test_features=encoded.test.features.cpu(),
         test_labels=encoded.test.labels.cpu(),
         class_names=bundle.train.classes,
     )
+
+
+def export_features(config: RunConfig, out: Path) -> dict[str, int]:
+    """The config's training and test features from its shipped encoder, as one safetensors file
+    (`featdiff.data.feature_file`'s format, class names in its metadata): what `data.source:
+    features` and a federation's clients (their shares of the training rows) and server (the test rows) read."""
+    file = shipped_encoder_features(config)
     save_feature_file(out, file)
     return {"train": len(file.train_labels), "test": len(file.test_labels), "dim": file.feature_dim}
