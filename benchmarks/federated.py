@@ -19,8 +19,10 @@ stand-in for a server-side validation set).
     python benchmarks/federated.py --preset harder      # α ∈ {0.5, 0.1} × {20 (8), 50 (10)} clients, both datasets, 3 seeds
     python benchmarks/federated.py --preset private     # ε ∈ {10, 3} per client, CIFAR-10, 3 seeds: DP controls beside the release
 
-The harder and private sweeps are run in parts, one seed each, so that no part passes an hour on
-2 cores (`--preset harder --seeds 1`, ~50 min on 1 thread; `--preset private --seeds 1`, ~35 min).
+The harder and private sweeps are run in parts, so that no part passes an hour on 2 cores: a seed
+and a dataset per part (`--preset harder --seeds 1 --datasets cifar10`, 20-23 min on 1 thread beside
+another such part; `--datasets cifar100`, 28-29 min), one seed per part (`--preset private --seeds 1`,
+13-15 min).
 A part merges into the preset's existing report: it replaces that report's rows for the seeds and
 datasets it ran, keeps the others, and records its own command and wall time under `parts`.
 
