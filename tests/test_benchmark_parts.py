@@ -1,5 +1,6 @@
 """The benchmarks' long sweeps run in parts (a seed per invocation); a part must replace only what it
-reran and keep every other part's rows, or a table would silently mix or lose seeds."""
+reran and keep every other part's rows, or a table would silently mix or lose seeds. The goal readouts
+the README quotes are judged from the rows as the issue states each goal."""
 
 import importlib.util
 import json
@@ -339,3 +340,74 @@ def test_controls_refuses_to_score_knobs_chosen_on_flips_without_flips_in_one_li
         "controls.py: error: the knobs of cifar10:100 were chosen on test-time flips; pass --test-time-flip to score the same way"
     ]
     assert sorted(p.name for p in out.iterdir()) == ([] if selection_elsewhere else ["controls_selection.json"])  # no run, no table
+
+
+def federation_rows(acc: dict[str, float], frechet: dict[str, float], bank: tuple[float, float], refresh_rate: float) -> list[dict]:
+    """Two seeds of one federation whose means are `acc` and `frechet` exactly (the seeds straddle each mean by
+    0.25, which binary floats hold exactly, so a margin at a threshold is exactly at it)."""
+    rows = []
+    for offset in (-0.25, 0.25):
+        for method, value in acc.items():
+            row = {"method": method, "setting": "cifar10, α = 0.5, 20 clients (8 per round)", "acc": {"overall": value + offset}}
+            if method in frechet:
+                row["frechet"] = frechet[method] + offset
+            if method == "progressive":
+                row |= {"refresh_rate": refresh_rate, "bank_frechet": list(bank)}
+            rows.append(row)
+    return rows
+
+
+def test_federated_goals_are_judged_at_the_issues_thresholds_on_the_means():
+    federated = benchmark("federated")
+    acc = {
+        federated.LA_HEAD: 80.0,
+        federated.FREE_CONTROL: 81.0,
+        federated.CENTRAL_LDMLR: 82.0,
+        "fedavg": 81.5,
+        "fedddpm": 81.4,
+        "fedddpm_plus": 80.0,
+        "progressive": 81.5,
+        federated.FIXED_CORRECTION: 79.0,
+    }
+    frechet = {"fedavg": 2.0, "fedddpm": 2.0, "progressive": 2.0}
+    verdicts = {}
+    for line in federated.goal_lines(federation_rows(acc, frechet, (3.0, 1.0), 0.25))[4:-1]:
+        goal, margin, reached = line.strip("|").split(" | ")
+        verdicts[goal.strip()] = (float(margin), reached.strip())
+    assert list(verdicts.values()) == [
+        (0.5, "yes"),  # best denoiser (fedavg; progressive ties it) − gaussian_stats, exactly the +0.5 asked
+        (1.5, "yes"),
+        (-0.5, "yes"),  # exactly 0.5 below centralised LDMLR
+        (0.0, "yes"),  # progressive ties max(fedavg, fedddpm)
+        (0.25, "yes"),
+        (2.0, "yes"),
+        (0.0, "yes"),  # Fréchet equal to fedavg's is not above it
+        (0.0, "yes"),
+    ]
+    worse = federated.goal_lines(
+        federation_rows(acc | {"progressive": 81.45, federated.FREE_CONTROL: 81.01}, frechet | {"progressive": 2.01}, (1.0, 1.0), 0.24)
+    )
+    assert [line.rsplit("|", 2)[1].strip() for line in worse[4:-1]] == [
+        "**no**",
+        "yes",
+        "yes",
+        "**no**",
+        "**no**",
+        "**no**",
+        "yes",
+        "**no**",
+    ]
+
+
+def test_private_federation_goals_hold_only_at_the_stated_epsilon():
+    federated = benchmark("federated")
+    acc = {"DP-FedAvg LA head (control)": 76.0, "DP class statistics' Gaussian (control)": 80.0, "release": 40.0, "release + head": 73.0}
+    rows = [
+        {"method": m, "setting": "cifar10, α = 0.5, 20 clients (8 per round), ε = 10 per client", "acc": {"overall": v}}
+        for m, v in acc.items()
+    ]
+    at_ten = federated.goal_lines(rows)
+    assert "release + head" in at_ten[4] and "| +3.000 | yes |" in at_ten[4]
+    assert "DP class statistics' Gaussian" in at_ten[5] and "| -7.000 | **no** |" in at_ten[5]
+    at_three = federated.goal_lines([r | {"setting": r["setting"].replace("ε = 10", "ε = 3")} for r in rows])
+    assert all(line.endswith("| no goal at this ε |") for line in at_three[4:-1])
