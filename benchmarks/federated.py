@@ -18,6 +18,7 @@ stand-in for a server-side validation set).
     python benchmarks/federated.py                      # preset default: α = 0.5, 20 clients (8 per round), both datasets, 3 seeds
     python benchmarks/federated.py --preset harder      # α ∈ {0.5, 0.1} × {20 (8), 50 (10)} clients, both datasets, 3 seeds
     python benchmarks/federated.py --preset private     # ε ∈ {10, 3} per client, CIFAR-10, 3 seeds: DP controls beside the release
+    python benchmarks/federated.py --preset harder --render  # rewrite a preset's markdown from its JSON (runs nothing)
 
 The harder and private sweeps are run in parts, so that no part passes an hour on 2 cores: a seed
 and a dataset per part (`--preset harder --seeds 1 --datasets cifar10`, 20-23 min on 1 thread beside
@@ -28,7 +29,8 @@ datasets it ran, keeps the others, and records its own command and wall time und
 
 `--workdir DIR` keeps the run folders and reuses finished runs whose saved config matches; each
 preset writes benchmarks/results/federated[_<preset>].{json,md} (and plots of the probe against
-rounds and bytes, lowest seed).
+rounds and bytes, lowest seed). Each federation's table ends with issue 18's goals, judged on the
+unrounded means over seeds.
 """
 
 from __future__ import annotations
