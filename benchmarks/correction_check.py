@@ -67,17 +67,20 @@ class Scorer:
         self.schedule = schedule_for(self.config.diffusion)
         self.reference = (self.setup.means, self.setup.covariances, self.setup.client_counts.sum(0) >= 2)
         self.per_class = torch.bincount(self.bank[1], minlength=classes)
+        self.generator = FeatureGenerator(
+            self.model, self.setup.scaler, self.setup.clip, self.schedule, self.config.diffusion.resolved_prediction()
+        )
+        """Holds `self.model` itself: every state loaded into the model is what it samples."""
+        self.sampler = SamplerSettings.of(self.config.diffusion)
 
     def frechet(self, features: Tensor, labels: Tensor) -> float:
         return mean_ignoring_nan(class_frechet(features, labels, *self.reference))
 
     def model_frechet(self) -> float:
         """The model's samples (the same draws for every model: a paired comparison), scored."""
-        generator = FeatureGenerator(
-            self.model.eval(), self.setup.scaler, self.setup.clip, self.schedule, self.config.diffusion.resolved_prediction()
-        )
-        features, labels = generator.generate(
-            self.per_class, SamplerSettings.of(self.config.diffusion), named_generator(self.config.seed, "correction-check/draws")
+        self.model.eval()
+        features, labels = self.generator.generate(
+            self.per_class, self.sampler, named_generator(self.config.seed, "correction-check/draws")
         )
         return self.frechet(features, labels)
 
