@@ -100,6 +100,11 @@ PRESETS = {
 }
 
 
+def per_client_budget(epsilon: float) -> str:
+    """The suffix a private federation's setting name carries; the goal readout finds its ε by it."""
+    return f", ε = {epsilon:g} per client"
+
+
 def config_for(dataset: str, seed: int, name: str, features: Path, federated: dict, privacy: dict | None = None) -> RunConfig:
     base = config_to_dict(load_config(BASE_CONFIG))
     base["name"] = name
@@ -348,7 +353,7 @@ def one_federation(federation: tuple, seed: int, features: Path, args: argparse.
     for epsilon in args.epsilons:
         privacy = {"epsilon": epsilon}
         tag = f"dp{epsilon:g}"
-        private_setting = setting | {"setting": setting["setting"] + f", ε = {epsilon:g} per client"}
+        private_setting = setting | {"setting": setting["setting"] + per_client_budget(epsilon)}
         head = run_or_reuse(config(f"{tag}-head", {"algorithm": "fedavg_head"}, privacy), workdir)
         rows.append(row("DP-FedAvg LA head (control)", head, "head", private_setting))
         stats = run_or_reuse(config(f"{tag}-stats", {"algorithm": "gaussian_stats"}, privacy), workdir)
@@ -421,7 +426,7 @@ def goal_lines(rows: list[dict]) -> list[str]:
         controls = [m for m in methods if m.endswith("(control)")]
         release = max((m for m in methods if m not in controls), key=acc.get)
         control = max(controls, key=acc.get)
-        stated = f"ε = {PRIVATE_GOAL_EPSILON:g} per client" in rows[0]["setting"]
+        stated = rows[0]["setting"].endswith(per_client_budget(PRIVATE_GOAL_EPSILON))
         return goal_table(
             [
                 (f"best release ({release}) − 70 % ≥ 0", acc[release] - 70.0, acc[release] >= 70.0),
